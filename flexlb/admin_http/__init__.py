@@ -1,0 +1,1 @@
+"""The aiohttp sidecar: health, metrics, info (and the consistency endpoints with HA)."""

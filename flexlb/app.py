@@ -1,0 +1,172 @@
+"""Composition root: builds the balancer, upstream pool, servicers and admin sidecar; starts and stops them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from flexlb import __version__, wire
+from flexlb.admin_http.server import AdminServer
+from flexlb.balancer.router import Router
+from flexlb.balancer.strategies import make_strategy
+from flexlb.balancer.workers import Cluster
+from flexlb.config import NOT_ACTED_ON, Settings, masked
+from flexlb.metrics import Metrics
+from flexlb.pb import flexlb_schedule_service_pb2, model_rpc_service_pb2
+from flexlb.servicer.relay import RpcRelay
+from flexlb.servicer.scheduler import Scheduler
+from flexlb.upstream.pool import UpstreamPool
+
+log = logging.getLogger("flexlb")
+
+SERVED_SERVICES = (
+    model_rpc_service_pb2.DESCRIPTOR.services_by_name["RpcService"].full_name,
+    flexlb_schedule_service_pb2.DESCRIPTOR.services_by_name["FlexlbService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+
+
+class Gateway:
+    """One gateway process: gRPC server (relay, scheduler, health, reflection) + admin HTTP."""
+
+    def __init__(self, settings: Settings, seed: int | None = None) -> None:
+        self.settings = settings
+        self._draining = False
+        self.cluster = Cluster(list(settings.workers))
+        self.router = Router(
+            self.cluster,
+            settings.deploy,
+            make_strategy(settings.master.load_balance_strategy),
+            make_strategy(settings.master.decode_load_balance_strategy),
+            rng=random.Random(seed),
+            clock=time.monotonic,
+        )
+        self.metrics = Metrics()
+        self.metrics.watch_cluster(self.cluster, self.is_draining)
+        self.pool = UpstreamPool(settings.server.max_receive_message_bytes, settings.server.upstream_channels_per_worker)
+        self.relay = RpcRelay(self.router, self.pool, self.metrics, self.is_draining)
+        self.scheduler = Scheduler(self.router, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.admin = AdminServer(self.metrics, self._health_view, self.info)
+        self._server: grpc.aio.Server | None = None
+        self._started_s = time.time()
+        self.grpc_port = 0
+        self.admin_port = 0
+
+    def is_draining(self) -> bool:
+        """True once shutdown began: new calls are refused, in-flight ones finish."""
+        return self._draining
+
+    async def start(self) -> None:
+        """Bind both ports and start serving."""
+        s = self.settings.server
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", s.max_receive_message_bytes),
+                ("grpc.max_send_message_length", s.max_send_message_bytes),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ]
+        )
+        server.add_generic_rpc_handlers((self.relay.handler(s.max_receive_message_bytes), self.scheduler.handler()))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(SERVED_SERVICES, server)
+        self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC port {s.host}:{s.grpc_port}")
+        await server.start()
+        self._server = server
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.admin_port = await self.admin.start(s.host, s.admin_port)
+        for name, why in NOT_ACTED_ON.items():
+            log.debug("config field %s is parsed but not acted on yet (%s)", name, why)
+        log.info(
+            "flexlb %s serving gRPC on %s:%d, admin on %s:%d, deploy %s, %d workers",
+            __version__, s.host, self.grpc_port, s.host, self.admin_port, self.settings.deploy.name,
+            len(self.cluster.all()),
+        )
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", wire.RPC_SERVICE, wire.FLEXLB_SERVICE):
+            await self.health.set(name, status)
+
+    async def drain_and_stop(self, timeout_s: float | None = None) -> None:
+        """Refuse new calls, report NOT_SERVING, let in-flight calls finish (bounded), then stop."""
+        timeout_s = self.settings.server.drain_timeout_s if timeout_s is None else timeout_s
+        self._draining = True
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        deadline = time.monotonic() + timeout_s
+        while self.cluster.total_in_flight() > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.stop(grace_s=max(0.0, deadline - time.monotonic()))
+
+    async def stop(self, grace_s: float | None = 0.5) -> None:
+        """Stop everything now (in-flight calls get `grace_s` to finish, then are cancelled)."""
+        self._draining = True
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None
+        await self.admin.stop()
+        await self.pool.close()
+
+    async def wait(self) -> None:
+        """Block until the gRPC server terminates."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    def _health_view(self) -> tuple[bool, dict[str, Any]]:
+        can = self.router.can_route()
+        up = can and not self._draining
+        return up, {"draining": self._draining, "can_route": can}
+
+    def info(self) -> dict[str, Any]:
+        """What /actuator/info shows: version, effective config (secrets masked), workers and their state."""
+        return {
+            "version": __version__,
+            "started_at_s": self._started_s,
+            "grpc_port": self.grpc_port,
+            "admin_port": self.admin_port,
+            "draining": self._draining,
+            "config": masked(self.settings),
+            "not_acted_on_yet": NOT_ACTED_ON,
+            "workers": [
+                {
+                    "worker": w.key,
+                    "role": w.role.name,
+                    "group": w.addr.group,
+                    "http_port": w.addr.http_port,
+                    "healthy": w.healthy,
+                    "in_flight": w.in_flight,
+                    "dispatched_total": w.dispatched_total,
+                }
+                for w in self.cluster.all()
+            ],
+        }
+
+
+async def run_gateway(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT, then drain gracefully; returns the process exit code."""
+    gateway = Gateway(settings)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"flexlb gateway listening: grpc {settings.server.host}:{gateway.grpc_port} "
+          f"admin {settings.server.host}:{gateway.admin_port}", flush=True)
+    await stop.wait()
+    log.info("signal received: draining (up to %.1f s)", settings.server.drain_timeout_s)
+    await gateway.drain_and_stop()
+    return 0

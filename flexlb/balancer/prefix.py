@@ -1,0 +1,28 @@
+"""KV block keys by RTP-LLM's chained hash (rtp-llm-wire.md §6)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def rtp_block_keys(token_ids: Sequence[int], block_size: int) -> list[int]:
+    """Signed 64-bit keys of every full block, chained: key k hashes blocks 0..k (reference version)."""
+    if block_size <= 0:
+        return []
+    keys: list[int] = []
+    h = 0  # unsigned 64-bit state
+    full = len(token_ids) - len(token_ids) % block_size
+    for start in range(0, full, block_size):
+        for t in token_ids[start : start + block_size]:
+            v = t & 0xFFFFFFFF
+            if v & 0x80000000:
+                v |= 0xFFFFFFFF00000000  # int32 sign-extended to 64 bits
+            shifted = h >> 32
+            if h & 0x8000000000000000:
+                shifted |= 0xFFFFFFFF00000000  # arithmetic shift of the signed state
+            h ^= (v + _GOLDEN + ((h << 12) & _MASK) + shifted) & _MASK
+        keys.append(h - (1 << 64) if h & 0x8000000000000000 else h)
+    return keys

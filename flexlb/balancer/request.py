@@ -1,0 +1,54 @@
+"""What the balancer is asked (RouteRequest) and what it answers (Pick, Decision)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from flexlb.balancer.workers import WorkerState
+
+
+class Deploy(enum.Enum):
+    """How the cluster is deployed: one fused worker per call, or a prefill + decode pair."""
+
+    PD_FUSION = "PD_FUSION"
+    DISAGGREGATED = "DISAGGREGATED"
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """The routing-relevant facts of one call, parsed once from the request."""
+
+    request_id: int
+    prompt_tokens: int
+    max_new_tokens: int = 0
+    # workers (ip:grpc_port) that must not be chosen, e.g. after a failure before the first byte
+    exclude: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One strategy's choice among candidates, with the reason it chose it."""
+
+    worker: WorkerState
+    reason: str
+    estimate_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The routing decision: the worker to call and, in PD mode, the decode worker paired with it."""
+
+    target: WorkerState
+    decode: WorkerState | None
+    strategy: str
+    reason: str
+    estimate_ms: float | None = None
+
+
+class NoWorkerAvailable(Exception):
+    """No worker of a needed role can take the call."""
+
+    def __init__(self, role: str, detail: str) -> None:
+        super().__init__(f"no available {role} worker: {detail}")
+        self.role = role

@@ -1,0 +1,34 @@
+"""Strategy registry: config names → factories. Unknown names are a startup error listing these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flexlb.balancer.strategies.base import Strategy
+from flexlb.balancer.strategies.simple import (
+    LowestConcurrency,
+    RandomPick,
+    RoundRobin,
+    RoundRobinLowestConcurrency,
+)
+
+STRATEGIES: dict[str, Callable[[], Strategy]] = {
+    "RANDOM": RandomPick,
+    "ROUND_ROBIN": RoundRobin,
+    "LOWEST_CONCURRENCY": LowestConcurrency,
+    "ROUND_ROBIN_LOWEST_CONCURRENCY": RoundRobinLowestConcurrency,
+}
+
+
+def strategy_names() -> list[str]:
+    """Every accepted strategy name, sorted."""
+    return sorted(STRATEGIES)
+
+
+def make_strategy(name: str) -> Strategy:
+    """A fresh strategy instance for a config name; KeyError names the accepted ones."""
+    try:
+        factory = STRATEGIES[name.strip().upper()]
+    except KeyError:
+        raise KeyError(f"unknown strategy {name!r}; accepted: {', '.join(strategy_names())}") from None
+    return factory()

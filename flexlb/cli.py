@@ -1,0 +1,154 @@
+"""`flexlb` command line: serve | mock-worker | demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from flexlb import __version__
+from flexlb.balancer.strategies import strategy_names
+from flexlb.config import NOT_ACTED_ON, CliOverrides, ConfigError, load_settings
+from flexlb.sim.engine import EngineParams
+from flexlb.sim.mock_worker import ROLE_NAMES, Faults, MockWorkerConfig
+
+# the original FlexLB's Spring Boot run line: --server.port=P --management.server.port=Q
+_SPRING_FLAGS = {"--server.port": "--port", "--management.server.port": "--admin-port"}
+
+
+def _spring_to_flags(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if name in _SPRING_FLAGS:
+            out.append(_SPRING_FLAGS[name])
+            if sep:
+                out.append(value)
+        else:
+            out.append(arg)
+    return out
+
+
+def _run(coro: object) -> int:
+    """Run the main coroutine on uvloop when it is installed (measurably faster relay)."""
+    try:
+        import uvloop
+
+        return int(uvloop.run(coro))  # type: ignore[arg-type]
+    except ImportError:
+        return int(asyncio.run(coro))  # type: ignore[arg-type]
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    not_yet = "; ".join(f"{k} ({v})" for k, v in NOT_ACTED_ON.items())
+    p = sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the FlexLB gateway. Workers and balancing come from MODEL_SERVICE_CONFIG and "
+        "WHALE_MASTER_CONFIG (or FLEXLB_CONFIG) in the environment; flags override them. "
+        "WHALE_SYNC_LB_CONSISTENCY_CONFIG is parsed and validated; election is not acted on yet.",
+        epilog=f"Parsed and validated but NOT ACTED ON YET: {not_yet}. "
+        "Spring-style --server.port=P and --management.server.port=Q are accepted as --port and --admin-port.",
+    )
+    p.add_argument("--host", default=None, help="bind address for both ports (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=None, help="gRPC port (RpcService relay, FlexlbService; default 7003)")
+    p.add_argument("--admin-port", type=int, default=None, help="admin HTTP port (default 7002)")
+    p.add_argument("--deploy", default=None, help="DISAGGREGATED or PD_FUSION (default: inferred from workers)")
+    p.add_argument("--strategy", default=None, help=f"prefill/fused strategy: {', '.join(strategy_names())}")
+    p.add_argument("--decode-strategy", default=None, help="decode strategy (same names)")
+    p.add_argument("--worker", action="append", default=[], metavar="IP:GRPC_PORT", help="a PDFUSION worker")
+    p.add_argument("--prefill", action="append", default=[], metavar="IP:GRPC_PORT", help="a PREFILL worker")
+    p.add_argument("--decode", action="append", default=[], metavar="IP:GRPC_PORT", help="a DECODE worker")
+    p.add_argument("--max-message-bytes", type=int, default=None, help="max gRPC message size (default 64 MiB)")
+    p.add_argument("--upstream-channels", type=int, default=None, help="channels per worker (default 1)")
+    p.add_argument("--drain-timeout-s", type=float, default=None, help="SIGTERM drain bound (default 30)")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _mock_parser(sub: argparse._SubParsersAction) -> None:
+    d = EngineParams()
+    p = sub.add_parser(
+        "mock-worker",
+        help="run a simulated RTP-LLM worker",
+        description="A simulated inference engine speaking the RTP-LLM worker protocol.",
+    )
+    p.add_argument("--role", default="PDFUSION", choices=sorted(ROLE_NAMES))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True, help="gRPC port (0 = any free port)")
+    p.add_argument("--time-scale", type=float, default=1.0, help="multiplies every simulated duration")
+    p.add_argument("--prefill-base-ms", type=float, default=d.prefill_base_ms)
+    p.add_argument("--prefill-ms-per-token", type=float, default=d.prefill_ms_per_uncached_token)
+    p.add_argument("--decode-step-ms", type=float, default=d.decode_step_base_ms)
+    p.add_argument("--decode-step-ms-per-running", type=float, default=d.decode_step_ms_per_running)
+    p.add_argument("--block-size", type=int, default=d.block_size_tokens, help="tokens per KV block")
+    p.add_argument("--cache-blocks", type=int, default=d.cache_capacity_blocks, help="prefix cache capacity")
+    p.add_argument("--error-rate", type=float, default=0.0, help="share of generate calls failing at once")
+    p.add_argument("--error-code", type=int, default=514, help="engine ErrorCode of injected failures")
+    p.add_argument("--delay-ms", type=float, default=0.0, help="extra delay before the first message")
+    p.add_argument("--hang", action="store_true", help="accept generate calls and never answer")
+    p.add_argument("--crash-after", type=int, default=0, help="exit abruptly after N generate calls")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(prog="flexlb", description="FlexLB gRPC gateway for RTP-LLM clusters")
+    parser.add_argument("--version", action="version", version=f"flexlb {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _mock_parser(sub)
+    demo = sub.add_parser("demo", help="start a PD set of mock workers and a gateway, send traffic, report")
+    demo.add_argument("--requests", type=int, default=400)
+    demo.add_argument("--concurrency", type=int, default=32)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from flexlb.app import run_gateway
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings(
+            os.environ,
+            CliOverrides(
+                host=args.host, grpc_port=args.port, admin_port=args.admin_port, deploy=args.deploy,
+                strategy=args.strategy, decode_strategy=args.decode_strategy, prefill=tuple(args.prefill),
+                decode=tuple(args.decode), fused=tuple(args.worker), max_message_bytes=args.max_message_bytes,
+                upstream_channels=args.upstream_channels, drain_timeout_s=args.drain_timeout_s,
+            ),
+        )
+    except ConfigError as exc:
+        print(f"flexlb: config error: {exc}", file=sys.stderr)
+        return 2
+    return _run(run_gateway(settings))
+
+
+def _mock_worker(args: argparse.Namespace) -> int:
+    from flexlb.sim.mock_worker import serve_forever
+
+    params = EngineParams(
+        prefill_base_ms=args.prefill_base_ms, prefill_ms_per_uncached_token=args.prefill_ms_per_token,
+        decode_step_base_ms=args.decode_step_ms, decode_step_ms_per_running=args.decode_step_ms_per_running,
+        block_size_tokens=args.block_size, cache_capacity_blocks=args.cache_blocks,
+    )
+    faults = Faults(error_rate=args.error_rate, error_code=args.error_code, delay_ms=args.delay_ms,
+                    hang=args.hang, crash_after=args.crash_after)
+    cfg = MockWorkerConfig(role=args.role, host=args.host, port=args.port, time_scale=args.time_scale,
+                           params=params, faults=faults, seed=args.seed)
+    _run(serve_forever(cfg))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `flexlb` console script."""
+    args = build_parser().parse_args(_spring_to_flags(sys.argv[1:] if argv is None else argv))
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "mock-worker":
+        return _mock_worker(args)
+    from flexlb.demo import run_demo
+
+    return run_demo(args.requests, args.concurrency)

@@ -1,0 +1,1 @@
+"""grpc.aio servicers of the gateway: the RpcService relay, FlexlbService, health, reflection."""

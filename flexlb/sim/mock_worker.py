@@ -1,0 +1,535 @@
+"""A simulated RTP-LLM worker speaking the real protocol (PDFUSION, PREFILL or DECODE role).
+
+Prefills run one at a time (FIFO), priced by flexlb.sim.engine; decode steps slow down as
+the running batch grows. PREFILL drives the DECODE named in role_addrs over RemoteGenerate
+(rtp-llm-wire.md §5.5) and relays its stream. Fault switches make it fail, stall, hang or crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from flexlb import wire
+from flexlb.pb import model_rpc_service_pb2 as pb
+from flexlb.sim.engine import (
+    EngineParams,
+    PrefixCache,
+    int32_tensor_bytes,
+    output_token,
+    plan_prefill,
+)
+
+ROLE_NAMES = {"PDFUSION": pb.RoleAddrPB.PDFUSION, "PREFILL": pb.RoleAddrPB.PREFILL, "DECODE": pb.RoleAddrPB.DECODE}
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Injected misbehaviour."""
+
+    error_rate: float = 0.0  # share of generate calls that fail before the first message
+    error_code: int = wire.UNKNOWN_ERROR  # engine ErrorCode used for injected failures
+    delay_ms: float = 0.0  # added before the first message (not scaled)
+    hang: bool = False  # accept generate calls and never answer them
+    crash_after: int = 0  # exit the process abruptly after this many generate calls (0 = never)
+
+
+@dataclass(frozen=True)
+class MockWorkerConfig:
+    """Everything a mock worker needs."""
+
+    role: str = "PDFUSION"
+    host: str = "127.0.0.1"
+    port: int = 0
+    time_scale: float = 1.0
+    params: EngineParams = field(default_factory=EngineParams)
+    faults: Faults = field(default_factory=Faults)
+    seed: int = 0
+
+
+@dataclass
+class _Task:
+    request_id: int
+    input_length: int
+    prefix_length: int = 0
+    start_s: float = 0.0
+    waiting: bool = True
+    iterations: int = 0
+
+
+class _EngineError(Exception):
+    def __init__(self, error_code: int, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.message = message
+
+
+async def _abort_engine(context: grpc.aio.ServicerContext, err: _EngineError) -> None:
+    await context.abort(
+        wire.grpc_code_for_engine_error(err.error_code),
+        err.message,
+        trailing_metadata=wire.error_trailer(err.error_code, err.message),
+    )
+
+
+class MockWorker:
+    """One simulated worker; `start()` binds and serves, `stop()` ends it."""
+
+    def __init__(self, config: MockWorkerConfig) -> None:
+        if config.role not in ROLE_NAMES:
+            raise ValueError(f"role must be one of {', '.join(ROLE_NAMES)}, got {config.role!r}")
+        self.config = config
+        self.role_value = ROLE_NAMES[config.role]
+        self.params = config.params
+        self.cache = PrefixCache(config.params.cache_capacity_blocks)
+        self._prefill_lock = asyncio.Lock()
+        self._rng = random.Random(config.seed)
+        self._running: dict[int, _Task] = {}
+        self._finished: list[tuple[int, pb.TaskInfoPB]] = []
+        self._finished_version = 0
+        self._decoding = 0
+        self._iterations = 0
+        self._generate_calls = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self.port = config.port
+        # observable by tests: request ids the worker saw cancelled, and every request's metadata
+        self.cancelled_ids: list[int] = []
+        self.calls_received = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the bound port."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        handlers = {
+            "GenerateStreamCall": grpc.unary_stream_rpc_method_handler(
+                self.generate_stream_call,
+                request_deserializer=pb.GenerateInputPB.FromString,
+                response_serializer=pb.GenerateOutputsPB.SerializeToString,
+            ),
+            "BatchGenerateCall": grpc.unary_unary_rpc_method_handler(
+                self.batch_generate_call,
+                request_deserializer=pb.BatchGenerateInputPB.FromString,
+                response_serializer=pb.BatchGenerateOutputsPB.SerializeToString,
+            ),
+            "RemoteGenerate": grpc.stream_stream_rpc_method_handler(
+                self.remote_generate,
+                request_deserializer=pb.GenerateRequestPB.FromString,
+                response_serializer=pb.GenerateOutputsPB.SerializeToString,
+            ),
+            "GetWorkerStatus": grpc.unary_unary_rpc_method_handler(
+                self.get_worker_status,
+                request_deserializer=pb.StatusVersionPB.FromString,
+                response_serializer=pb.WorkerStatusPB.SerializeToString,
+            ),
+            "GetCacheStatus": grpc.unary_unary_rpc_method_handler(
+                self.get_cache_status,
+                request_deserializer=pb.CacheVersionPB.FromString,
+                response_serializer=pb.CacheStatusPB.SerializeToString,
+            ),
+            "CheckHealth": grpc.unary_unary_rpc_method_handler(
+                self.check_health,
+                request_deserializer=pb.EmptyPB.FromString,
+                response_serializer=pb.CheckHealthResponsePB.SerializeToString,
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(wire.RPC_SERVICE, handlers),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+        await server.start()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(wire.RPC_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        return self.port
+
+    async def stop(self, grace_s: float | None = 0.5) -> None:
+        """Stop serving and close channels to peers."""
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+    async def wait(self) -> None:
+        """Block until the server terminates."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    # ------------------------------------------------------------ helpers
+
+    async def _sleep_ms(self, ms: float) -> None:
+        scaled = ms * self.config.time_scale
+        if scaled > 0:
+            await asyncio.sleep(scaled / 1000.0)
+
+    def _now_us(self, start_s: float) -> int:
+        return int((time.monotonic() - start_s) * 1e6)
+
+    def _own_addr(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Apply fault switches to a generate call (may crash, hang, delay or raise)."""
+        self._generate_calls += 1
+        self.calls_received += 1
+        f = self.config.faults
+        if f.crash_after and self._generate_calls > f.crash_after:
+            os._exit(17)  # a crash, not a shutdown: no goodbye to anyone
+        if f.hang:
+            await asyncio.Event().wait()
+        if f.delay_ms > 0:
+            await asyncio.sleep(f.delay_ms / 1000.0)
+        if f.error_rate > 0 and self._rng.random() < f.error_rate:
+            raise _EngineError(f.error_code, f"injected failure (error_code {f.error_code})")
+
+    async def _prefill(self, req: pb.GenerateInputPB, start_s: float, task: _Task) -> tuple[int, int, int]:
+        """Queue for the engine, prefill; returns (wait_us, first_token_us, reuse_tokens)."""
+        tokens = list(req.token_ids)
+        async with self._prefill_lock:
+            wait_us = self._now_us(start_s)
+            task.waiting = False
+            plan = plan_prefill(self.params, self.cache, tokens)
+            task.prefix_length = plan.cached_tokens
+            await self._sleep_ms(plan.duration_ms)
+            self.cache.insert(plan.block_keys)
+            self._iterations += 1
+        return wait_us, self._now_us(start_s), plan.cached_tokens
+
+    def _outputs(
+        self,
+        req: pb.GenerateInputPB,
+        new_tokens: list[int],
+        output_len: int,
+        finished: bool,
+        start_s: float,
+        wait_us: int,
+        first_token_us: int,
+        reuse: int,
+        iterations: int,
+        pd_sep: bool = False,
+    ) -> pb.GenerateOutputsPB:
+        aux = pb.AuxInfoPB(
+            cost_time_us=self._now_us(start_s),
+            iter_count=iterations,
+            input_len=len(req.token_ids),
+            total_reuse_len=reuse,
+            local_reuse_len=reuse,
+            prefix_len=0,
+            output_len=output_len,
+            step_output_len=len(new_tokens),
+            first_token_cost_time_us=first_token_us,
+            wait_time_us=wait_us,
+            pd_sep=pd_sep,
+        )
+        tensor = pb.TensorPB(
+            data_type=pb.TensorPB.INT32, shape=[1, 1, len(new_tokens)], int32_data=int32_tensor_bytes(new_tokens)
+        )
+        return pb.GenerateOutputsPB(
+            request_id=req.request_id,
+            flatten_output=pb.FlattenOutputPB(finished=[finished], aux_info=[aux], output_ids=tensor),
+        )
+
+    def _finish_task(self, task: _Task, error: int = 0) -> None:
+        self._running.pop(task.request_id, None)
+        self._finished_version += 1
+        info = pb.TaskInfoPB(
+            request_id=task.request_id,
+            input_length=task.input_length,
+            prefix_length=task.prefix_length,
+            iterate_count=task.iterations,
+            end_time_ms=int(time.time() * 1000),
+            execution_time_ms=int((time.monotonic() - task.start_s) * 1000),
+        )
+        if error:
+            info.error_info.CopyFrom(pb.ErrorDetailsPB(error_code=error))
+        self._finished.append((self._finished_version, info))
+        del self._finished[:-1000]
+
+    async def _decode_tokens(
+        self, req: pb.GenerateInputPB, first_index: int, total: int, task: _Task
+    ) -> AsyncIterator[list[int]]:
+        """Yield each decode step's new token ids, pacing steps by the running batch size."""
+        self._decoding += 1
+        try:
+            for i in range(first_index, total):
+                await self._sleep_ms(self.params.decode_step_ms(self._decoding))
+                self._iterations += 1
+                task.iterations += 1
+                yield [output_token(req.token_ids, i)]
+        finally:
+            self._decoding -= 1
+
+    @staticmethod
+    def _max_new_tokens(req: pb.GenerateInputPB) -> int:
+        return max(1, req.generate_config.max_new_tokens or 1)
+
+    # ------------------------------------------------------------ RpcService
+
+    async def generate_stream_call(
+        self, req: pb.GenerateInputPB, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateOutputsPB]:
+        """Serve a generate call: local generation, or PD hand-off when this is a PREFILL."""
+        if self.config.role == "DECODE":
+            await context.abort(grpc.StatusCode.INTERNAL, "server not implement GenerateStreamCall")
+        start_s = time.monotonic()
+        task = _Task(req.request_id, len(req.token_ids), start_s=start_s)
+        self._running[req.request_id] = task
+        error = 0
+        try:
+            await self._admit(context)
+            if self.config.role == "PREFILL" and _can_use_pd(req):
+                async for out in self._generate_pd(req, start_s, task):
+                    yield out
+            else:
+                async for out in self._generate_local(req, start_s, task):
+                    yield out
+        except _EngineError as err:
+            error = err.error_code
+            await _abort_engine(context, err)
+        except asyncio.CancelledError:
+            self.cancelled_ids.append(req.request_id)
+            error = wire.CANCELLED_ERROR
+            raise
+        finally:
+            self._finish_task(task, error)
+
+    async def _generate_local(
+        self, req: pb.GenerateInputPB, start_s: float, task: _Task
+    ) -> AsyncIterator[pb.GenerateOutputsPB]:
+        total = self._max_new_tokens(req)
+        streaming = req.generate_config.is_streaming
+        wait_us, first_us, reuse = await self._prefill(req, start_s, task)
+        task.iterations = 1
+        produced = [output_token(req.token_ids, 0)]
+        if streaming or total == 1:
+            yield self._outputs(req, produced, 1, total == 1, start_s, wait_us, first_us, reuse, 1)
+        async for step in self._decode_tokens(req, 1, total, task):
+            produced += step
+            if streaming:
+                done = len(produced) == total
+                yield self._outputs(req, step, len(produced), done, start_s, wait_us, first_us, reuse,
+                                    task.iterations)
+        if not streaming and total > 1:
+            yield self._outputs(req, produced, total, True, start_s, wait_us, first_us, reuse, task.iterations)
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        ch = self._channels.get(target)
+        if ch is None:
+            ch = grpc.aio.insecure_channel(target)
+            self._channels[target] = ch
+        return ch
+
+    async def _generate_pd(
+        self, req: pb.GenerateInputPB, start_s: float, task: _Task
+    ) -> AsyncIterator[pb.GenerateOutputsPB]:
+        decode = next((a for a in req.generate_config.role_addrs if a.role == pb.RoleAddrPB.DECODE and a.ip), None)
+        if decode is None:
+            raise _EngineError(wire.GET_HOST_FAILED, "no DECODE entry in role_addrs")
+        target = f"{decode.ip}:{decode.grpc_port}"
+        stub = self._channel(target).stream_stream(
+            wire.REMOTE_GENERATE,
+            request_serializer=pb.GenerateRequestPB.SerializeToString,
+            response_deserializer=pb.GenerateOutputsPB.FromString,
+        )
+        forwarded = pb.GenerateInputPB()
+        forwarded.CopyFrom(req)
+        forwarded.ClearField("group_id")
+        forwarded.ClearField("group_size")
+        call = stub()
+        try:
+            await call.write(
+                pb.GenerateRequestPB(
+                    stage=pb.ALLOCATE, request_id=req.request_id, client_id=req.client_id,
+                    start_time=req.start_time, input=forwarded, peer_addrs=[self._own_addr()],
+                )
+            )
+            await call.read()  # allocation acknowledged
+            wait_us, first_us, reuse = await self._prefill(req, start_s, task)
+            # ask the decode to pull the KV cache (stage left at its default, as the engine does)
+            await call.write(pb.GenerateRequestPB(request_id=req.request_id))
+            first_token = output_token(req.token_ids, 0)
+            total = self._max_new_tokens(req)
+            yield self._outputs(req, [first_token], 1, total == 1, start_s, wait_us, first_us, reuse, 1, True)
+            load = await call.read()
+            if load is grpc.aio.EOF or load.error_info.error_code != pb.NONE_ERROR:
+                raise _EngineError(wire.REMOTE_GENERATE_FAILED, "decode failed to load the KV cache")
+            await call.write(
+                pb.GenerateRequestPB(stage=pb.GENERATE, request_id=req.request_id, first_generate_token_id=first_token)
+            )
+            await call.done_writing()
+            while True:
+                out = await call.read()
+                if out is grpc.aio.EOF:
+                    break
+                for aux in out.flatten_output.aux_info:
+                    aux.first_token_cost_time_us = first_us
+                    aux.wait_time_us = wait_us
+                    aux.total_reuse_len = reuse
+                    aux.local_reuse_len = reuse
+                    aux.prefill_total_reuse_len = reuse
+                    aux.cost_time_us = self._now_us(start_s)
+                    aux.pd_sep = True
+                yield out
+            code = await call.code()
+            if code != grpc.StatusCode.OK:
+                raise _EngineError(wire.REMOTE_GENERATE_FAILED, f"decode ended with {code.name}: {await call.details()}")
+        except grpc.aio.AioRpcError as exc:
+            raise _EngineError(wire.REMOTE_GENERATE_FAILED, f"decode {target}: {exc.code().name}") from None
+        finally:
+            call.cancel()
+
+    async def remote_generate(
+        self, requests: AsyncIterator[pb.GenerateRequestPB], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateOutputsPB]:
+        """DECODE side of PD: allocate, load the KV cache, then generate tokens 2..n."""
+        if self.config.role != "DECODE":
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "RemoteGenerate is served by DECODE workers")
+        it = requests.__aiter__()
+        alloc = await it.__anext__()
+        req = alloc.input
+        start_s = time.monotonic()
+        task = _Task(req.request_id, len(req.token_ids), start_s=start_s, waiting=False)
+        self._running[req.request_id] = task
+        error = 0
+        try:
+            yield pb.GenerateOutputsPB(request_id=req.request_id)
+            await it.__anext__()  # load request
+            await self._sleep_ms(self.params.kv_transfer_ms_per_token * len(req.token_ids))
+            yield pb.GenerateOutputsPB(request_id=req.request_id, error_info=pb.RpcErrorPB(error_code=pb.NONE_ERROR))
+            gen = await it.__anext__()
+            total = self._max_new_tokens(req)
+            streaming = req.generate_config.is_streaming
+            produced = [gen.first_generate_token_id]
+            delta: list[int] = []
+            async for step in self._decode_tokens(req, 1, total, task):
+                produced += step
+                delta += step
+                done = len(produced) == total
+                if streaming or done:
+                    yield self._outputs(req, delta, len(produced), done, start_s, 0, 0, 0, task.iterations, True)
+                    delta = []
+        except StopAsyncIteration:
+            error = wire.REMOTE_GENERATE_FAILED
+            await context.abort(grpc.StatusCode.INTERNAL, "prefill closed RemoteGenerate early")
+        except asyncio.CancelledError:
+            self.cancelled_ids.append(req.request_id)
+            error = wire.CANCELLED_ERROR
+            raise
+        finally:
+            self._finish_task(task, error)
+
+    async def batch_generate_call(
+        self, req: pb.BatchGenerateInputPB, context: grpc.aio.ServicerContext
+    ) -> pb.BatchGenerateOutputsPB:
+        """Generate every input locally (no PD hand-off) and return the final outputs 1:1."""
+        try:
+            await self._admit(context)
+        except _EngineError as err:
+            await _abort_engine(context, err)
+
+        async def one(inp: pb.GenerateInputPB) -> pb.BatchGenerateResultPB:
+            start_s = time.monotonic()
+            task = _Task(inp.request_id, len(inp.token_ids), start_s=start_s)
+            self._running[inp.request_id] = task
+            try:
+                final = pb.GenerateOutputsPB()
+                non_streaming = pb.GenerateInputPB()
+                non_streaming.CopyFrom(inp)
+                non_streaming.generate_config.is_streaming = False
+                async for out in self._generate_local(non_streaming, start_s, task):
+                    final = out
+                return pb.BatchGenerateResultPB(final_output=final)
+            finally:
+                self._finish_task(task)
+
+        results = await asyncio.gather(*(one(i) for i in req.inputs))
+        return pb.BatchGenerateOutputsPB(results=results)
+
+    async def get_worker_status(self, req: pb.StatusVersionPB, context: grpc.aio.ServicerContext) -> pb.WorkerStatusPB:
+        """Running tasks, tasks finished since the caller's version, and KV-cache figures."""
+        now_s = time.monotonic()
+        running = [
+            pb.TaskInfoPB(
+                request_id=t.request_id, input_length=t.input_length, prefix_length=t.prefix_length,
+                waiting_time_ms=int((now_s - t.start_s) * 1000) if t.waiting else 0, iterate_count=t.iterations,
+                is_waiting=t.waiting, phase=pb.TASK_PHASE_PENDING if t.waiting else pb.TASK_PHASE_RUNNING,
+            )
+            for t in self._running.values()
+        ]
+        finished = [info for v, info in self._finished if v > req.latest_finished_version]
+        total = self.params.cache_capacity_blocks
+        return pb.WorkerStatusPB(
+            role=f"RoleType.{self.config.role}",
+            role_type=self.role_value,
+            running_task_info=running,
+            finished_task_list=finished,
+            waiting_query_len=sum(1 for t in self._running.values() if t.waiting),
+            running_query_len=sum(1 for t in self._running.values() if not t.waiting),
+            step_latency_ms=self.params.decode_step_ms(self._decoding) * self.config.time_scale,
+            iterate_count=self._iterations,
+            dp_size=1,
+            tp_size=1,
+            status_version=int(time.time() * 1e6),
+            alive=True,
+            latest_finished_version=self._finished_version,
+            available_kv_cache=(total - len(self.cache)) * self.params.block_size_tokens,
+            total_kv_cache=total * self.params.block_size_tokens,
+            max_seq_len=1 << 20,
+        )
+
+    async def get_cache_status(self, req: pb.CacheVersionPB, context: grpc.aio.ServicerContext) -> pb.CacheStatusPB:
+        """KV figures and, when asked, every cached block key (RTP-LLM hash)."""
+        total = self.params.cache_capacity_blocks
+        out = pb.CacheStatusPB(
+            available_kv_cache=(total - len(self.cache)) * self.params.block_size_tokens,
+            total_kv_cache=total * self.params.block_size_tokens,
+            block_size=self.params.block_size_tokens,
+            version=self.cache.version,
+        )
+        if req.need_cache_keys and req.latest_cache_version != self.cache.version:
+            for k in self.cache.keys():
+                out.cache_keys[k] = True
+        return out
+
+    async def check_health(self, req: pb.EmptyPB, context: grpc.aio.ServicerContext) -> pb.CheckHealthResponsePB:
+        """Always OK while the server is up, like the engine."""
+        return pb.CheckHealthResponsePB(health="OK")
+
+
+def _can_use_pd(req: pb.GenerateInputPB) -> bool:
+    """Requests the engine generates entirely on the prefill (rtp-llm-wire.md §5.5)."""
+    cfg = req.generate_config
+    if cfg.max_new_tokens <= 1 or cfg.num_beams > 1 or cfg.num_return_sequences > 1 or cfg.variable_num_beams:
+        return False
+    # the RTP-LLM frontend sets can_use_pd_separation; without it the prefill generates alone
+    return cfg.can_use_pd_separation
+
+
+async def serve_forever(config: MockWorkerConfig, ready_line: bool = True) -> None:
+    """Run a mock worker until cancelled or signalled (used by `flexlb mock-worker`)."""
+    worker = MockWorker(config)
+    port = await worker.start()
+    if ready_line:
+        print(f"mock-worker role={config.role} listening on {config.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await worker.stop()

@@ -1,0 +1,1 @@
+"""Everything that talks to workers: channel pool (and later discovery, health checks, polling)."""

@@ -1,0 +1,63 @@
+"""Facts of the RTP-LLM wire protocol shared by the gateway and the mock worker."""
+
+from __future__ import annotations
+
+import grpc
+
+from flexlb.pb import model_rpc_service_pb2 as pb
+
+RPC_SERVICE = "RpcService"
+FLEXLB_SERVICE = "FlexlbService"
+GENERATE_STREAM_CALL = "/RpcService/GenerateStreamCall"
+BATCH_GENERATE_CALL = "/RpcService/BatchGenerateCall"
+CHECK_HEALTH = "/RpcService/CheckHealth"
+REMOTE_GENERATE = "/RpcService/RemoteGenerate"
+GET_WORKER_STATUS = "/RpcService/GetWorkerStatus"
+GET_CACHE_STATUS = "/RpcService/GetCacheStatus"
+
+# binary trailer carrying a serialized ErrorDetailsPB (not a google.rpc.Status)
+ERROR_DETAILS_TRAILER = "grpc-status-details-bin"
+
+# engine ErrorCode numbers used by FlexLB and the mock worker
+GET_HOST_FAILED = 8200
+CONNECT_FAILED = 8202
+REMOTE_GENERATE_FAILED = 8209
+UNKNOWN_ERROR = 514
+MALLOC_FAILED = 602
+CANCELLED_ERROR = 8100
+GENERATE_TIMEOUT = 603
+
+_RESOURCE_EXHAUSTED = {602, 8211, 8429}
+_DEADLINE = {603, 8203, 8204, 8213, 8214, 8300, 8304, 8307, 8316, 8321, 8324}
+_OUT_OF_RANGE = {8101, 511}
+
+
+def grpc_code_for_engine_error(error_code: int) -> grpc.StatusCode:
+    """The gRPC status an RTP-LLM worker uses for an engine ErrorCode (RpcErrorCode.h)."""
+    if error_code == CANCELLED_ERROR:
+        return grpc.StatusCode.CANCELLED
+    if error_code in _RESOURCE_EXHAUSTED:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if error_code in _DEADLINE:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if error_code in _OUT_OF_RANGE:
+        return grpc.StatusCode.OUT_OF_RANGE
+    return grpc.StatusCode.INTERNAL
+
+
+def error_trailer(error_code: int, message: str) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata in the shape RTP-LLM clients parse: ErrorDetailsPB in grpc-status-details-bin."""
+    details = pb.ErrorDetailsPB(error_code=error_code, error_message=message).SerializeToString()
+    return ((ERROR_DETAILS_TRAILER, details),)
+
+
+def role_addr(role: int, ip: str, grpc_port: int, http_port: int) -> pb.RoleAddrPB:
+    """A RoleAddrPB with the enum and the string both written, as RTP-LLM writers do."""
+    name = pb.RoleAddrPB.RoleType.Name(role)
+    return pb.RoleAddrPB(role=role, ip=ip, grpc_port=grpc_port, http_port=http_port, role_str=name)
+
+
+def is_final(outputs: pb.GenerateOutputsPB) -> bool:
+    """A message ends the request when `finished` is non-empty and all true (model_rpc_client.py)."""
+    finished = outputs.flatten_output.finished
+    return len(finished) > 0 and all(finished)
