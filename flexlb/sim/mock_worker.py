@@ -105,6 +105,8 @@ class MockWorker:
         # observable by tests: request ids the worker saw cancelled, and every request's metadata
         self.cancelled_ids: list[int] = []
         self.calls_received = 0
+        self.last_metadata: tuple[tuple[str, str | bytes], ...] = ()
+        self.last_request_bytes = b""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -180,6 +182,18 @@ class MockWorker:
 
     def _own_addr(self) -> str:
         return f"{self.config.host}:{self.port}"
+
+    async def _echo_metadata(self, context: grpc.aio.ServicerContext) -> None:
+        """Send `x-echo-*` request headers back as initial and (suffixed `-trailer`) trailing metadata.
+
+        Lets anyone check that a proxy in between forwards metadata both ways.
+        """
+        echo = tuple((k, v) for k, v in context.invocation_metadata() or () if k.startswith("x-echo-"))
+        self.last_metadata = tuple(context.invocation_metadata() or ())
+        if echo:
+            await context.send_initial_metadata(echo)
+            context.set_trailing_metadata(tuple((k + "-trailer" if not k.endswith("-bin") else k[:-4] + "-trailer-bin", v)
+                                                for k, v in echo))
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> None:
         """Apply fault switches to a generate call (may crash, hang, delay or raise)."""
@@ -287,8 +301,10 @@ class MockWorker:
         start_s = time.monotonic()
         task = _Task(req.request_id, len(req.token_ids), start_s=start_s)
         self._running[req.request_id] = task
+        self.last_request_bytes = req.SerializeToString()
         error = 0
         try:
+            await self._echo_metadata(context)
             await self._admit(context)
             if self.config.role == "PREFILL" and _can_use_pd(req):
                 async for out in self._generate_pd(req, start_s, task):
@@ -436,6 +452,7 @@ class MockWorker:
     ) -> pb.BatchGenerateOutputsPB:
         """Generate every input locally (no PD hand-off) and return the final outputs 1:1."""
         try:
+            await self._echo_metadata(context)
             await self._admit(context)
         except _EngineError as err:
             await _abort_engine(context, err)

@@ -1,0 +1,123 @@
+"""Shared fixtures: real mock workers and real gateways on loopback, all in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import grpc
+import pytest
+
+from flexlb.app import Gateway
+from flexlb.balancer.request import Deploy
+from flexlb.balancer.workers import Role, WorkerAddr
+from flexlb.config import MasterConfig, ServerConfig, Settings
+from flexlb.pb import model_rpc_service_pb2 as pb
+from flexlb.sim.engine import EngineParams
+from flexlb.sim.mock_worker import Faults, MockWorker, MockWorkerConfig
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+# fast simulated engine: a few ms per call so suites stay quick but timing is still real
+FAST = EngineParams(prefill_base_ms=2.0, prefill_ms_per_uncached_token=0.002, decode_step_base_ms=1.0,
+                    decode_step_ms_per_running=0.0)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "condition") -> None:
+    """Poll `predicate` until true; fail the test with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def generate_input(request_id: int, n_tokens: int = 64, max_new_tokens: int = 8, streaming: bool = True,
+                   first_token: int = 1) -> pb.GenerateInputPB:
+    """A GenerateInputPB like the RTP-LLM frontend sends (PD allowed)."""
+    return pb.GenerateInputPB(
+        request_id=request_id,
+        token_ids=[(first_token + i * 31) % 30000 for i in range(n_tokens)],
+        generate_config=pb.GenerateConfigPB(max_new_tokens=max_new_tokens, is_streaming=streaming,
+                                            can_use_pd_separation=True),
+    )
+
+
+def stream_stub(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable:
+    """Typed GenerateStreamCall callable."""
+    return channel.unary_stream(
+        "/RpcService/GenerateStreamCall",
+        request_serializer=pb.GenerateInputPB.SerializeToString,
+        response_deserializer=pb.GenerateOutputsPB.FromString,
+    )
+
+
+WorkerFactory = Callable[..., Awaitable[MockWorker]]
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def mock_workers() -> AsyncIterator[WorkerFactory]:
+    """Start mock workers on free loopback ports; all are stopped at the end of the test."""
+    started: list[MockWorker] = []
+
+    async def start(role: str = "PDFUSION", time_scale: float = 1.0, faults: Faults | None = None,
+                    params: EngineParams = FAST) -> MockWorker:
+        w = MockWorker(MockWorkerConfig(role=role, port=0, time_scale=time_scale, params=params,
+                                        faults=faults or Faults()))
+        await w.start()
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        await w.stop(grace_s=0)
+
+
+def worker_addr(w: MockWorker, group: str = "") -> WorkerAddr:
+    """The WorkerAddr of a running mock worker."""
+    return WorkerAddr("127.0.0.1", w.port, w.port - 1, Role[w.config.role], group)
+
+
+@pytest.fixture
+async def gateways() -> AsyncIterator[GatewayFactory]:
+    """Start in-process gateways on free loopback ports; all are stopped at the end of the test."""
+    started: list[Gateway] = []
+
+    async def start(workers: list[WorkerAddr], deploy: Deploy | None = None, strategy: str = "ROUND_ROBIN",
+                    decode_strategy: str = "ROUND_ROBIN", **server: Any) -> Gateway:
+        if deploy is None:
+            deploy = Deploy.DISAGGREGATED if any(w.role is Role.PREFILL for w in workers) else Deploy.PD_FUSION
+        settings = Settings(
+            server=replace(ServerConfig(host="127.0.0.1", grpc_port=0, admin_port=0), **server),
+            master=MasterConfig(load_balance_strategy=strategy, decode_load_balance_strategy=decode_strategy),
+            workers=tuple(workers),
+            deploy=deploy,
+        )
+        gw = Gateway(settings, seed=1)
+        await gw.start()
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        await gw.stop(grace_s=0)
+
+
+@pytest.fixture
+async def channels() -> AsyncIterator[Callable[[int], grpc.aio.Channel]]:
+    """Client channels to loopback ports, closed at the end of the test."""
+    opened: list[grpc.aio.Channel] = []
+
+    def open_(port: int, **options: Any) -> grpc.aio.Channel:
+        ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=list(options.items()))
+        opened.append(ch)
+        return ch
+
+    yield open_
+    for ch in opened:
+        await ch.close()
