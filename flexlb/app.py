@@ -109,7 +109,8 @@ class Gateway:
         deadline = time.monotonic() + timeout_s
         while self.cluster.total_in_flight() > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        await self.stop(grace_s=max(0.0, deadline - time.monotonic()))
+        # relayed calls are done (or out of time); what is left are long-lived health watches
+        await self.stop(grace_s=min(0.5, max(0.0, deadline - time.monotonic())))
 
     async def stop(self, grace_s: float | None = 0.5) -> None:
         """Stop everything now (in-flight calls get `grace_s` to finish, then are cancelled)."""

@@ -26,7 +26,8 @@ def _gen_proto() -> ModuleType:
 
 
 def _generated(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if re.search(r"_pb2\w*\.pyi?$", p.name)}
+    names = sorted(p for p in directory.iterdir() if re.search(r"_pb2\w*\.pyi?$", p.name))
+    return {p.name: p.read_bytes() for p in names}
 
 
 def test_committed_code_matches_regeneration(tmp_path: Path) -> None:
@@ -51,7 +52,8 @@ def test_committed_code_matches_regeneration(tmp_path: Path) -> None:
 
 def _buf() -> Path:
     if not BUF.exists():
-        pytest.fail(f"buf not found at {BUF.relative_to(ROOT)}; run `make tools` to install it", pytrace=False)
+        pytest.fail(f"buf not found at {BUF.relative_to(ROOT)}; run `make tools` to install it",
+                    pytrace=False)
     return BUF
 
 
@@ -78,8 +80,8 @@ def test_buf_lint_is_not_vacuous(tmp_path: Path) -> None:
     assert "model_rpc_service.proto" not in out
 
 
-def _except_blocks(text: str) -> list[list[tuple[int, str]]]:
-    """Every `except:` list in a YAML file as (line index, stripped line) entries, comments included."""
+def _except_blocks(text: str) -> list[list[str]]:
+    """Every `except:` list in a YAML file as its stripped lines (entries, comments and blank lines)."""
     lines = text.splitlines()
     blocks = []
     for i, line in enumerate(lines):
@@ -88,28 +90,33 @@ def _except_blocks(text: str) -> list[list[tuple[int, str]]]:
             continue
         indent = len(m.group(1))
         block = []
-        for j in range(i + 1, len(lines)):
-            stripped = lines[j].strip()
-            if stripped and not stripped.startswith("#") and len(lines[j]) - len(lines[j].lstrip()) <= indent:
-                if not stripped.startswith("- ") or len(lines[j]) - len(lines[j].lstrip()) < indent:
-                    break
-            block.append((j, stripped))
+        for nxt in lines[i + 1 :]:
+            stripped = nxt.strip()
+            is_entry = stripped.startswith("- ") and len(nxt) - len(nxt.lstrip()) >= indent
+            if stripped and not stripped.startswith("#") and not is_entry:
+                break
+            block.append(stripped)
         blocks.append(block)
     return blocks
 
 
+def _rule(entry: str) -> str:
+    return entry[2:].split("#", 1)[0].strip()
+
+
 def uncommented_excepts(text: str) -> list[str]:
-    """Excepted rules not covered by a comment: each run of entries must directly follow a comment line."""
+    """Excepted rules without a comment. A rule is covered by an inline comment or by a comment line
+    directly above it or above the run of entries it belongs to (no blank line in between)."""
     bad = []
     for block in _except_blocks(text):
-        previous = ""
-        for _, stripped in block:
-            if stripped.startswith("- "):
-                if not (previous.startswith("#") or previous.startswith("- ")):
-                    bad.append(stripped[2:].strip())
-                elif previous.startswith("- ") and previous[2:].strip() in bad:
-                    bad.append(stripped[2:].strip())
-            previous = stripped
+        covered = False
+        for stripped in block:
+            if stripped.startswith("#"):
+                covered = True
+            elif not stripped:
+                covered = False
+            elif not covered and "#" not in stripped:
+                bad.append(_rule(stripped))
     return bad
 
 
@@ -117,7 +124,7 @@ def test_every_buf_exception_is_commented() -> None:
     text = BUF_YAML.read_text()
     blocks = _except_blocks(text)
     assert blocks, "buf.yaml has no `except:` list"
-    rules = [s[2:].strip() for b in blocks for _, s in b if s.startswith("- ")]
+    rules = [_rule(s) for b in blocks for s in b if s.startswith("- ")]
     assert rules, "the `except:` list is empty"
     assert all(re.fullmatch(r"[A-Z_]+", r) for r in rules), rules
     assert uncommented_excepts(text) == [], "every excepted lint rule must carry a comment saying why"
@@ -126,6 +133,14 @@ def test_every_buf_exception_is_commented() -> None:
 def test_comment_check_catches_a_bare_rule() -> None:
     text = (
         "lint:\n  use:\n    - STANDARD\n  except:\n    # why\n    - PACKAGE_DEFINED\n    - RPC_PASCAL_CASE\n"
-        "\n    - ENUM_VALUE_PREFIX\n    # reason\n\n    - ENUM_ZERO_VALUE_SUFFIX\nbreaking:\n  use:\n    - FILE\n"
+        "\n    - ENUM_VALUE_PREFIX\n    # reason\n\n    - ENUM_ZERO_VALUE_SUFFIX\n"
+        "    - FIELD_LOWER_SNAKE_CASE  # inline reason\n"
+        "breaking:\n  use:\n    - FILE\n  except:\n  - FIELD_SAME_NAME\n"
     )
-    assert uncommented_excepts(text) == ["ENUM_VALUE_PREFIX", "ENUM_ZERO_VALUE_SUFFIX"]
+    assert uncommented_excepts(text) == ["ENUM_VALUE_PREFIX", "ENUM_ZERO_VALUE_SUFFIX", "FIELD_SAME_NAME"]
+    rules = [[_rule(s) for s in b if s.startswith("- ")] for b in _except_blocks(text)]
+    assert rules == [
+        ["PACKAGE_DEFINED", "RPC_PASCAL_CASE", "ENUM_VALUE_PREFIX", "ENUM_ZERO_VALUE_SUFFIX",
+         "FIELD_LOWER_SNAKE_CASE"],
+        ["FIELD_SAME_NAME"],
+    ]

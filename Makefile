@@ -1,0 +1,52 @@
+# FlexLB — every developer and CI entry point. `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+BUF    := .tools/node_modules/.bin/buf
+ZK_JAR := /usr/share/java/zookeeper.jar
+export GRPC_VERBOSITY ?= ERROR
+
+.PHONY: venv tools zookeeper proto lint test test-fast demo bench-relay clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# buf (proto lint) comes from the npm registry
+tools: $(BUF)
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1
+
+# ZooKeeper for the high-availability tests (Debian's package; the tests start and stop it)
+zookeeper:
+	@if [ ! -f $(ZK_JAR) ]; then \
+	  echo "installing Debian's zookeeper package"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null; \
+	fi
+
+proto: venv
+	$(BIN)/python scripts/gen_proto.py
+
+lint: venv tools
+	$(BIN)/ruff check flexlb tests bench scripts
+	$(BIN)/mypy
+	$(BUF) lint
+
+test: venv tools zookeeper lint
+	$(BIN)/pytest -q
+
+test-fast: venv
+	$(BIN)/pytest -q -x
+
+demo: venv
+	$(BIN)/flexlb demo
+
+bench-relay: venv
+	$(BIN)/python bench/relay.py --out docs/benchmarks.md
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache *.egg-info

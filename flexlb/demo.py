@@ -1,0 +1,169 @@
+"""`flexlb demo`: a PD set of mock workers behind a gateway, real traffic, a report, then a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+import signal
+import statistics
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import grpc
+
+from flexlb.pb import model_rpc_service_pb2 as pb
+
+_READY = re.compile(r"listening on [\d.]+:(\d+)")
+_GATEWAY_READY = re.compile(r"grpc [\d.]+:(\d+) admin [\d.]+:(\d+)")
+
+
+@dataclass
+class Proc:
+    """A child process and what it printed when it became ready."""
+
+    name: str
+    proc: asyncio.subprocess.Process
+    ready_line: str
+
+
+async def spawn(name: str, *args: str, timeout_s: float = 20.0) -> Proc:
+    """Start `python -m flexlb ARGS` and wait for its readiness line on stdout."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flexlb", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        raise RuntimeError(f"{name} did not become ready in {timeout_s}s") from None
+    if not line:
+        raise RuntimeError(f"{name} exited before becoming ready (code {await proc.wait()})")
+    return Proc(name, proc, line.decode().strip())
+
+
+async def stop_all(procs: list[Proc]) -> None:
+    """SIGTERM every child, wait a little, then SIGKILL what is left."""
+    for p in procs:
+        if p.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.proc.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            await asyncio.wait_for(p.proc.wait(), 10)
+        except TimeoutError:
+            p.proc.kill()
+            await p.proc.wait()
+
+
+def _bar(done: int, total: int, errors: int, width: int = 40) -> str:
+    filled = int(width * done / total)
+    return f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} calls, {errors} errors"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+async def _traffic(port: int, requests: int, concurrency: int) -> tuple[list[float], list[float], int]:
+    rng = random.Random(7)
+    # a handful of shared system prompts, as real chat traffic has, plus a per-request tail
+    prefixes = [[rng.randrange(1, 30000) for _ in range(rng.choice((256, 512, 1024)))] for _ in range(6)]
+    ttft_ms: list[float] = []
+    e2e_ms: list[float] = []
+    errors = 0
+    done = 0
+    sem = asyncio.Semaphore(concurrency)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = channel.unary_stream(
+            "/RpcService/GenerateStreamCall",
+            request_serializer=pb.GenerateInputPB.SerializeToString,
+            response_deserializer=pb.GenerateOutputsPB.FromString,
+        )
+
+        async def one(i: int) -> None:
+            nonlocal errors, done
+            tokens = rng.choice(prefixes) + [rng.randrange(1, 30000) for _ in range(rng.randrange(16, 256))]
+            req = pb.GenerateInputPB(
+                request_id=i + 1, token_ids=tokens,
+                generate_config=pb.GenerateConfigPB(
+                    max_new_tokens=rng.randrange(8, 33), is_streaming=True, can_use_pd_separation=True
+                ),
+            )
+            async with sem:
+                t0 = time.monotonic()
+                first = None
+                try:
+                    async for _ in stub(req, timeout=30):
+                        if first is None:
+                            first = time.monotonic()
+                    assert first is not None
+                    ttft_ms.append((first - t0) * 1000)
+                    e2e_ms.append((time.monotonic() - t0) * 1000)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                done += 1
+                print(_bar(done, requests, errors), end="", file=sys.stderr, flush=True)
+
+        await asyncio.gather(*(one(i) for i in range(requests)))
+    print(file=sys.stderr)
+    return ttft_ms, e2e_ms, errors
+
+
+async def demo(requests: int, concurrency: int) -> int:
+    """Run the whole demo; returns 0 when every call succeeded."""
+    procs: list[Proc] = []
+    try:
+        print("starting 2 PREFILL + 2 DECODE mock workers ...")
+        ports: dict[str, list[int]] = {"PREFILL": [], "DECODE": []}
+        for role in ("PREFILL", "PREFILL", "DECODE", "DECODE"):
+            p = await spawn(f"{role.lower()}-{len(ports[role])}", "mock-worker", "--role", role, "--port", "0",
+                            "--time-scale", "0.2")
+            procs.append(p)
+            m = _READY.search(p.ready_line)
+            assert m, p.ready_line
+            ports[role].append(int(m.group(1)))
+            print(f"  {p.name:10s} 127.0.0.1:{m.group(1)}")
+        args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+                "--strategy", "ROUND_ROBIN_LOWEST_CONCURRENCY", "--log-level", "WARNING"]
+        for port in ports["PREFILL"]:
+            args += ["--prefill", f"127.0.0.1:{port}"]
+        for port in ports["DECODE"]:
+            args += ["--decode", f"127.0.0.1:{port}"]
+        gw = await spawn("gateway", *args)
+        procs.append(gw)
+        m = _GATEWAY_READY.search(gw.ready_line)
+        assert m, gw.ready_line
+        grpc_port, admin_port = int(m.group(1)), int(m.group(2))
+        print(f"gateway: gRPC 127.0.0.1:{grpc_port}  admin http://127.0.0.1:{admin_port}/actuator/info")
+        print(f"sending {requests} streamed GenerateStreamCall requests, {concurrency} at a time ...")
+        t0 = time.monotonic()
+        ttft_ms, e2e_ms, errors = await _traffic(grpc_port, requests, concurrency)
+        wall_s = time.monotonic() - t0
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/actuator/info", timeout=5) as r:
+            info = json.load(r)
+        print(f"\ndone in {wall_s:.1f} s: {len(ttft_ms)} ok, {errors} errors")
+        print(f"{'worker':22s} {'role':8s} {'calls':>6s} {'in flight':>9s}")
+        for w in info["workers"]:
+            print(f"{w['worker']:22s} {w['role']:8s} {w['dispatched_total']:6d} {w['in_flight']:9d}")
+        if ttft_ms:
+            print(f"TTFT  p50 {percentile(ttft_ms, 50):7.1f} ms   p99 {percentile(ttft_ms, 99):7.1f} ms   "
+                  f"mean {statistics.fmean(ttft_ms):7.1f} ms")
+            print(f"E2E   p50 {percentile(e2e_ms, 50):7.1f} ms   p99 {percentile(e2e_ms, 99):7.1f} ms")
+        print("stopping everything ...")
+        return 0 if errors == 0 else 1
+    finally:
+        await stop_all(procs)
+
+
+def run_demo(requests: int, concurrency: int) -> int:
+    """Entry point of `flexlb demo`."""
+    return asyncio.run(demo(requests, concurrency))
