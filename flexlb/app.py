@@ -53,7 +53,9 @@ class Gateway:
         )
         self.metrics = Metrics()
         self.metrics.watch_cluster(self.cluster, self.is_draining)
-        self.pool = UpstreamPool(settings.server.max_receive_message_bytes, settings.server.upstream_channels_per_worker)
+        self.pool = UpstreamPool(
+            settings.server.max_receive_message_bytes, settings.server.upstream_channels_per_worker
+        )
         self.relay = RpcRelay(self.router, self.pool, self.metrics, self.is_draining)
         self.scheduler = Scheduler(self.router, self.metrics)
         self.health = health.aio.HealthServicer()
@@ -93,7 +95,12 @@ class Gateway:
             log.debug("config field %s is parsed but not acted on yet (%s)", name, why)
         log.info(
             "flexlb %s serving gRPC on %s:%d, admin on %s:%d, deploy %s, %d workers",
-            __version__, s.host, self.grpc_port, s.host, self.admin_port, self.settings.deploy.name,
+            __version__,
+            s.host,
+            self.grpc_port,
+            s.host,
+            self.admin_port,
+            self.settings.deploy.name,
             len(self.cluster.all()),
         )
 
@@ -165,8 +172,11 @@ async def run_gateway(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    print(f"flexlb gateway listening: grpc {settings.server.host}:{gateway.grpc_port} "
-          f"admin {settings.server.host}:{gateway.admin_port}", flush=True)
+    print(
+        f"flexlb gateway listening: grpc {settings.server.host}:{gateway.grpc_port} "
+        f"admin {settings.server.host}:{gateway.admin_port}",
+        flush=True,
+    )
     await stop.wait()
     log.info("signal received: draining (up to %.1f s)", settings.server.drain_timeout_s)
     await gateway.drain_and_stop()

@@ -114,10 +114,18 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(
             os.environ,
             CliOverrides(
-                host=args.host, grpc_port=args.port, admin_port=args.admin_port, deploy=args.deploy,
-                strategy=args.strategy, decode_strategy=args.decode_strategy, prefill=tuple(args.prefill),
-                decode=tuple(args.decode), fused=tuple(args.worker), max_message_bytes=args.max_message_bytes,
-                upstream_channels=args.upstream_channels, drain_timeout_s=args.drain_timeout_s,
+                host=args.host,
+                grpc_port=args.port,
+                admin_port=args.admin_port,
+                deploy=args.deploy,
+                strategy=args.strategy,
+                decode_strategy=args.decode_strategy,
+                prefill=tuple(args.prefill),
+                decode=tuple(args.decode),
+                fused=tuple(args.worker),
+                max_message_bytes=args.max_message_bytes,
+                upstream_channels=args.upstream_channels,
+                drain_timeout_s=args.drain_timeout_s,
             ),
         )
     except ConfigError as exc:
@@ -130,14 +138,29 @@ def _mock_worker(args: argparse.Namespace) -> int:
     from flexlb.sim.mock_worker import serve_forever
 
     params = EngineParams(
-        prefill_base_ms=args.prefill_base_ms, prefill_ms_per_uncached_token=args.prefill_ms_per_token,
-        decode_step_base_ms=args.decode_step_ms, decode_step_ms_per_running=args.decode_step_ms_per_running,
-        block_size_tokens=args.block_size, cache_capacity_blocks=args.cache_blocks,
+        prefill_base_ms=args.prefill_base_ms,
+        prefill_ms_per_uncached_token=args.prefill_ms_per_token,
+        decode_step_base_ms=args.decode_step_ms,
+        decode_step_ms_per_running=args.decode_step_ms_per_running,
+        block_size_tokens=args.block_size,
+        cache_capacity_blocks=args.cache_blocks,
     )
-    faults = Faults(error_rate=args.error_rate, error_code=args.error_code, delay_ms=args.delay_ms,
-                    hang=args.hang, crash_after=args.crash_after)
-    cfg = MockWorkerConfig(role=args.role, host=args.host, port=args.port, time_scale=args.time_scale,
-                           params=params, faults=faults, seed=args.seed)
+    faults = Faults(
+        error_rate=args.error_rate,
+        error_code=args.error_code,
+        delay_ms=args.delay_ms,
+        hang=args.hang,
+        crash_after=args.crash_after,
+    )
+    cfg = MockWorkerConfig(
+        role=args.role,
+        host=args.host,
+        port=args.port,
+        time_scale=args.time_scale,
+        params=params,
+        faults=faults,
+        seed=args.seed,
+    )
     _run(serve_forever(cfg))
     return 0
 

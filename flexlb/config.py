@@ -196,9 +196,7 @@ def parse_master(raw: Mapping[str, Any], name: str = "WHALE_MASTER_CONFIG") -> M
     if "prefillLbTimeoutMs" in raw:
         kw["prefill_lb_timeout_ms"] = _int(p + "prefillLbTimeoutMs", raw["prefillLbTimeoutMs"], 0)
     if "prefillGenerateTimeoutMs" in raw:
-        kw["prefill_generate_timeout_ms"] = _int(
-            p + "prefillGenerateTimeoutMs", raw["prefillGenerateTimeoutMs"], 0
-        )
+        kw["prefill_generate_timeout_ms"] = _int(p + "prefillGenerateTimeoutMs", raw["prefillGenerateTimeoutMs"], 0)
     if "enableGrpcPrefillMaster" in raw:
         kw["enable_grpc_prefill_master"] = _bool(p + "enableGrpcPrefillMaster", raw["enableGrpcPrefillMaster"])
     return MasterConfig(**{**d.__dict__, **kw})
@@ -250,9 +248,7 @@ def _endpoint_hosts(path: str, ep: Mapping[str, Any], env: Mapping[str, str]) ->
     raise ConfigError(path + ".type", f"unknown value {kind!r}; accepted: SpecifiedIpPortList, DomainAddress")
 
 
-def _endpoint_workers(
-    path: str, raw: Any, role: Role, group: str, env: Mapping[str, str]
-) -> list[WorkerAddr]:
+def _endpoint_workers(path: str, raw: Any, role: Role, group: str, env: Mapping[str, str]) -> list[WorkerAddr]:
     ep = _obj(path, raw)
     protocol = str(ep.get("protocol", "http")).lower()
     if protocol not in ("http", "grpc"):
@@ -349,7 +345,10 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
         master = MasterConfig(**{**master.__dict__, "load_balance_strategy": _strategy("--strategy", cli.strategy)})
     if cli.decode_strategy:
         master = MasterConfig(
-            **{**master.__dict__, "decode_load_balance_strategy": _strategy("--decode-strategy", cli.decode_strategy)}
+            **{
+                **master.__dict__,
+                "decode_load_balance_strategy": _strategy("--decode-strategy", cli.decode_strategy),
+            }
         )
 
     service_id, workers = "", []
@@ -435,8 +434,13 @@ def masked(settings: Settings) -> dict[str, Any]:
         if isinstance(v, enum.Enum):
             return v.name
         if isinstance(v, WorkerAddr):
-            return {"ip": v.ip, "grpc_port": v.grpc_port, "http_port": v.http_port, "role": v.role.name,
-                    "group": v.group}
+            return {
+                "ip": v.ip,
+                "grpc_port": v.grpc_port,
+                "http_port": v.http_port,
+                "role": v.role.name,
+                "group": v.group,
+            }
         if isinstance(v, tuple | list):
             return [plain(x) for x in v]
         if hasattr(v, "__dataclass_fields__"):

@@ -34,8 +34,12 @@ class Proc:
 async def spawn(name: str, *args: str, timeout_s: float = 20.0) -> Proc:
     """Start `python -m flexlb ARGS` and wait for its readiness line on stdout."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "flexlb", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "flexlb",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
     try:
@@ -93,7 +97,8 @@ async def _traffic(port: int, requests: int, concurrency: int) -> tuple[list[flo
             nonlocal errors, done
             tokens = rng.choice(prefixes) + [rng.randrange(1, 30000) for _ in range(rng.randrange(16, 256))]
             req = pb.GenerateInputPB(
-                request_id=i + 1, token_ids=tokens,
+                request_id=i + 1,
+                token_ids=tokens,
                 generate_config=pb.GenerateConfigPB(
                     max_new_tokens=rng.randrange(8, 33), is_streaming=True, can_use_pd_separation=True
                 ),
@@ -125,15 +130,34 @@ async def demo(requests: int, concurrency: int) -> int:
         print("starting 2 PREFILL + 2 DECODE mock workers ...")
         ports: dict[str, list[int]] = {"PREFILL": [], "DECODE": []}
         for role in ("PREFILL", "PREFILL", "DECODE", "DECODE"):
-            p = await spawn(f"{role.lower()}-{len(ports[role])}", "mock-worker", "--role", role, "--port", "0",
-                            "--time-scale", "0.2")
+            p = await spawn(
+                f"{role.lower()}-{len(ports[role])}",
+                "mock-worker",
+                "--role",
+                role,
+                "--port",
+                "0",
+                "--time-scale",
+                "0.2",
+            )
             procs.append(p)
             m = _READY.search(p.ready_line)
             assert m, p.ready_line
             ports[role].append(int(m.group(1)))
             print(f"  {p.name:10s} 127.0.0.1:{m.group(1)}")
-        args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
-                "--strategy", "ROUND_ROBIN_LOWEST_CONCURRENCY", "--log-level", "WARNING"]
+        args = [
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "--strategy",
+            "ROUND_ROBIN_LOWEST_CONCURRENCY",
+            "--log-level",
+            "WARNING",
+        ]
         for port in ports["PREFILL"]:
             args += ["--prefill", f"127.0.0.1:{port}"]
         for port in ports["DECODE"]:
@@ -155,8 +179,10 @@ async def demo(requests: int, concurrency: int) -> int:
         for w in info["workers"]:
             print(f"{w['worker']:22s} {w['role']:8s} {w['dispatched_total']:6d} {w['in_flight']:9d}")
         if ttft_ms:
-            print(f"TTFT  p50 {percentile(ttft_ms, 50):7.1f} ms   p99 {percentile(ttft_ms, 99):7.1f} ms   "
-                  f"mean {statistics.fmean(ttft_ms):7.1f} ms")
+            print(
+                f"TTFT  p50 {percentile(ttft_ms, 50):7.1f} ms   p99 {percentile(ttft_ms, 99):7.1f} ms   "
+                f"mean {statistics.fmean(ttft_ms):7.1f} ms"
+            )
             print(f"E2E   p50 {percentile(e2e_ms, 50):7.1f} ms   p99 {percentile(e2e_ms, 99):7.1f} ms")
         print("stopping everything ...")
         return 0 if errors == 0 else 1

@@ -23,16 +23,24 @@ class _ClusterCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         in_flight = GaugeMetricFamily(
-            "flexlb_worker_in_flight", "Calls dispatched to a worker and not finished", labels=["worker", "role"]
+            "flexlb_worker_in_flight",
+            "Calls dispatched to a worker and not finished",
+            labels=["worker", "role"],
         )
-        healthy = GaugeMetricFamily("flexlb_worker_healthy", "1 if the worker is in rotation", labels=["worker", "role"])
+        healthy = GaugeMetricFamily(
+            "flexlb_worker_healthy", "1 if the worker is in rotation", labels=["worker", "role"]
+        )
         for w in self._cluster.all():
             in_flight.add_metric([w.key, w.role.name], w.in_flight)
             healthy.add_metric([w.key, w.role.name], 1 if w.healthy else 0)
         yield in_flight
         yield healthy
-        yield GaugeMetricFamily("flexlb_in_flight", "Calls in flight through this gateway", self._cluster.total_in_flight())
-        yield GaugeMetricFamily("flexlb_draining", "1 while the gateway drains before exit", 1 if self._draining() else 0)
+        yield GaugeMetricFamily(
+            "flexlb_in_flight", "Calls in flight through this gateway", self._cluster.total_in_flight()
+        )
+        yield GaugeMetricFamily(
+            "flexlb_draining", "1 while the gateway drains before exit", 1 if self._draining() else 0
+        )
 
 
 class Metrics:
@@ -42,26 +50,39 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "flexlb_requests", "Relayed calls by method, worker, role, strategy and final gRPC code",
-            ["method", "worker", "role", "strategy", "code"], registry=r,
+            "flexlb_requests",
+            "Relayed calls by method, worker, role, strategy and final gRPC code",
+            ["method", "worker", "role", "strategy", "code"],
+            registry=r,
         )
         self.rejected = Counter(
-            "flexlb_rejected_requests", "Calls answered by the gateway without reaching a worker",
-            ["method", "code", "reason"], registry=r,
+            "flexlb_rejected_requests",
+            "Calls answered by the gateway without reaching a worker",
+            ["method", "code", "reason"],
+            registry=r,
         )
         self.decisions = Counter(
-            "flexlb_routing_decisions", "Routing decisions by strategy and reason", ["strategy", "reason"], registry=r
+            "flexlb_routing_decisions",
+            "Routing decisions by strategy and reason",
+            ["strategy", "reason"],
+            registry=r,
         )
         self.relayed_messages = Counter(
             "flexlb_relayed_messages", "Response messages relayed to clients", ["method"], registry=r
         )
         self.latency = Histogram(
-            "flexlb_request_duration_seconds", "Call duration seen by the gateway", ["method"],
-            buckets=_LATENCY_BUCKETS_S, registry=r,
+            "flexlb_request_duration_seconds",
+            "Call duration seen by the gateway",
+            ["method"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.ttft = Histogram(
-            "flexlb_ttft_seconds", "Time from call start to the first response message", ["worker"],
-            buckets=_TTFT_BUCKETS_S, registry=r,
+            "flexlb_ttft_seconds",
+            "Time from call start to the first response message",
+            ["worker"],
+            buckets=_TTFT_BUCKETS_S,
+            registry=r,
         )
 
     def watch_cluster(self, cluster: Cluster, draining: Callable[[], bool]) -> None:

@@ -53,8 +53,9 @@ def error_trailer(error_code: int, message: str) -> tuple[tuple[str, bytes], ...
 
 def role_addr(role: int, ip: str, grpc_port: int, http_port: int) -> pb.RoleAddrPB:
     """A RoleAddrPB with the enum and the string both written, as RTP-LLM writers do."""
-    name = pb.RoleAddrPB.RoleType.Name(role)
-    return pb.RoleAddrPB(role=role, ip=ip, grpc_port=grpc_port, http_port=http_port, role_str=name)
+    out = pb.RoleAddrPB(ip=ip, grpc_port=grpc_port, http_port=http_port, role_str=pb.RoleAddrPB.RoleType.Name(role))
+    out.role = role  # type: ignore[assignment]  # enum fields take their int values
+    return out
 
 
 def is_final(outputs: pb.GenerateOutputsPB) -> bool:

@@ -23,8 +23,12 @@ from flexlb.sim.mock_worker import Faults, MockWorker, MockWorkerConfig
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 # fast simulated engine: a few ms per call so suites stay quick but timing is still real
-FAST = EngineParams(prefill_base_ms=2.0, prefill_ms_per_uncached_token=0.002, decode_step_base_ms=1.0,
-                    decode_step_ms_per_running=0.0)
+FAST = EngineParams(
+    prefill_base_ms=2.0,
+    prefill_ms_per_uncached_token=0.002,
+    decode_step_base_ms=1.0,
+    decode_step_ms_per_running=0.0,
+)
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "condition") -> None:
@@ -36,14 +40,16 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0, what: 
         await asyncio.sleep(0.01)
 
 
-def generate_input(request_id: int, n_tokens: int = 64, max_new_tokens: int = 8, streaming: bool = True,
-                   first_token: int = 1) -> pb.GenerateInputPB:
+def generate_input(
+    request_id: int, n_tokens: int = 64, max_new_tokens: int = 8, streaming: bool = True, first_token: int = 1
+) -> pb.GenerateInputPB:
     """A GenerateInputPB like the RTP-LLM frontend sends (PD allowed)."""
     return pb.GenerateInputPB(
         request_id=request_id,
         token_ids=[(first_token + i * 31) % 30000 for i in range(n_tokens)],
-        generate_config=pb.GenerateConfigPB(max_new_tokens=max_new_tokens, is_streaming=streaming,
-                                            can_use_pd_separation=True),
+        generate_config=pb.GenerateConfigPB(
+            max_new_tokens=max_new_tokens, is_streaming=streaming, can_use_pd_separation=True
+        ),
     )
 
 
@@ -65,10 +71,15 @@ async def mock_workers() -> AsyncIterator[WorkerFactory]:
     """Start mock workers on free loopback ports; all are stopped at the end of the test."""
     started: list[MockWorker] = []
 
-    async def start(role: str = "PDFUSION", time_scale: float = 1.0, faults: Faults | None = None,
-                    params: EngineParams = FAST) -> MockWorker:
-        w = MockWorker(MockWorkerConfig(role=role, port=0, time_scale=time_scale, params=params,
-                                        faults=faults or Faults()))
+    async def start(
+        role: str = "PDFUSION",
+        time_scale: float = 1.0,
+        faults: Faults | None = None,
+        params: EngineParams = FAST,
+    ) -> MockWorker:
+        w = MockWorker(
+            MockWorkerConfig(role=role, port=0, time_scale=time_scale, params=params, faults=faults or Faults())
+        )
         await w.start()
         started.append(w)
         return w
@@ -88,8 +99,13 @@ async def gateways() -> AsyncIterator[GatewayFactory]:
     """Start in-process gateways on free loopback ports; all are stopped at the end of the test."""
     started: list[Gateway] = []
 
-    async def start(workers: list[WorkerAddr], deploy: Deploy | None = None, strategy: str = "ROUND_ROBIN",
-                    decode_strategy: str = "ROUND_ROBIN", **server: Any) -> Gateway:
+    async def start(
+        workers: list[WorkerAddr],
+        deploy: Deploy | None = None,
+        strategy: str = "ROUND_ROBIN",
+        decode_strategy: str = "ROUND_ROBIN",
+        **server: Any,
+    ) -> Gateway:
         if deploy is None:
             deploy = Deploy.DISAGGREGATED if any(w.role is Role.PREFILL for w in workers) else Deploy.PD_FUSION
         settings = Settings(

@@ -89,7 +89,8 @@ async def test_no_worker_available_is_unavailable_with_flexlb_code(mock_workers,
     gw.cluster.all()[0].healthy = True
     assert gw.router.can_route()
     check = channels(gw.grpc_port).unary_unary(
-        "/RpcService/CheckHealth", request_serializer=pb.EmptyPB.SerializeToString,
+        "/RpcService/CheckHealth",
+        request_serializer=pb.EmptyPB.SerializeToString,
         response_deserializer=pb.CheckHealthResponsePB.FromString,
     )
     assert (await check(pb.EmptyPB(), timeout=5)).health == "OK"
@@ -157,8 +158,7 @@ async def test_admin_endpoints(mock_workers, gateways, channels) -> None:
             text = await r.text()
         key = f'worker="127.0.0.1:{w.port}"'
         assert any(
-            line.startswith("flexlb_requests_total{") and 'code="OK"' in line and key in line
-            and line.endswith(" 1.0")
+            line.startswith("flexlb_requests_total{") and 'code="OK"' in line and key in line and line.endswith(" 1.0")
             for line in text.splitlines()
         ), text
         assert "flexlb_in_flight 0.0" in text
@@ -185,8 +185,10 @@ async def test_schedule_returns_a_pd_pair(mock_workers, gateways, channels) -> N
         request_serializer=fpb.FlexlbScheduleRequestPB.SerializeToString,
         response_deserializer=fpb.FlexlbScheduleResponsePB.FromString,
     )
-    reply = await schedule(fpb.FlexlbScheduleRequestPB(
-        request_id=9, generate_input=generate_input(9).SerializeToString()), timeout=5)
+    reply = await schedule(
+        fpb.FlexlbScheduleRequestPB(request_id=9, generate_input=generate_input(9).SerializeToString()),
+        timeout=5,
+    )
     assert reply.success and reply.code == 200
     assert [(s.role, s.grpc_port) for s in reply.server_status] == [("PREFILL", p.port), ("DECODE", d.port)]
     assert reply.server_status[0].http_port == p.port - 1

@@ -31,8 +31,9 @@ def comparable(messages: list[pb.GenerateOutputsPB]) -> list[bytes]:
     return out
 
 
-async def collect(stub: grpc.aio.UnaryStreamMultiCallable, req: pb.GenerateInputPB,
-                  **kw: object) -> list[pb.GenerateOutputsPB]:
+async def collect(
+    stub: grpc.aio.UnaryStreamMultiCallable, req: pb.GenerateInputPB, **kw: object
+) -> list[pb.GenerateOutputsPB]:
     return [m async for m in stub(req, timeout=10, **kw)]
 
 
@@ -58,10 +59,12 @@ async def test_pd_stream_same_as_direct_and_role_addrs_written(mock_workers, gat
     # direct: the client itself names the pair, as the RTP-LLM frontend does after asking FlexLB
     direct_req = pb.GenerateInputPB()
     direct_req.CopyFrom(req)
-    direct_req.generate_config.role_addrs.extend([
-        wire.role_addr(pb.RoleAddrPB.PREFILL, "127.0.0.1", p1.port, p1.port - 1),
-        wire.role_addr(pb.RoleAddrPB.DECODE, "127.0.0.1", d1.port, d1.port - 1),
-    ])
+    direct_req.generate_config.role_addrs.extend(
+        [
+            wire.role_addr(pb.RoleAddrPB.PREFILL, "127.0.0.1", p1.port, p1.port - 1),
+            wire.role_addr(pb.RoleAddrPB.DECODE, "127.0.0.1", d1.port, d1.port - 1),
+        ]
+    )
     direct = await collect(stream_stub(channels(p1.port)), direct_req)
     relayed = await collect(stream_stub(channels(gw.grpc_port)), req)
     assert len(relayed) == 6
@@ -109,7 +112,8 @@ async def test_metadata_forwarded_both_ways(mock_workers, gateways, channels) ->
     w = await mock_workers()
     gw = await gateways([worker_addr(w)])
     call = stream_stub(channels(gw.grpc_port))(
-        generate_input(15), timeout=10,
+        generate_input(15),
+        timeout=10,
         metadata=(("x-echo-tenant", "acme"), ("x-echo-blob-bin", b"\x00\x01"), ("x-plain", "1")),
     )
     async for _ in call:
@@ -185,8 +189,12 @@ async def test_in_flight_returns_to_zero_after_1000_mixed_calls(mock_workers, ga
 
 async def test_1000_concurrent_streams_complete(mock_workers, gateways, channels) -> None:
     # cheap prefills and 300 ms decode steps: every stream lives >1 s, so the 1000 overlap
-    slow_decode = EngineParams(prefill_base_ms=0.05, prefill_ms_per_uncached_token=0.0, decode_step_base_ms=300.0,
-                               decode_step_ms_per_running=0.0)
+    slow_decode = EngineParams(
+        prefill_base_ms=0.05,
+        prefill_ms_per_uncached_token=0.0,
+        decode_step_base_ms=300.0,
+        decode_step_ms_per_running=0.0,
+    )
     ws = [await mock_workers(params=slow_decode) for _ in range(2)]
     gw = await gateways([worker_addr(w) for w in ws], strategy="ROUND_ROBIN_LOWEST_CONCURRENCY")
     stubs = [stream_stub(channels(gw.grpc_port, **{"grpc.channel_id": i})) for i in range(4)]

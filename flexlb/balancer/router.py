@@ -94,9 +94,7 @@ class Router:
         # group affinity: a prefill can only hand its KV cache to a decode of its own group
         decode_groups = {w.addr.group for w in decodes}
         prefills = [
-            w
-            for w in _available(self.cluster.of_role(Role.PREFILL), req.exclude)
-            if w.addr.group in decode_groups
+            w for w in _available(self.cluster.of_role(Role.PREFILL), req.exclude) if w.addr.group in decode_groups
         ]
         if not prefills:
             raise NoWorkerAvailable("PREFILL", self._why_empty(Role.PREFILL, req))

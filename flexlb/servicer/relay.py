@@ -30,14 +30,14 @@ _NO_WORKER_CODE = {"PREFILL": 8402, "DECODE": 8403, "PDFUSION": 8404}
 _ROLE_ENUM = {Role.PREFILL: pb.RoleAddrPB.PREFILL, Role.DECODE: pb.RoleAddrPB.DECODE}
 
 
-def forwardable_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[tuple[str, str | bytes], ...]:
+def forwardable_metadata(
+    metadata: Sequence[tuple[str, str | bytes]] | None,
+) -> tuple[tuple[str, str | bytes], ...]:
     """Client metadata minus pseudo-headers, hop headers and grpc-* (the deadline travels as a timeout)."""
     if not metadata:
         return ()
     return tuple(
-        (k, v)
-        for k, v in metadata
-        if not k.startswith(":") and not k.startswith("grpc-") and k not in _HOP_HEADERS
+        (k, v) for k, v in metadata if not k.startswith(":") and not k.startswith("grpc-") and k not in _HOP_HEADERS
     )
 
 
@@ -86,7 +86,12 @@ class RpcRelay:
     # ------------------------------------------------------------ shared steps
 
     async def _reject(
-        self, context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode, reason: str, message: str,
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
         error_code: int | None = None,
     ) -> None:
         self.metrics.rejected.labels(method, code.name, reason).inc()
@@ -97,25 +102,44 @@ class RpcRelay:
         try:
             inp = pb.GenerateInputPB.FromString(request)
         except DecodeError as exc:
-            await self._reject(context, method, grpc.StatusCode.INVALID_ARGUMENT, "bad_request",
-                               f"request is not a valid GenerateInputPB: {exc}")
+            await self._reject(
+                context,
+                method,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "bad_request",
+                f"request is not a valid GenerateInputPB: {exc}",
+            )
             raise  # unreachable: abort raises
         if not inp.token_ids:
-            await self._reject(context, method, grpc.StatusCode.INVALID_ARGUMENT, "no_tokens",
-                               "GenerateInputPB.token_ids is empty; nothing to generate from")
+            await self._reject(
+                context,
+                method,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "no_tokens",
+                "GenerateInputPB.token_ids is empty; nothing to generate from",
+            )
         return inp
 
-    async def _route(
-        self, context: grpc.aio.ServicerContext, method: str, req: RouteRequest, pair: bool
-    ) -> Lease:
+    async def _route(self, context: grpc.aio.ServicerContext, method: str, req: RouteRequest, pair: bool) -> Lease:
         if self._is_draining():
-            await self._reject(context, method, grpc.StatusCode.UNAVAILABLE, "draining",
-                               "gateway is shutting down; retry on another replica")
+            await self._reject(
+                context,
+                method,
+                grpc.StatusCode.UNAVAILABLE,
+                "draining",
+                "gateway is shutting down; retry on another replica",
+            )
         try:
             lease = self.router.route(req, pair=pair)
         except NoWorkerAvailable as exc:
-            await self._reject(context, method, grpc.StatusCode.UNAVAILABLE, "no_worker", str(exc),
-                               _NO_WORKER_CODE.get(exc.role, 8402))
+            await self._reject(
+                context,
+                method,
+                grpc.StatusCode.UNAVAILABLE,
+                "no_worker",
+                str(exc),
+                _NO_WORKER_CODE.get(exc.role, 8402),
+            )
             raise  # unreachable
         d = lease.decision
         self.metrics.decisions.labels(d.strategy, d.reason).inc()
@@ -136,7 +160,8 @@ class RpcRelay:
         started_s = time.monotonic()
         inp = await self._parse(request, context, method)
         lease = await self._route(
-            context, method,
+            context,
+            method,
             RouteRequest(inp.request_id, len(inp.token_ids), inp.generate_config.max_new_tokens),
             pair=True,
         )
@@ -185,17 +210,31 @@ class RpcRelay:
         try:
             batch = pb.BatchGenerateInputPB.FromString(request)
         except DecodeError as exc:
-            await self._reject(context, method, grpc.StatusCode.INVALID_ARGUMENT, "bad_request",
-                               f"request is not a valid BatchGenerateInputPB: {exc}")
+            await self._reject(
+                context,
+                method,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "bad_request",
+                f"request is not a valid BatchGenerateInputPB: {exc}",
+            )
             raise
         if not batch.inputs or any(not i.token_ids for i in batch.inputs):
-            await self._reject(context, method, grpc.StatusCode.INVALID_ARGUMENT, "no_tokens",
-                               "BatchGenerateInputPB needs at least one input, each with token_ids")
+            await self._reject(
+                context,
+                method,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "no_tokens",
+                "BatchGenerateInputPB needs at least one input, each with token_ids",
+            )
         first = batch.inputs[0]
         lease = await self._route(
-            context, method,
-            RouteRequest(first.request_id, sum(len(i.token_ids) for i in batch.inputs),
-                         max(i.generate_config.max_new_tokens for i in batch.inputs)),
+            context,
+            method,
+            RouteRequest(
+                first.request_id,
+                sum(len(i.token_ids) for i in batch.inputs),
+                max(i.generate_config.max_new_tokens for i in batch.inputs),
+            ),
             pair=False,
         )
         code = grpc.StatusCode.UNKNOWN

@@ -62,21 +62,27 @@ class Scheduler:
                 inp = pb.GenerateInputPB.FromString(req.generate_input)
             except Exception:
                 return fpb.FlexlbScheduleResponsePB(
-                    success=False, code=INVALID_REQUEST, error_message="generate_input is not a GenerateInputPB",
+                    success=False,
+                    code=INVALID_REQUEST,
+                    error_message="generate_input is not a GenerateInputPB",
                     real_master_host=self.master_host,
                 )
             seq_len = seq_len or len(inp.token_ids)
             max_new = max_new or inp.generate_config.max_new_tokens
         if seq_len <= 0:
             return fpb.FlexlbScheduleResponsePB(
-                success=False, code=INVALID_REQUEST, real_master_host=self.master_host,
+                success=False,
+                code=INVALID_REQUEST,
+                real_master_host=self.master_host,
                 error_message="seq_len (or generate_input.token_ids) is required",
             )
         try:
             lease = self.router.route(RouteRequest(req.request_id, seq_len, max_new))
         except NoWorkerAvailable as exc:
             return fpb.FlexlbScheduleResponsePB(
-                success=False, code=_NO_WORKER_CODE.get(exc.role, 8402), error_message=str(exc),
+                success=False,
+                code=_NO_WORKER_CODE.get(exc.role, 8402),
+                error_message=str(exc),
                 real_master_host=self.master_host,
             )
         # decision only: the caller talks to the worker itself, so no load stays reserved here
@@ -85,7 +91,9 @@ class Scheduler:
         self.metrics.decisions.labels(d.strategy, d.reason).inc()
         chosen = [d.target] if d.decode is None else [d.target, d.decode]
         return fpb.FlexlbScheduleResponsePB(
-            success=True, code=200, server_status=[_server_status(w) for w in chosen],
+            success=True,
+            code=200,
+            server_status=[_server_status(w) for w in chosen],
             real_master_host=self.master_host,
         )
 

@@ -28,7 +28,11 @@ from flexlb.sim.engine import (
     plan_prefill,
 )
 
-ROLE_NAMES = {"PDFUSION": pb.RoleAddrPB.PDFUSION, "PREFILL": pb.RoleAddrPB.PREFILL, "DECODE": pb.RoleAddrPB.DECODE}
+ROLE_NAMES = {
+    "PDFUSION": pb.RoleAddrPB.PDFUSION,
+    "PREFILL": pb.RoleAddrPB.PREFILL,
+    "DECODE": pb.RoleAddrPB.DECODE,
+}
 
 
 @dataclass(frozen=True)
@@ -192,8 +196,9 @@ class MockWorker:
         self.last_metadata = tuple(context.invocation_metadata() or ())
         if echo:
             await context.send_initial_metadata(echo)
-            context.set_trailing_metadata(tuple((k + "-trailer" if not k.endswith("-bin") else k[:-4] + "-trailer-bin", v)
-                                                for k, v in echo))
+            context.set_trailing_metadata(
+                tuple((k + "-trailer" if not k.endswith("-bin") else k[:-4] + "-trailer-bin", v) for k, v in echo)
+            )
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> None:
         """Apply fault switches to a generate call (may crash, hang, delay or raise)."""
@@ -249,7 +254,9 @@ class MockWorker:
             pd_sep=pd_sep,
         )
         tensor = pb.TensorPB(
-            data_type=pb.TensorPB.INT32, shape=[1, 1, len(new_tokens)], int32_data=int32_tensor_bytes(new_tokens)
+            data_type=pb.TensorPB.INT32,
+            shape=[1, 1, len(new_tokens)],
+            int32_data=int32_tensor_bytes(new_tokens),
         )
         return pb.GenerateOutputsPB(
             request_id=req.request_id,
@@ -336,8 +343,7 @@ class MockWorker:
             produced += step
             if streaming:
                 done = len(produced) == total
-                yield self._outputs(req, step, len(produced), done, start_s, wait_us, first_us, reuse,
-                                    task.iterations)
+                yield self._outputs(req, step, len(produced), done, start_s, wait_us, first_us, reuse, task.iterations)
         if not streaming and total > 1:
             yield self._outputs(req, produced, total, True, start_s, wait_us, first_us, reuse, task.iterations)
 
@@ -368,8 +374,12 @@ class MockWorker:
         try:
             await call.write(
                 pb.GenerateRequestPB(
-                    stage=pb.ALLOCATE, request_id=req.request_id, client_id=req.client_id,
-                    start_time=req.start_time, input=forwarded, peer_addrs=[self._own_addr()],
+                    stage=pb.ALLOCATE,
+                    request_id=req.request_id,
+                    client_id=req.client_id,
+                    start_time=req.start_time,
+                    input=forwarded,
+                    peer_addrs=[self._own_addr()],
                 )
             )
             await call.read()  # allocation acknowledged
@@ -401,7 +411,9 @@ class MockWorker:
                 yield out
             code = await call.code()
             if code != grpc.StatusCode.OK:
-                raise _EngineError(wire.REMOTE_GENERATE_FAILED, f"decode ended with {code.name}: {await call.details()}")
+                raise _EngineError(
+                    wire.REMOTE_GENERATE_FAILED, f"decode ended with {code.name}: {await call.details()}"
+                )
         except grpc.aio.AioRpcError as exc:
             raise _EngineError(wire.REMOTE_GENERATE_FAILED, f"decode {target}: {exc.code().name}") from None
         finally:
@@ -480,9 +492,13 @@ class MockWorker:
         now_s = time.monotonic()
         running = [
             pb.TaskInfoPB(
-                request_id=t.request_id, input_length=t.input_length, prefix_length=t.prefix_length,
-                waiting_time_ms=int((now_s - t.start_s) * 1000) if t.waiting else 0, iterate_count=t.iterations,
-                is_waiting=t.waiting, phase=pb.TASK_PHASE_PENDING if t.waiting else pb.TASK_PHASE_RUNNING,
+                request_id=t.request_id,
+                input_length=t.input_length,
+                prefix_length=t.prefix_length,
+                waiting_time_ms=int((now_s - t.start_s) * 1000) if t.waiting else 0,
+                iterate_count=t.iterations,
+                is_waiting=t.waiting,
+                phase=pb.TASK_PHASE_PENDING if t.waiting else pb.TASK_PHASE_RUNNING,
             )
             for t in self._running.values()
         ]
@@ -490,7 +506,7 @@ class MockWorker:
         total = self.params.cache_capacity_blocks
         return pb.WorkerStatusPB(
             role=f"RoleType.{self.config.role}",
-            role_type=self.role_value,
+            role_type=self.role_value,  # type: ignore[arg-type]  # same numbers as RoleTypePB
             running_task_info=running,
             finished_task_list=finished,
             waiting_query_len=sum(1 for t in self._running.values() if t.waiting),
@@ -517,7 +533,7 @@ class MockWorker:
             version=self.cache.version,
         )
         if req.need_cache_keys and req.latest_cache_version != self.cache.version:
-            for k in self.cache.keys():
+            for k in self.cache.keys():  # noqa: SIM118 (PrefixCache.keys is a method, not a dict)
                 out.cache_keys[k] = True
         return out
 

@@ -46,8 +46,7 @@ class UpstreamPool:
         up = self._by_key.get(addr.key)
         if up is None:
             channels = [
-                grpc.aio.insecure_channel(addr.key, options=self._options(i))
-                for i in range(self._channels_per_worker)
+                grpc.aio.insecure_channel(addr.key, options=self._options(i)) for i in range(self._channels_per_worker)
             ]
             up = _Upstream(
                 channels=channels,

@@ -1,0 +1,375 @@
+"""The pure balancer core: strategies, leases, PD pairing with group affinity, exclusion, health."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from flexlb.balancer.request import Decision, Deploy, NoWorkerAvailable, RouteRequest
+from flexlb.balancer.router import Lease, Router
+from flexlb.balancer.strategies import make_strategy, strategy_names
+from flexlb.balancer.workers import Cluster, Role, WorkerAddr, WorkerState
+
+
+class FakeClock:
+    """A clock that only moves when the test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return self.now
+
+
+def addrs(role: Role, n: int, group: str = "", base: int = 8000) -> list[WorkerAddr]:
+    return [WorkerAddr(f"127.0.0.{i + 1}", base + i, base + i - 1, role, group) for i in range(n)]
+
+
+def make_router(
+    workers: list[WorkerAddr],
+    strategy: str = "ROUND_ROBIN",
+    decode_strategy: str = "ROUND_ROBIN",
+    deploy: Deploy | None = None,
+    seed: int = 7,
+) -> Router:
+    if deploy is None:
+        deploy = Deploy.DISAGGREGATED if any(w.role is Role.PREFILL for w in workers) else Deploy.PD_FUSION
+    return Router(
+        Cluster(workers),
+        deploy,
+        make_strategy(strategy),
+        make_strategy(decode_strategy),
+        rng=random.Random(seed),
+        clock=FakeClock(),
+    )
+
+
+_ids = iter(range(1, 1 << 30))
+
+
+def req(exclude: frozenset[str] = frozenset()) -> RouteRequest:
+    return RouteRequest(request_id=next(_ids), prompt_tokens=100, max_new_tokens=10, exclude=exclude)
+
+
+def hold(worker: WorkerState) -> Lease:
+    """Reserve load on one worker directly, as a call in progress would."""
+    return Lease(Decision(target=worker, decode=None, strategy="test", reason="held"))
+
+
+def route_released(router: Router, n: int, pair: bool = True) -> list[Decision]:
+    out = []
+    for _ in range(n):
+        lease = router.route(req(), pair=pair)
+        out.append(lease.decision)
+        assert lease.release()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- strategies
+
+
+def test_round_robin_cycles_in_order() -> None:
+    workers = addrs(Role.PDFUSION, 4)
+    router = make_router(workers, "ROUND_ROBIN")
+    picks = [d.target.key for d in route_released(router, 12)]
+    assert picks == [w.key for w in workers] * 3
+
+
+def test_round_robin_ignores_load() -> None:
+    workers = addrs(Role.PDFUSION, 3)
+    router = make_router(workers, "ROUND_ROBIN")
+    held = [router.route(req()) for _ in range(6)]  # never released: load keeps growing
+    assert [lease.decision.target.key for lease in held] == [w.key for w in workers] * 2
+    assert [w.in_flight for w in router.cluster.all()] == [2, 2, 2]
+
+
+def test_lowest_concurrency_picks_a_minimum() -> None:
+    router = make_router(addrs(Role.PDFUSION, 3), "LOWEST_CONCURRENCY")
+    states = router.cluster.all()
+    extra = [hold(states[0]) for _ in range(3)] + [hold(states[1])]
+    leases = []
+    for _ in range(30):
+        before = {w.key: w.in_flight for w in states}
+        lease = router.route(req())
+        assert before[lease.decision.target.key] == min(before.values())
+        leases.append(lease)
+        # randomly give some load back so minima move around
+        if len(leases) > 3 and router._rng.random() < 0.5:
+            leases.pop(0).release()
+    for lease in leases + extra:
+        lease.release()
+    assert router.cluster.total_in_flight() == 0
+
+
+def test_lowest_concurrency_spreads_ties() -> None:
+    router = make_router(addrs(Role.PDFUSION, 4), "LOWEST_CONCURRENCY", seed=3)
+    counts = Counter(d.target.key for d in route_released(router, 400))
+    assert len(counts) == 4
+    assert min(counts.values()) > 60, counts  # 100 expected each
+
+
+def test_lowest_concurrency_never_picks_busier_worker() -> None:
+    router = make_router(addrs(Role.PDFUSION, 3), "LOWEST_CONCURRENCY")
+    busy = router.cluster.all()[1]
+    held = hold(busy)
+    picks = {d.target.key for d in route_released(router, 50)}
+    assert busy.key not in picks
+    assert len(picks) == 2
+    held.release()
+
+
+def test_round_robin_lowest_concurrency_rotates_among_ties_only() -> None:
+    workers = addrs(Role.PDFUSION, 4)
+    router = make_router(workers, "ROUND_ROBIN_LOWEST_CONCURRENCY")
+    w0, w1, w2, w3 = router.cluster.all()
+    held = [hold(w0), hold(w1), hold(w1)]
+    picks = [d.target.key for d in route_released(router, 6)]
+    assert picks == [w2.key, w3.key] * 3
+    held[0].release()  # w0 joins the minimum; it was chosen longest ago, so it goes first
+    picks = [d.target.key for d in route_released(router, 6)]
+    assert picks == [w0.key, w2.key, w3.key] * 2
+    # holding the picks makes the rotation follow the load: each pick raises that worker above the min
+    leases = [router.route(req()) for _ in range(3)]
+    assert {lease.decision.target.key for lease in leases} == {w0.key, w2.key, w3.key}
+    nxt = router.route(req())  # w0, w2, w3 at 1 and w1 at 2: w0 is next in the rotation
+    assert nxt.decision.target is w0
+    assert [w.in_flight for w in (w0, w1, w2, w3)] == [2, 2, 1, 1]
+    for lease in [*leases, nxt, *held[1:]]:
+        lease.release()
+    assert router.cluster.total_in_flight() == 0
+
+
+def test_random_covers_all_workers_and_is_seeded() -> None:
+    workers = addrs(Role.PDFUSION, 5)
+    a = [d.target.key for d in route_released(make_router(workers, "RANDOM", seed=11), 200)]
+    b = [d.target.key for d in route_released(make_router(workers, "RANDOM", seed=11), 200)]
+    c = [d.target.key for d in route_released(make_router(workers, "RANDOM", seed=12), 200)]
+    assert set(a) == {w.key for w in workers}
+    assert a == b  # the injected RNG is the only source of randomness
+    assert a != c
+
+
+def test_make_strategy_names() -> None:
+    assert strategy_names() == sorted(
+        ["RANDOM", "ROUND_ROBIN", "LOWEST_CONCURRENCY", "ROUND_ROBIN_LOWEST_CONCURRENCY"]
+    )
+    for name in strategy_names():
+        assert make_strategy(name).name == name
+    assert make_strategy(" round_robin ").name == "ROUND_ROBIN"
+    with pytest.raises(KeyError) as info:
+        make_strategy("FASTEST")
+    text = str(info.value)
+    assert "FASTEST" in text
+    for name in strategy_names():
+        assert name in text
+
+
+def test_router_reads_the_injected_clock() -> None:
+    router = make_router(addrs(Role.PDFUSION, 2))
+    clock = router._clock
+    assert isinstance(clock, FakeClock)
+    route_released(router, 3)
+    assert clock.calls == 3
+
+
+# ---------------------------------------------------------------------------------------------- leases
+
+
+def test_lease_release_is_idempotent() -> None:
+    router = make_router(addrs(Role.PDFUSION, 2))
+    lease = router.route(req())
+    target = lease.decision.target
+    assert target.in_flight == 1
+    assert target.dispatched_total == 1
+    assert not lease.released
+    assert lease.release() is True
+    assert lease.released
+    assert target.in_flight == 0
+    assert lease.release() is False
+    assert target.in_flight == 0
+    assert target.dispatched_total == 1
+
+
+def test_in_flight_returns_to_zero_after_many_cycles() -> None:
+    rng = random.Random(5)
+    for strategy in strategy_names():
+        router = make_router(addrs(Role.PDFUSION, 3), strategy)
+        open_leases: list[Lease] = []
+        for _ in range(500):
+            if open_leases and rng.random() < 0.5:
+                lease = open_leases.pop(rng.randrange(len(open_leases)))
+                assert lease.release()
+                assert not lease.release()
+            else:
+                open_leases.append(router.route(req()))
+            assert router.cluster.total_in_flight() == len(open_leases)
+        for lease in open_leases:
+            lease.release()
+        assert router.cluster.total_in_flight() == 0, strategy
+        assert sum(w.dispatched_total for w in router.cluster.all()) > 0
+
+
+# ---------------------------------------------------------------------------------------------- PD
+
+
+def pd_workers() -> list[WorkerAddr]:
+    return addrs(Role.PREFILL, 2, base=8000) + addrs(Role.DECODE, 2, base=9000)
+
+
+def test_pd_route_reserves_prefill_and_decode() -> None:
+    router = make_router(pd_workers())
+    lease = router.route(req())
+    d = lease.decision
+    assert d.target.role is Role.PREFILL
+    assert d.decode is not None and d.decode.role is Role.DECODE
+    assert d.target.in_flight == 1
+    assert d.decode.in_flight == 1
+    assert router.cluster.total_in_flight() == 2
+    assert "+" in d.strategy
+    lease.release()
+    assert d.target.in_flight == 0 and d.decode.in_flight == 0
+    assert not lease.release()
+    assert router.cluster.total_in_flight() == 0
+
+
+def test_pd_round_robin_on_both_sides() -> None:
+    router = make_router(pd_workers(), "ROUND_ROBIN", "ROUND_ROBIN")
+    decisions = route_released(router, 4)
+    assert [d.target.addr.grpc_port for d in decisions] == [8000, 8001, 8000, 8001]
+    assert [d.decode.addr.grpc_port for d in decisions if d.decode] == [9000, 9001, 9000, 9001]
+
+
+def test_group_affinity() -> None:
+    workers = (
+        addrs(Role.PREFILL, 2, group="a", base=8000)
+        + addrs(Role.PREFILL, 2, group="b", base=8100)
+        + addrs(Role.PREFILL, 2, group="c", base=8200)  # no decode in group c
+        + addrs(Role.DECODE, 1, group="a", base=9000)
+        + addrs(Role.DECODE, 2, group="b", base=9100)
+    )
+    for strategy in strategy_names():
+        router = make_router(workers, strategy, strategy)
+        decisions = route_released(router, 120)
+        for d in decisions:
+            assert d.decode is not None
+            assert d.target.addr.group == d.decode.addr.group, (d.target.key, d.decode.key)
+            assert d.target.addr.group != "c"
+        assert {d.target.addr.group for d in decisions} == {"a", "b"}
+        assert len({d.target.key for d in decisions}) == 4
+
+
+def test_group_affinity_follows_decode_exclusion() -> None:
+    workers = addrs(Role.PREFILL, 2, group="a", base=8000) + addrs(Role.PREFILL, 2, group="b", base=8100)
+    workers += addrs(Role.DECODE, 1, group="a", base=9000) + addrs(Role.DECODE, 1, group="b", base=9100)
+    router = make_router(workers)
+    decode_a = next(w for w in router.cluster.of_role(Role.DECODE) if w.addr.group == "a")
+    for _ in range(20):
+        lease = router.route(req(frozenset({decode_a.key})))
+        assert lease.decision.target.addr.group == "b"
+        lease.release()
+
+
+def test_pd_lone_prefill_when_not_paired() -> None:
+    router = make_router(pd_workers())
+    lease = router.route(req(), pair=False)
+    assert lease.decision.target.role is Role.PREFILL
+    assert lease.decision.decode is None
+    assert all(w.in_flight == 0 for w in router.cluster.of_role(Role.DECODE))
+    assert lease.decision.target.in_flight == 1
+    lease.release()
+    assert router.cluster.total_in_flight() == 0
+
+
+# ------------------------------------------------------------------------------------- exclusion / health
+
+
+def test_exclude_is_honoured() -> None:
+    router = make_router(addrs(Role.PDFUSION, 3), "LOWEST_CONCURRENCY")
+    states = router.cluster.all()
+    excluded = frozenset({states[0].key, states[2].key})
+    for _ in range(20):
+        lease = router.route(req(excluded))
+        assert lease.decision.target.key == states[1].key
+        lease.release()
+
+
+def test_all_excluded_raises_with_role() -> None:
+    router = make_router(addrs(Role.PDFUSION, 2))
+    everyone = frozenset(w.key for w in router.cluster.all())
+    with pytest.raises(NoWorkerAvailable) as info:
+        router.route(req(everyone))
+    assert info.value.role == "PDFUSION"
+    assert "PDFUSION" in str(info.value)
+    assert "excluded" in str(info.value)
+    assert router.cluster.total_in_flight() == 0
+
+
+@pytest.mark.parametrize("role", [Role.PREFILL, Role.DECODE])
+def test_pd_all_of_one_role_excluded(role: Role) -> None:
+    router = make_router(pd_workers())
+    excluded = frozenset(w.key for w in router.cluster.of_role(role))
+    with pytest.raises(NoWorkerAvailable) as info:
+        router.route(req(excluded))
+    assert info.value.role == role.name
+    assert router.cluster.total_in_flight() == 0
+
+
+def test_no_worker_configured() -> None:
+    router = make_router(addrs(Role.PREFILL, 1), deploy=Deploy.DISAGGREGATED)
+    with pytest.raises(NoWorkerAvailable) as info:
+        router.route(req())
+    assert info.value.role == "DECODE"
+    assert "none configured" in str(info.value)
+
+
+def test_unhealthy_skipped_but_fail_open() -> None:
+    router = make_router(addrs(Role.PDFUSION, 3), "ROUND_ROBIN")
+    w0, w1, w2 = router.cluster.all()
+    w1.healthy = False
+    picks = {d.target.key for d in route_released(router, 10)}
+    assert picks == {w0.key, w2.key}
+    assert router.can_route()
+    w0.healthy = w2.healthy = False
+    assert not router.can_route()
+    picks = {d.target.key for d in route_released(router, 9)}
+    assert picks == {w0.key, w1.key, w2.key}  # all unhealthy: route anyway rather than refuse
+
+
+def test_unhealthy_then_excluded_healthy_falls_back_to_unhealthy() -> None:
+    router = make_router(addrs(Role.PDFUSION, 2))
+    w0, w1 = router.cluster.all()
+    w0.healthy = False
+    lease = router.route(req(frozenset({w1.key})))
+    assert lease.decision.target is w0
+    lease.release()
+
+
+def test_can_route() -> None:
+    fused = make_router(addrs(Role.PDFUSION, 1))
+    assert fused.can_route()
+    fused.cluster.all()[0].healthy = False
+    assert not fused.can_route()
+
+    pd = make_router(pd_workers())
+    assert pd.can_route()
+    for w in pd.cluster.of_role(Role.DECODE):
+        w.healthy = False
+    assert not pd.can_route()
+    pd.cluster.of_role(Role.DECODE)[1].healthy = True
+    assert pd.can_route()
+
+    prefill_only = make_router(addrs(Role.PREFILL, 2), deploy=Deploy.DISAGGREGATED)
+    assert not prefill_only.can_route()
+    wrong_role = make_router(addrs(Role.PREFILL, 2), deploy=Deploy.PD_FUSION)
+    assert not wrong_role.can_route()
+
+
+def test_duplicate_worker_is_one_worker() -> None:
+    w = addrs(Role.PDFUSION, 1)
+    cluster = Cluster(w + w)
+    assert len(cluster.all()) == 1
+    assert cluster.get(w[0].key) is cluster.all()[0]
