@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -94,12 +95,13 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--channels", type=int, default=4)
     a = p.parse_args()
+    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     try:
         import uvloop
 
         factory = uvloop.new_event_loop
     except ImportError:
-        factory = asyncio.new_event_loop
+        pass
     with asyncio.Runner(loop_factory=factory) as runner:
         result = runner.run(
             run(a.target, a.mode, a.concurrency, a.seconds, a.messages_per_call, a.prompt_tokens, a.channels)
