@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,7 +123,7 @@ def _obj(path: str, value: Any) -> Mapping[str, Any]:
 
 def _int(path: str, value: Any, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
             value = int(value)
         else:
             raise ConfigError(path, f"expected an integer, got {value!r}")
@@ -216,7 +217,7 @@ _ENDPOINT_KEYS = {
 def _host_port(path: str, text: Any) -> tuple[str, int]:
     s = _str(path, text).strip()
     host, sep, port = s.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         raise ConfigError(path, f"expected 'ip:port', got {s!r}")
     return host.strip("[]"), int(port)
 
