@@ -22,6 +22,7 @@ from flexlb.balancer.workers import Cluster
 from flexlb.config import NOT_ACTED_ON, Settings, masked
 from flexlb.metrics import Metrics
 from flexlb.pb import flexlb_schedule_service_pb2, model_rpc_service_pb2
+from flexlb.servicer.dispatch import Dispatcher
 from flexlb.servicer.relay import RpcRelay
 from flexlb.servicer.scheduler import Scheduler
 from flexlb.upstream.pool import UpstreamPool
@@ -56,7 +57,8 @@ class Gateway:
         self.pool = UpstreamPool(
             settings.server.max_receive_message_bytes, settings.server.upstream_channels_per_worker
         )
-        self.relay = RpcRelay(self.router, self.pool, self.metrics, self.is_draining)
+        self.dispatcher = Dispatcher(self.router, self.metrics, self.is_draining)
+        self.relay = RpcRelay(self.dispatcher, self.router, self.pool)
         self.scheduler = Scheduler(self.router, self.metrics)
         self.health = health.aio.HealthServicer()
         self.admin = AdminServer(self.metrics, self._health_view, self.info)
@@ -81,7 +83,7 @@ class Gateway:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ]
         )
-        server.add_generic_rpc_handlers((self.relay.handler(s.max_receive_message_bytes), self.scheduler.handler()))
+        server.add_generic_rpc_handlers((self.relay.handler(), self.scheduler.handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(SERVED_SERVICES, server)
         self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")

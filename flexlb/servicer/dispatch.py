@@ -1,0 +1,160 @@
+"""What both relay engines do around the bytes: parse once, route, write role_addrs, account, reject.
+
+The grpcio engine (servicer/relay.py) and the HTTP/2 frame engine (flexlb/h2/) share this, so a
+call is routed, rejected and counted the same way whichever engine carries it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from flexlb import wire
+from flexlb.balancer.request import NoWorkerAvailable, RouteRequest
+from flexlb.balancer.router import Lease, Router
+from flexlb.balancer.workers import Role, WorkerState
+from flexlb.metrics import Metrics
+from flexlb.pb import model_rpc_service_pb2 as pb
+
+GENERATE_STREAM = "GenerateStreamCall"
+BATCH_GENERATE = "BatchGenerateCall"
+# request headers that belong to this hop, not to the call (PITFALLS: grpc.aio metadata)
+HOP_HEADERS = frozenset({"user-agent", "te", "content-type"})
+# FlexLB's per-role "no available worker" codes (flexlb-original.md §1.2)
+NO_WORKER_CODE = {"PREFILL": 8402, "DECODE": 8403, "PDFUSION": 8404}
+_ROLE_ENUM = {Role.PREFILL: pb.RoleAddrPB.PREFILL, Role.DECODE: pb.RoleAddrPB.DECODE}
+
+
+class Rejection(Exception):
+    """The gateway answers the call itself with this status (nothing reached a worker)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str, error_code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.error_code = error_code
+
+    def trailer(self) -> tuple[tuple[str, bytes], ...]:
+        """The ErrorDetailsPB trailer RTP-LLM clients read, when the rejection has an engine code."""
+        return wire.error_trailer(self.error_code, self.message) if self.error_code is not None else ()
+
+
+@dataclass
+class Planned:
+    """A routed call: the load it holds and the request bytes to send to `lease.decision.target`."""
+
+    lease: Lease
+    body: bytes
+    method: str
+    started_s: float
+
+
+def _role_addr(w: WorkerState) -> pb.RoleAddrPB:
+    a = w.addr
+    return wire.role_addr(_ROLE_ENUM[a.role], a.ip, a.grpc_port, a.http_port)
+
+
+class Dispatcher:
+    """Parses, routes and accounts calls; raises Rejection for anything the gateway answers itself."""
+
+    def __init__(self, router: Router, metrics: Metrics, is_draining: Callable[[], bool]) -> None:
+        self.router = router
+        self.metrics = metrics
+        self._is_draining = is_draining
+
+    def is_draining(self) -> bool:
+        """True once the gateway stopped taking new calls."""
+        return self._is_draining()
+
+    def reject(self, method: str, rejection: Rejection) -> None:
+        """Count a rejection (the engine sends it)."""
+        self.metrics.rejected.labels(method, rejection.code.name, rejection.reason).inc()
+
+    def _route(self, method: str, req: RouteRequest, pair: bool) -> Lease:
+        if self._is_draining():
+            raise Rejection(
+                grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; retry on another replica", "draining"
+            )
+        try:
+            lease = self.router.route(req, pair=pair)
+        except NoWorkerAvailable as exc:
+            raise Rejection(
+                grpc.StatusCode.UNAVAILABLE, str(exc), "no_worker", NO_WORKER_CODE.get(exc.role, 8402)
+            ) from None
+        d = lease.decision
+        self.metrics.decisions.labels(d.strategy, d.reason).inc()
+        return lease
+
+    def plan_generate(self, body: bytes) -> Planned:
+        """Route a GenerateStreamCall; in PD mode the request gets role_addrs = [PREFILL, DECODE]."""
+        started_s = time.monotonic()
+        try:
+            inp = pb.GenerateInputPB.FromString(body)
+        except DecodeError as exc:
+            raise Rejection(
+                grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid GenerateInputPB: {exc}", "bad_request"
+            ) from None
+        if not inp.token_ids:
+            raise Rejection(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "GenerateInputPB.token_ids is empty; nothing to generate from",
+                "no_tokens",
+            )
+        lease = self._route(
+            GENERATE_STREAM,
+            RouteRequest(inp.request_id, len(inp.token_ids), inp.generate_config.max_new_tokens),
+            pair=True,
+        )
+        d = lease.decision
+        if d.decode is not None:
+            # PD: the prefill finds its decode peer in role_addrs (rtp-llm-wire.md §5.5)
+            del inp.generate_config.role_addrs[:]
+            inp.generate_config.role_addrs.extend([_role_addr(d.target), _role_addr(d.decode)])
+            body = inp.SerializeToString()
+        return Planned(lease, body, GENERATE_STREAM, started_s)
+
+    def plan_batch(self, body: bytes) -> Planned:
+        """Route a BatchGenerateCall to one worker (the engine generates each input locally)."""
+        started_s = time.monotonic()
+        try:
+            batch = pb.BatchGenerateInputPB.FromString(body)
+        except DecodeError as exc:
+            raise Rejection(
+                grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid BatchGenerateInputPB: {exc}", "bad_request"
+            ) from None
+        if not batch.inputs or any(not i.token_ids for i in batch.inputs):
+            raise Rejection(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "BatchGenerateInputPB needs at least one input, each with token_ids",
+                "no_tokens",
+            )
+        lease = self._route(
+            BATCH_GENERATE,
+            RouteRequest(
+                batch.inputs[0].request_id,
+                sum(len(i.token_ids) for i in batch.inputs),
+                max(i.generate_config.max_new_tokens for i in batch.inputs),
+            ),
+            pair=False,
+        )
+        return Planned(lease, body, BATCH_GENERATE, started_s)
+
+    def first_message(self, planned: Planned) -> None:
+        """The first response message arrived: record time to first token."""
+        self.metrics.ttft.labels(planned.lease.decision.target.key).observe(time.monotonic() - planned.started_s)
+
+    def finish(self, planned: Planned, code_name: str, messages: int) -> None:
+        """Release the call's load exactly once and count how it ended."""
+        lease = planned.lease
+        if not lease.release():
+            return
+        t = lease.decision.target
+        self.metrics.requests.labels(planned.method, t.key, t.role.name, lease.decision.strategy, code_name).inc()
+        self.metrics.latency.labels(planned.method).observe(time.monotonic() - planned.started_s)
+        if messages:
+            self.metrics.relayed_messages.labels(planned.method).inc(messages)
