@@ -20,6 +20,7 @@ from flexlb.balancer.router import Router
 from flexlb.balancer.strategies import make_strategy
 from flexlb.balancer.workers import Cluster
 from flexlb.config import NOT_ACTED_ON, Settings, masked
+from flexlb.h2.edge import Edge, EdgeLimits
 from flexlb.metrics import Metrics
 from flexlb.pb import flexlb_schedule_service_pb2, model_rpc_service_pb2
 from flexlb.servicer.dispatch import Dispatcher
@@ -63,6 +64,7 @@ class Gateway:
         self.health = health.aio.HealthServicer()
         self.admin = AdminServer(self.metrics, self._health_view, self.info)
         self._server: grpc.aio.Server | None = None
+        self.edge: Edge | None = None
         self._started_s = time.time()
         self.grpc_port = 0
         self.admin_port = 0
@@ -74,6 +76,7 @@ class Gateway:
     async def start(self) -> None:
         """Bind both ports and start serving."""
         s = self.settings.server
+        h2 = s.relay_engine == "h2"
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 0),
@@ -83,27 +86,27 @@ class Gateway:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ]
         )
-        server.add_generic_rpc_handlers((self.relay.handler(), self.scheduler.handler()))
+        server.add_generic_rpc_handlers((self.relay.handler(relay_generate=not h2), self.scheduler.handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(SERVED_SERVICES, server)
-        self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
-        if self.grpc_port == 0:
-            raise OSError(f"cannot bind gRPC port {s.host}:{s.grpc_port}")
+        # with the frame relay, grpc.aio serves the control plane on loopback behind the public port
+        bind = "127.0.0.1:0" if h2 else f"{s.host}:{s.grpc_port}"
+        grpc_port = server.add_insecure_port(bind)
+        if grpc_port == 0:
+            raise OSError(f"cannot bind gRPC port {bind}")
         await server.start()
         self._server = server
+        if h2:
+            self.edge = Edge(self.dispatcher, EdgeLimits(s.max_receive_message_bytes), lambda: grpc_port)
+            self.grpc_port = await self.edge.start(s.host, s.grpc_port, [w.addr for w in self.cluster.all()])
+        else:
+            self.grpc_port = grpc_port
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.admin_port = await self.admin.start(s.host, s.admin_port)
-        for name, why in NOT_ACTED_ON.items():
-            log.debug("config field %s is parsed but not acted on yet (%s)", name, why)
         log.info(
-            "flexlb %s serving gRPC on %s:%d, admin on %s:%d, deploy %s, %d workers",
-            __version__,
-            s.host,
-            self.grpc_port,
-            s.host,
-            self.admin_port,
-            self.settings.deploy.name,
-            len(self.cluster.all()),
+            "flexlb %s serving gRPC on %s:%d (%s relay), admin on %s:%d, deploy %s, %d workers",
+            __version__, s.host, self.grpc_port, s.relay_engine, s.host, self.admin_port,
+            self.settings.deploy.name, len(self.cluster.all()),
         )
 
     async def _set_health(self, status: int) -> None:
@@ -124,6 +127,9 @@ class Gateway:
     async def stop(self, grace_s: float | None = 0.5) -> None:
         """Stop everything now (in-flight calls get `grace_s` to finish, then are cancelled)."""
         self._draining = True
+        if self.edge is not None:
+            await self.edge.stop()
+            self.edge = None
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None

@@ -91,6 +91,8 @@ class ServerConfig:
     max_send_message_bytes: int = 64 * 1024 * 1024
     upstream_channels_per_worker: int = 1
     drain_timeout_s: float = 30.0
+    # h2: HTTP/2 frame relay (fast, default); grpcio: grpc.aio terminates and re-originates each call
+    relay_engine: str = "h2"
 
 
 @dataclass(frozen=True)
@@ -334,6 +336,7 @@ class CliOverrides:
     max_message_bytes: int | None = None
     upstream_channels: int | None = None
     drain_timeout_s: float | None = None
+    relay_engine: str | None = None
 
 
 def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None = None) -> Settings:
@@ -413,6 +416,8 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
         updates["max_send_message_bytes"] = size
     if cli.upstream_channels is not None:
         updates["upstream_channels_per_worker"] = _int("--upstream-channels", cli.upstream_channels, 1)
+    if cli.relay_engine is not None:
+        updates["relay_engine"] = _enum("--relay-engine", cli.relay_engine.upper(), ["H2", "GRPCIO"]).lower()
     if cli.drain_timeout_s is not None:
         if cli.drain_timeout_s < 0:
             raise ConfigError("--drain-timeout-s", "must be >= 0")

@@ -1,0 +1,1 @@
+"""The HTTP/2 frame relay engine: gRPC relayed without terminating it in Python."""
