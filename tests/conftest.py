@@ -94,10 +94,11 @@ def worker_addr(w: MockWorker, group: str = "") -> WorkerAddr:
     return WorkerAddr("127.0.0.1", w.port, w.port - 1, Role[w.config.role], group)
 
 
-@pytest.fixture
-async def gateways() -> AsyncIterator[GatewayFactory]:
-    """Start in-process gateways on free loopback ports; all are stopped at the end of the test."""
+@pytest.fixture(params=["h2", "grpcio"])
+async def gateways(request: pytest.FixtureRequest) -> AsyncIterator[GatewayFactory]:
+    """Start in-process gateways on free loopback ports, once per relay engine; all are stopped after the test."""
     started: list[Gateway] = []
+    engine: str = request.param
 
     async def start(
         workers: list[WorkerAddr],
@@ -109,7 +110,7 @@ async def gateways() -> AsyncIterator[GatewayFactory]:
         if deploy is None:
             deploy = Deploy.DISAGGREGATED if any(w.role is Role.PREFILL for w in workers) else Deploy.PD_FUSION
         settings = Settings(
-            server=replace(ServerConfig(host="127.0.0.1", grpc_port=0, admin_port=0), **server),
+            server=replace(ServerConfig(host="127.0.0.1", grpc_port=0, admin_port=0, relay_engine=engine), **server),
             master=MasterConfig(load_balance_strategy=strategy, decode_load_balance_strategy=decode_strategy),
             workers=tuple(workers),
             deploy=deploy,

@@ -105,7 +105,7 @@ async def test_error_status_details_and_trailer_verbatim(mock_workers, gateways,
     trailer = dict(relayed.trailing_metadata())[wire.ERROR_DETAILS_TRAILER]
     assert trailer == dict(direct.trailing_metadata())[wire.ERROR_DETAILS_TRAILER]
     assert pb.ErrorDetailsPB.FromString(trailer).error_code == 8429
-    assert gw.cluster.total_in_flight() == 0
+    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
 
 
 async def test_metadata_forwarded_both_ways(mock_workers, gateways, channels) -> None:
