@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 
 import grpc
 import pytest
 
 from flexlb import wire
+from flexlb.balancer.workers import Role, WorkerAddr
 from flexlb.pb import model_rpc_service_pb2 as pb
 from flexlb.sim.engine import EngineParams
 from flexlb.sim.mock_worker import Faults
@@ -228,3 +230,41 @@ async def test_batch_generate_call_same_as_direct(mock_workers, gateways, channe
         reply = await stub(batch, timeout=10)
         results.append(comparable([r.final_output for r in reply.results]))
     assert len(results[0]) == 3 and results[0] == results[1]
+
+
+async def test_large_request_and_response_cross_many_frames(mock_workers, gateways, channels) -> None:
+    direct_w, relayed_w = await mock_workers(time_scale=0.0), await mock_workers(time_scale=0.0)
+    gw = await gateways([worker_addr(relayed_w)])
+    # ~200 KB request, one ~80 KB response message: both span many 16 KB HTTP/2 frames
+    req = generate_input(30, n_tokens=60_000, max_new_tokens=20_000, streaming=False)
+    direct = await collect(stream_stub(channels(direct_w.port)), req)
+    relayed = await collect(stream_stub(channels(gw.grpc_port)), req)
+    assert len(relayed) == 1 and len(relayed[0].flatten_output.output_ids.int32_data) == 80_000
+    assert comparable(relayed) == comparable(direct)
+
+
+async def test_worker_killed_mid_stream_ends_the_call_promptly(gateways, channels, tmp_path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flexlb", "mock-worker", "--port", "0", "--time-scale", "5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        port = int(line.rsplit(":", 1)[1])
+        gw = await gateways([WorkerAddr("127.0.0.1", port, port - 1, Role.PDFUSION)])
+        call = stream_stub(channels(gw.grpc_port))(generate_input(31, max_new_tokens=100_000), timeout=30)
+        assert (await call.read()).flatten_output.aux_info[0].output_len == 1
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        proc.kill()
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert loop.time() - t0 < 5
+        await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()

@@ -111,6 +111,7 @@ class MockWorker:
         self.calls_received = 0
         self.last_metadata: tuple[tuple[str, str | bytes], ...] = ()
         self.last_request_bytes = b""
+        self.messages_sent = 0  # GenerateStreamCall messages handed to grpc (flow control shows here)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -315,9 +316,11 @@ class MockWorker:
             await self._admit(context)
             if self.config.role == "PREFILL" and _can_use_pd(req):
                 async for out in self._generate_pd(req, start_s, task):
+                    self.messages_sent += 1
                     yield out
             else:
                 async for out in self._generate_local(req, start_s, task):
+                    self.messages_sent += 1
                     yield out
         except _EngineError as err:
             error = err.error_code
