@@ -325,7 +325,8 @@ class MockWorker:
         except _EngineError as err:
             error = err.error_code
             await _abort_engine(context, err)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # cancelled while awaiting (CancelledError) or while suspended at a yield (GeneratorExit)
             self.cancelled_ids.append(req.request_id)
             error = wire.CANCELLED_ERROR
             raise
@@ -455,7 +456,8 @@ class MockWorker:
         except StopAsyncIteration:
             error = wire.REMOTE_GENERATE_FAILED
             await context.abort(grpc.StatusCode.INTERNAL, "prefill closed RemoteGenerate early")
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # cancelled while awaiting (CancelledError) or while suspended at a yield (GeneratorExit)
             self.cancelled_ids.append(req.request_id)
             error = wire.CANCELLED_ERROR
             raise
