@@ -187,6 +187,12 @@ async def test_in_flight_returns_to_zero_after_1000_mixed_calls(mock_workers, ga
     assert min(outcomes.values()) > 0, outcomes  # every kind of ending really happened
     await wait_for(lambda: gw.cluster.total_in_flight() == 0, timeout_s=5, what="in-flight back to 0")
     assert all(w.in_flight == 0 for w in gw.cluster.all())
+    if gw.edge is not None:
+        # the frame relay keeps no per-call state behind: no call, no stream on any connection
+        edge = gw.edge
+        await wait_for(lambda: not edge.calls, what="no call left in the frame relay")
+        assert all(not conn.streams for conn in edge.downstream)
+        assert all(not conn.streams for conns in edge._upstreams.values() for conn in conns)
 
 
 async def test_1000_concurrent_streams_complete(mock_workers, gateways, channels) -> None:
