@@ -1,0 +1,151 @@
+"""Time-to-first-token estimates per worker, learned online from the streams the gateway relays.
+
+estimated TTFT = queue wait (prefill work dispatched there and not yet past its first token)
+               + prefill time (a + b·uncached + c·cached tokens) [+ KV transfer in PD].
+The prefill coefficients are fitted per worker by recursive least squares with forgetting,
+starting from configured priors; residuals are clipped (Huber) so one stalled request does
+not wreck the fit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TtftPriors:
+    """Starting coefficients (ms, ms per token) and how fast to learn."""
+
+    base_ms: float = 20.0
+    ms_per_uncached_token: float = 0.1
+    ms_per_cached_token: float = 0.0
+    kv_transfer_ms_per_token: float = 0.0
+    forgetting: float = 0.995  # RLS forgetting factor: ~200 observations of memory
+    huber_ms: float = 50.0  # residuals beyond this count linearly, not quadratically
+    prior_weight: float = 1.0  # confidence in the priors, in "observations"
+
+
+@dataclass
+class _Pending:
+    request_id: int
+    estimate_ms: float
+    dispatched_s: float
+
+
+@dataclass
+class WorkerTtft:
+    """One worker's fitted prefill model, its backlog of not-yet-started prefills and its error."""
+
+    theta: list[float]  # [a, b, c]
+    p: list[list[float]]  # RLS covariance (3×3)
+    pending: OrderedDict[int, _Pending] = field(default_factory=OrderedDict)
+    backlog_ms: float = 0.0
+    busy_since_s: float = 0.0
+    observations: int = 0
+    abs_error_ms: float = 0.0  # EWMA of |estimated TTFT - observed TTFT|
+    observed_ttft_ms: float = 0.0  # EWMA of observed TTFT
+    residual_scale_ms: float = 0.0  # EWMA of |prefill residual|, sets the Huber threshold
+
+    def prefill_ms(self, uncached_tokens: int, cached_tokens: int) -> float:
+        """Predicted prefill duration of one request on this worker."""
+        a, b, c = self.theta
+        return max(0.0, a + b * uncached_tokens + c * cached_tokens)
+
+    def queue_wait_ms(self, now_s: float) -> float:
+        """Work dispatched here and not yet past its first token, minus what is already done of it."""
+        if not self.pending:
+            return 0.0
+        done_ms = (now_s - self.busy_since_s) * 1000.0
+        return max(0.0, self.backlog_ms - done_ms)
+
+
+class TtftModel:
+    """TTFT estimates for every worker; pure (the caller passes the time)."""
+
+    def __init__(self, priors: TtftPriors) -> None:
+        self.priors = priors
+        self._workers: dict[str, WorkerTtft] = {}
+        var = 1.0 / max(priors.prior_weight, 1e-6)
+        # prior spread per coefficient: ±10 ms base, ±0.01 ms/token uncached, ±0.003 ms/token cached
+        self._p0 = [[var * 100.0, 0.0, 0.0], [0.0, var * 1e-4, 0.0], [0.0, 0.0, var * 1e-5]]
+        self._p_cap = [self._p0[i][i] * 100.0 for i in range(3)]
+
+    def worker(self, key: str) -> WorkerTtft:
+        """The model of one worker (created from the priors on first use)."""
+        w = self._workers.get(key)
+        if w is None:
+            pr = self.priors
+            w = WorkerTtft(
+                theta=[pr.base_ms, pr.ms_per_uncached_token, pr.ms_per_cached_token],
+                p=[row[:] for row in self._p0],
+            )
+            self._workers[key] = w
+        return w
+
+    def workers(self) -> dict[str, WorkerTtft]:
+        """Every worker model by worker key."""
+        return self._workers
+
+    def estimate_ms(self, key: str, uncached_tokens: int, cached_tokens: int, now_s: float,
+                    prompt_tokens: int = 0) -> tuple[float, float, float]:
+        """(TTFT, queue wait, prefill) in ms for a request that would go to `key` now."""
+        w = self.worker(key)
+        wait = w.queue_wait_ms(now_s)
+        prefill = w.prefill_ms(uncached_tokens, cached_tokens) + self.priors.kv_transfer_ms_per_token * prompt_tokens
+        return wait + prefill, wait, prefill
+
+    def dispatched(self, key: str, request_id: int, prefill_ms: float, now_s: float) -> None:
+        """A request was sent to `key`; its prefill joins the worker's backlog."""
+        w = self.worker(key)
+        if not w.pending:
+            w.busy_since_s = now_s
+            w.backlog_ms = 0.0
+        w.pending[request_id] = _Pending(request_id, prefill_ms, now_s)
+        w.backlog_ms += prefill_ms
+
+    def started_or_gone(self, key: str, request_id: int, now_s: float) -> None:
+        """The request produced its first token (or ended without one): it leaves the backlog."""
+        w = self.worker(key)
+        item = w.pending.pop(request_id, None)
+        if item is None:
+            return
+        w.backlog_ms = max(0.0, w.backlog_ms - item.estimate_ms)
+        if w.pending:
+            # the engine works the backlog from now on; what it did before is done
+            w.busy_since_s = max(now_s, next(iter(w.pending.values())).dispatched_s)
+        else:
+            w.backlog_ms = 0.0
+
+    def observe(self, key: str, uncached_tokens: int, cached_tokens: int, prefill_ms: float,
+                estimated_ttft_ms: float | None, observed_ttft_ms: float) -> None:
+        """Learn from one relayed stream: engine-side prefill time and the TTFT the client saw."""
+        w = self.worker(key)
+        w.observations += 1
+        if estimated_ttft_ms is not None:
+            err = abs(estimated_ttft_ms - observed_ttft_ms)
+            alpha = 0.05 if w.observations > 20 else 1.0 / w.observations
+            w.abs_error_ms += alpha * (err - w.abs_error_ms)
+            w.observed_ttft_ms += alpha * (observed_ttft_ms - w.observed_ttft_ms)
+        if not math.isfinite(prefill_ms) or prefill_ms < 0:
+            return
+        x = (1.0, float(uncached_tokens), float(cached_tokens))
+        lam = self.priors.forgetting
+        p, th = w.p, w.theta
+        px = [sum(p[i][j] * x[j] for j in range(3)) for i in range(3)]
+        denom = lam + sum(x[i] * px[i] for i in range(3))
+        residual = prefill_ms - sum(th[i] * x[i] for i in range(3))
+        # robust (Huber): a surprise larger than 3x the typical residual moves the fit only that far
+        limit = max(self.priors.huber_ms, 3.0 * w.residual_scale_ms) if w.residual_scale_ms else math.inf
+        clipped = max(-limit, min(limit, residual))
+        w.residual_scale_ms += (0.05 if w.residual_scale_ms else 1.0) * (abs(clipped) - w.residual_scale_ms)
+        residual = clipped
+        gain = [v / denom for v in px]
+        w.theta = [th[i] + gain[i] * residual for i in range(3)]
+        w.p = [[(p[i][j] - gain[i] * px[j]) / lam for j in range(3)] for i in range(3)]
+        if any(w.p[i][i] > self._p_cap[i] for i in range(3)):
+            # forgetting inflates directions the data never excites (e.g. no cache hits): start over there
+            w.p = [row[:] for row in self._p0]
+        # keep the physically meaningful signs (no negative base or per-token cost)
+        w.theta = [max(0.0, v) for v in w.theta]
