@@ -157,7 +157,7 @@ block_keys(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 
 static PyMethodDef methods[] = {
     {"block_keys", (PyCFunction)(void (*)(void))block_keys, METH_VARARGS | METH_KEYWORDS,
-     "block_keys(tokens, block_size) -> list[int]\n--\n\n"
+     "block_keys($module, /, tokens, block_size)\n--\n\n"
      "Signed 64-bit chained keys of every full block of tokens (RTP-LLM block_cache_keys).\n"
      "tokens: a sequence of ints (wrapped to int32) or a buffer of native 4-byte signed ints."},
     {NULL, NULL, 0, NULL},

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import operator
+from collections.abc import Callable, Iterable, Sequence
+
+log = logging.getLogger("flexlb.balancer")
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -26,3 +30,24 @@ def rtp_block_keys(token_ids: Sequence[int], block_size: int) -> list[int]:
             h ^= (v + _GOLDEN + ((h << 12) & _MASK) + shifted) & _MASK
         keys.append(h - (1 << 64) if h & 0x8000000000000000 else h)
     return keys
+
+
+def _reference_any(token_ids: Iterable[int], block_size: int) -> list[int]:
+    # same inputs as the C version: any iterable (buffers, numpy) and TypeError on non-integers
+    return rtp_block_keys(list(map(operator.index, token_ids)), block_size)
+
+
+_fast: Callable[[Iterable[int], int], list[int]]
+try:
+    from flexlb.balancer._blockhash import block_keys as _fast
+
+    FAST_BLOCK_KEYS = True
+except ImportError as exc:  # a source tree that was never built; routing still works, ~1000x slower
+    log.warning("C block-key hash unavailable (%s); using the pure-Python reference — run `pip install -e .`", exc)
+    _fast = _reference_any
+    FAST_BLOCK_KEYS = False
+
+
+def block_keys(token_ids: Iterable[int], block_size: int) -> list[int]:
+    """Same keys as rtp_block_keys, computed in C; token_ids may be a list, protobuf field or int32 buffer."""
+    return _fast(token_ids, block_size)

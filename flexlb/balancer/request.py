@@ -24,6 +24,9 @@ class RouteRequest:
     max_new_tokens: int = 0
     # workers (ip:grpc_port) that must not be chosen, e.g. after a failure before the first byte
     exclude: frozenset[str] = frozenset()
+    # chained KV block keys of the prompt (RTP-LLM hash) and the block size they were cut with
+    block_keys: tuple[int, ...] = ()
+    block_size_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,9 @@ class Decision:
     decode: WorkerState | None
     strategy: str
     reason: str
-    estimate_ms: float | None = None
+    estimate_ms: float | None = None  # estimated TTFT on the target
+    cached_tokens: int = 0  # prompt tokens the index expects the target to reuse
+    prefill_ms: float = 0.0  # estimated prefill part of the TTFT
 
 
 class NoWorkerAvailable(Exception):

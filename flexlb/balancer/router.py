@@ -1,34 +1,49 @@
-"""The router: roles, PD pairing with group affinity, load reservation and its release."""
+"""The router: roles, PD pairing with group affinity, load reservation, feedback and release."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
 
+from flexlb.balancer.prefix_index import PrefixIndex
 from flexlb.balancer.request import Decision, Deploy, NoWorkerAvailable, Pick, RouteRequest
 from flexlb.balancer.strategies.base import PickContext, Strategy
+from flexlb.balancer.ttft import TtftModel, TtftPriors
 from flexlb.balancer.workers import Cluster, Role, WorkerState
 
 
 class Lease:
     """Load reserved for one call; `release()` gives it back exactly once, however often it is called."""
 
-    __slots__ = ("_released", "_workers", "decision")
+    __slots__ = ("_first_token_seen", "_released", "_router", "_workers", "active_tokens", "decision", "seq")
 
-    def __init__(self, decision: Decision) -> None:
+    def __init__(self, decision: Decision, router: Router, seq: int, active_tokens: int) -> None:
         self.decision = decision
+        self.seq = seq
+        self.active_tokens = active_tokens
+        self._router = router
         self._workers: tuple[WorkerState, ...] = (
             (decision.target,) if decision.decode is None else (decision.target, decision.decode)
         )
         for w in self._workers:
             w.in_flight += 1
+            w.active_tokens += active_tokens
             w.dispatched_total += 1
         self._released = False
+        self._first_token_seen = False
 
     @property
     def released(self) -> bool:
         """Whether the load has been given back."""
         return self._released
+
+    def first_token(self, observed_ttft_ms: float, prefill_ms: float | None = None,
+                    uncached_tokens: int | None = None, cached_tokens: int | None = None) -> None:
+        """The first response message arrived: the prefill is done; learn from what was observed."""
+        if self._first_token_seen or self._released:
+            return
+        self._first_token_seen = True
+        self._router.on_first_token(self, observed_ttft_ms, prefill_ms, uncached_tokens, cached_tokens)
 
     def release(self) -> bool:
         """Give the reserved load back; returns False if it was already released."""
@@ -37,6 +52,9 @@ class Lease:
         self._released = True
         for w in self._workers:
             w.in_flight -= 1
+            w.active_tokens -= self.active_tokens
+        if not self._first_token_seen:
+            self._router.on_gone(self)
         return True
 
 
@@ -58,11 +76,16 @@ class Router:
         decode_strategy: Strategy,
         rng: random.Random,
         clock: Callable[[], float],
+        ttft: TtftModel | None = None,
+        index: PrefixIndex | None = None,
     ) -> None:
         self.cluster = cluster
         self.deploy = deploy
         self.prefill_strategy = prefill_strategy
         self.decode_strategy = decode_strategy
+        self.ttft = ttft or TtftModel(TtftPriors())
+        # LOCAL_STATIC / LOCAL_SYNC prefix index; None when kvCache is NONE
+        self.index = index
         self._rng = rng
         self._clock = clock
         self._seq = 0
@@ -73,14 +96,16 @@ class Router:
         In a disaggregated deployment `pair=False` picks a lone PREFILL worker (calls the
         engine serves without PD hand-off, e.g. BatchGenerateCall).
         """
-        ctx = PickContext(rng=self._rng, now_s=self._clock())
+        now = self._clock()
+        matched = self.index.match(req.block_keys) if self.index is not None and req.block_keys else {}
+        ctx = PickContext(rng=self._rng, now_s=now, matched_blocks=matched, ttft=self.ttft)
         if self.deploy is Deploy.DISAGGREGATED and pair:
             return self._route_pd(req, ctx)
         role = Role.PDFUSION if self.deploy is Deploy.PD_FUSION else Role.PREFILL
         candidates = _available(self.cluster.of_role(role), req.exclude)
         if not candidates:
             raise NoWorkerAvailable(role.name, self._why_empty(role, req))
-        return self._commit(self.prefill_strategy.pick(candidates, req, ctx), None)
+        return self._commit(req, ctx, self.prefill_strategy.pick(candidates, req, ctx), None)
 
     def can_route(self) -> bool:
         """Whether every role this deployment needs has a healthy worker."""
@@ -101,25 +126,53 @@ class Router:
         prefill_pick = self.prefill_strategy.pick(prefills, req, ctx)
         group = prefill_pick.worker.addr.group
         decode_pick = self.decode_strategy.pick([w for w in decodes if w.addr.group == group], req, ctx)
-        return self._commit(prefill_pick, decode_pick)
+        return self._commit(req, ctx, prefill_pick, decode_pick)
 
-    def _commit(self, pick: Pick, decode_pick: Pick | None) -> Lease:
+    def _commit(self, req: RouteRequest, ctx: PickContext, pick: Pick, decode_pick: Pick | None) -> Lease:
         self._seq += 1
-        pick.worker.last_chosen_seq = self._seq
+        target = pick.worker
+        target.last_chosen_seq = self._seq
         reason = pick.reason
         strategy = self.prefill_strategy.name
         if decode_pick is not None:
             decode_pick.worker.last_chosen_seq = self._seq
             reason = f"{pick.reason}+{decode_pick.reason}"
             strategy = f"{strategy}+{self.decode_strategy.name}"
+        cached = ctx.cached_tokens(req, target)
+        transfer_tokens = req.prompt_tokens if decode_pick is not None else 0
+        ttft_ms, _, prefill_ms = self.ttft.estimate_ms(
+            target.key, req.prompt_tokens - cached, cached, ctx.now_s, transfer_tokens
+        )
         decision = Decision(
-            target=pick.worker,
+            target=target,
             decode=decode_pick.worker if decode_pick else None,
             strategy=strategy,
             reason=reason,
-            estimate_ms=pick.estimate_ms,
+            estimate_ms=ttft_ms,
+            cached_tokens=cached,
+            prefill_ms=prefill_ms,
         )
-        return Lease(decision)
+        self.ttft.dispatched(target.key, self._seq, prefill_ms, ctx.now_s)
+        if self.index is not None and req.block_keys:
+            # speculative insert: the worker will hold these blocks once it has prefilled them
+            self.index.record(target.key, req.block_keys, ctx.now_s)
+        return Lease(decision, self, self._seq, req.prompt_tokens)
+
+    def on_first_token(self, lease: Lease, observed_ttft_ms: float, prefill_ms: float | None,
+                       uncached_tokens: int | None, cached_tokens: int | None) -> None:
+        """Feedback from the first response message of a call."""
+        d = lease.decision
+        now = self._clock()
+        self.ttft.started_or_gone(d.target.key, lease.seq, now)
+        if prefill_ms is not None and uncached_tokens is not None and cached_tokens is not None:
+            self.ttft.observe(d.target.key, uncached_tokens, cached_tokens, prefill_ms, d.estimate_ms,
+                              observed_ttft_ms)
+        else:
+            self.ttft.observe(d.target.key, 0, 0, float("nan"), d.estimate_ms, observed_ttft_ms)
+
+    def on_gone(self, lease: Lease) -> None:
+        """A call ended before its first token: its prefill leaves the backlog."""
+        self.ttft.started_or_gone(lease.decision.target.key, lease.seq, self._clock())
 
     def _why_empty(self, role: Role, req: RouteRequest) -> str:
         total = len(self.cluster.of_role(role))

@@ -50,6 +50,8 @@ class WorkerState:
     addr: WorkerAddr
     healthy: bool = True
     in_flight: int = 0
+    # prompt tokens of the calls in flight (a KV-footprint proxy for decode choice and baselines)
+    active_tokens: int = 0
     dispatched_total: int = 0
     # sequence number of the last time this worker was chosen; used to break ties fairly
     last_chosen_seq: int = 0

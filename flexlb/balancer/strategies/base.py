@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from flexlb.balancer.request import Pick, RouteRequest
+from flexlb.balancer.ttft import TtftModel
 from flexlb.balancer.workers import WorkerState
 
 
 @dataclass
 class PickContext:
-    """What a strategy may use besides the candidates: injected randomness and time."""
+    """What a strategy may use besides the candidates: randomness, time, cache matches, TTFT model."""
 
     rng: random.Random
     now_s: float
+    matched_blocks: dict[str, int] = field(default_factory=dict)  # worker key → leading blocks held
+    ttft: TtftModel | None = None
+
+    def cached_tokens(self, req: RouteRequest, worker: WorkerState) -> int:
+        """Prompt tokens the worker is expected to reuse (the last token is always computed)."""
+        blocks = self.matched_blocks.get(worker.key, 0)
+        if not blocks:
+            return 0
+        return min(blocks * req.block_size_tokens, max(req.prompt_tokens - 1, 0))
 
 
 class Strategy(Protocol):

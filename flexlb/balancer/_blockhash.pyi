@@ -1,0 +1,3 @@
+from collections.abc import Iterable
+
+def block_keys(tokens: Iterable[int], block_size: int) -> list[int]: ...
