@@ -2,7 +2,7 @@
 
 Keys are chained (key k hashes blocks 0..k), so a worker's reusable prefix is the run of
 leading keys it holds. Every key maps to a bitmask of the workers holding it; matching a
-prompt walks its keys once, AND-ing masks, so N workers cost O(blocks + N) — not blocks × N.
+prompt walks its keys once, AND-ing masks, so N workers cost O(blocks + N) — not blocks times N.
 """
 
 from __future__ import annotations

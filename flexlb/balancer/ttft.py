@@ -39,7 +39,7 @@ class WorkerTtft:
     """One worker's fitted prefill model, its backlog of not-yet-started prefills and its error."""
 
     theta: list[float]  # [a, b, c]
-    p: list[list[float]]  # RLS covariance (3×3)
+    p: list[list[float]]  # RLS covariance (3 by 3)
     pending: OrderedDict[int, _Pending] = field(default_factory=OrderedDict)
     backlog_ms: float = 0.0
     busy_since_s: float = 0.0
