@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flexlb.balancer.strategies.base import Strategy
+from flexlb.balancer.strategies.baselines import DynamoKv, SGLangCacheAware
+from flexlb.balancer.strategies.cost import CacheAware, CostBasedPrefill, ShortestTtft
+from flexlb.balancer.strategies.decode import WeightedCache
 from flexlb.balancer.strategies.simple import (
     LowestConcurrency,
     RandomPick,
@@ -17,6 +20,15 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "ROUND_ROBIN": RoundRobin,
     "LOWEST_CONCURRENCY": LowestConcurrency,
     "ROUND_ROBIN_LOWEST_CONCURRENCY": RoundRobinLowestConcurrency,
+    "SHORTEST_TTFT": ShortestTtft,
+    "COST_BASED_PREFILL": CostBasedPrefill,
+    "CACHE_AWARE": CacheAware,
+    "WEIGHTED_CACHE": WeightedCache,
+    # the original FlexLB's decode default: KV-weighted choice
+    "COST_BASED_DECODE": WeightedCache,
+    # reference baselines from their published rules
+    "SGLANG_CACHE_AWARE": SGLangCacheAware,
+    "DYNAMO_KV": DynamoKv,
 }
 
 

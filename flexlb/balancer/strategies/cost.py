@@ -1,0 +1,122 @@
+"""Cost strategies for the prefill (or fused) choice: estimated TTFT, cache affinity, and both.
+
+All of them read the same two facts per worker: the prefix the index expects it to reuse and
+the TTFT model's backlog and prefill estimate. Near-ties are broken by least recently chosen,
+with the band measured on the prefill part in absolute ms (a band relative to long queues
+would make overload worse).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flexlb.balancer.request import Pick, RouteRequest
+from flexlb.balancer.strategies.base import PickContext, least_recently_chosen
+from flexlb.balancer.ttft import TtftModel, TtftPriors
+from flexlb.balancer.workers import WorkerState
+
+_FALLBACK_MODEL = TtftModel(TtftPriors())
+
+
+@dataclass(frozen=True)
+class _Option:
+    worker: WorkerState
+    cached_tokens: int
+    wait_ms: float
+    prefill_ms: float
+
+    @property
+    def ttft_ms(self) -> float:
+        return self.wait_ms + self.prefill_ms
+
+
+def _options(candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> list[_Option]:
+    model = ctx.ttft or _FALLBACK_MODEL
+    out = []
+    for w in candidates:
+        cached = ctx.cached_tokens(req, w)
+        m = model.worker(w.key)
+        out.append(_Option(w, cached, m.queue_wait_ms(ctx.now_s), m.prefill_ms(req.prompt_tokens - cached, cached)))
+    return out
+
+
+def _pick_min(options: list[_Option], cost: list[float], band_ms: float, reason: str) -> Pick:
+    best = min(cost)
+    near = [o for o, c in zip(options, cost, strict=True) if c <= best + band_ms]
+    chosen = near[0] if len(near) == 1 else _least_recent(near)
+    why = reason if len(near) == 1 else f"{reason}_tie"
+    return Pick(chosen.worker, why, chosen.ttft_ms)
+
+
+def _least_recent(options: list[_Option]) -> _Option:
+    w = least_recently_chosen([o.worker for o in options])
+    return next(o for o in options if o.worker is w)
+
+
+class ShortestTtft:
+    """Lowest estimated TTFT (queue wait + prefill of the uncached part)."""
+
+    name = "SHORTEST_TTFT"
+
+    def __init__(self, tie_band_ms: float = 5.0) -> None:
+        self.tie_band_ms = tie_band_ms
+
+    def pick(self, candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Pick:
+        """The worker where this request's first token comes soonest."""
+        options = _options(candidates, req, ctx)
+        return _pick_min(options, [o.ttft_ms for o in options], self.tie_band_ms, "shortest_ttft")
+
+
+class CostBasedPrefill:
+    """TTFT plus the delay this request's prefill imposes on the calls queued behind it.
+
+    cost = wait + prefill · (1 + k), k = calls waiting per worker right now. Idle cluster: k = 0,
+    the fastest first token wins. Under load every ms of prefill is paid again by whoever
+    queues behind it, so work saved by a cache hit counts more and affinity is kept instead of
+    spreading prompts away from the workers that hold their prefix.
+    """
+
+    name = "COST_BASED_PREFILL"
+
+    def __init__(self, tie_band_ms: float = 5.0, max_k: float = 16.0) -> None:
+        self.tie_band_ms = tie_band_ms
+        self.max_k = max_k
+
+    def pick(self, candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Pick:
+        """The worker with the lowest load-weighted TTFT cost."""
+        options = _options(candidates, req, ctx)
+        model = ctx.ttft or _FALLBACK_MODEL
+        waiting = sum(len(model.worker(o.worker.key).pending) for o in options)
+        k = min(self.max_k, waiting / max(len(options), 1))
+        cost = [o.wait_ms + o.prefill_ms * (1.0 + k) for o in options]
+        return _pick_min(options, cost, self.tie_band_ms, "cost")
+
+
+class CacheAware:
+    """Longest cached prefix among the workers that are not overloaded; never abandons affinity.
+
+    A worker is overloaded when its backlog exceeds the least-loaded one's by more than
+    `guard_ms`; affinity is then kept among the rest instead of falling back to pure load.
+    """
+
+    name = "CACHE_AWARE"
+
+    def __init__(self, guard_ms: float = 2_000.0) -> None:
+        self.guard_ms = guard_ms
+
+    def pick(self, candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Pick:
+        """Most reuse within the load guard; least backlog among equals."""
+        options = _options(candidates, req, ctx)
+        floor = min(o.wait_ms for o in options)
+        fit = [o for o in options if o.wait_ms <= floor + self.guard_ms]
+        most = max(o.cached_tokens for o in fit)
+        if most == 0:
+            best = min(o.wait_ms for o in fit)
+            least = [o for o in fit if o.wait_ms <= best + 1.0]
+            chosen = _least_recent(least)
+            return Pick(chosen.worker, "cache_miss_least_loaded", chosen.ttft_ms)
+        holders = [o for o in fit if o.cached_tokens == most]
+        chosen = min(holders, key=lambda o: (o.wait_ms, o.worker.last_chosen_seq))
+        reason = "cache_hit" if len(fit) == len(options) else "cache_hit_load_guarded"
+        return Pick(chosen.worker, reason, chosen.ttft_ms)
