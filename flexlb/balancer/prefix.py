@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import operator
 from collections.abc import Callable, Iterable, Sequence
+from typing import SupportsIndex
 
 log = logging.getLogger("flexlb.balancer")
 
@@ -32,12 +33,12 @@ def rtp_block_keys(token_ids: Sequence[int], block_size: int) -> list[int]:
     return keys
 
 
-def _reference_any(token_ids: Iterable[int], block_size: int) -> list[int]:
+def _reference_any(token_ids: Iterable[SupportsIndex], block_size: int) -> list[int]:
     # same inputs as the C version: any iterable (buffers, numpy) and TypeError on non-integers
     return rtp_block_keys(list(map(operator.index, token_ids)), block_size)
 
 
-_fast: Callable[[Iterable[int], int], list[int]]
+_fast: Callable[[Iterable[SupportsIndex], int], list[int]]
 try:
     from flexlb.balancer._blockhash import block_keys as _fast
 
@@ -48,6 +49,6 @@ except ImportError as exc:  # a source tree that was never built; routing still 
     FAST_BLOCK_KEYS = False
 
 
-def block_keys(token_ids: Iterable[int], block_size: int) -> list[int]:
+def block_keys(token_ids: Iterable[SupportsIndex], block_size: int) -> list[int]:
     """Same keys as rtp_block_keys, computed in C; token_ids may be a list, protobuf field or int32 buffer."""
     return _fast(token_ids, block_size)
