@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flexlb.balancer.prefix import rtp_block_keys
+from flexlb.balancer.prefix import block_keys
 
 VOCAB_SIZE = 32000
 
@@ -93,11 +93,15 @@ class PrefillPlan:
 
 def plan_prefill(params: EngineParams, cache: PrefixCache, token_ids: Sequence[int]) -> PrefillPlan:
     """Match the prompt against the cache and price the prefill."""
-    keys = tuple(rtp_block_keys(token_ids, params.block_size_tokens))
+    return plan_prefill_keys(params, cache, tuple(block_keys(token_ids, params.block_size_tokens)), len(token_ids))
+
+
+def plan_prefill_keys(params: EngineParams, cache: PrefixCache, keys: tuple[int, ...], n_tokens: int) -> PrefillPlan:
+    """Same as plan_prefill for a prompt already cut into block keys (the simulator keys once)."""
     cached_tokens = cache.match_blocks(keys) * params.block_size_tokens
     # the last token is always computed, even on a full hit (it produces the first output token)
-    cached_tokens = min(cached_tokens, max(len(token_ids) - 1, 0))
-    uncached = len(token_ids) - cached_tokens
+    cached_tokens = min(cached_tokens, max(n_tokens - 1, 0))
+    uncached = n_tokens - cached_tokens
     return PrefillPlan(keys, cached_tokens, uncached, params.prefill_ms(uncached, cached_tokens))
 
 

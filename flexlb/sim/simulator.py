@@ -1,0 +1,284 @@
+"""Offline simulator: replay a Mooncake-format trace against simulated workers on a virtual clock.
+
+The workers use the mock worker's engine model (flexlb/sim/engine.py: FIFO prefill of
+a + b·uncached tokens with an LRU prefix cache, cached prefix taken when the prefill starts);
+routing runs the SAME balancer core as the live gateway (Router, strategies, prefix index,
+TTFT model), fed the same feedback (first token, end of call).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import random
+import statistics
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flexlb.balancer.prefix import block_keys
+from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
+from flexlb.balancer.request import Deploy, RouteRequest
+from flexlb.balancer.router import Lease, Router
+from flexlb.balancer.strategies import make_strategy
+from flexlb.balancer.ttft import TtftModel, TtftPriors
+from flexlb.balancer.workers import Cluster, Role, WorkerAddr
+from flexlb.sim.engine import EngineParams, PrefillPlan, PrefixCache, plan_prefill_keys
+
+TRACE_BLOCK_TOKENS = 512  # a Mooncake hash id stands for 512 prompt tokens
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """One row of a Mooncake-format trace."""
+
+    arrival_ms: float
+    input_length: int
+    output_length: int
+    hash_ids: tuple[int, ...]
+
+
+def load_trace(path: str | Path, limit: int | None = None) -> list[TraceRequest]:
+    """Read JSONL rows (timestamp, input_length, output_length, hash_ids); bad rows name their line."""
+    rows = []
+    with open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                rows.append(TraceRequest(float(d["timestamp"]), int(d["input_length"]), int(d["output_length"]),
+                                         tuple(int(h) for h in d["hash_ids"])))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{n}: not a Mooncake trace row ({exc})") from None
+            if limit is not None and len(rows) >= limit:
+                break
+    rows.sort(key=lambda r: r.arrival_ms)
+    return rows
+
+
+class TokenSource:
+    """Deterministic prompt tokens: each hash id expands to 512 tokens from a PRNG keyed by the id."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self._seed = seed
+        self._blocks: dict[int, np.ndarray] = {}
+
+    def prompt(self, req: TraceRequest) -> np.ndarray:
+        """Token ids of the request, cut to its input length."""
+        parts = []
+        for h in req.hash_ids:
+            block = self._blocks.get(h)
+            if block is None:
+                block = np.random.default_rng((self._seed, h)).integers(1, 150_000, TRACE_BLOCK_TOKENS, dtype=np.int32)
+                self._blocks[h] = block
+            parts.append(block)
+        tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        if len(tokens) < req.input_length:
+            # a row may claim more tokens than its ids cover: pad deterministically
+            extra = np.random.default_rng((self._seed, -1, len(req.hash_ids))).integers(
+                1, 150_000, req.input_length - len(tokens), dtype=np.int32)
+            tokens = np.concatenate([tokens, extra])
+        return tokens[: req.input_length]
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A simulation run."""
+
+    strategy: str = "COST_BASED_PREFILL"
+    decode_strategy: str = "WEIGHTED_CACHE"
+    workers: int = 8  # fused workers (ignored when prefill > 0)
+    prefill: int = 0
+    decode: int = 0
+    speed: float = 1.0
+    seed: int = 0
+    engine: EngineParams = field(default_factory=lambda: EngineParams(
+        prefill_base_ms=20.0, prefill_ms_per_uncached_token=0.1, block_size_tokens=512,
+        cache_capacity_blocks=4000, decode_step_base_ms=10.0, decode_step_ms_per_running=0.2,
+        kv_transfer_ms_per_token=0.002))
+    router_block_tokens: int = 512  # staticCacheBlockSize
+    index_capacity_blocks: int = 4000
+    index_ttl_s: float = 3600.0
+    noise_sigma: float = 0.0  # lognormal noise on prefill durations (the router does not know it)
+    limit: int | None = None
+
+
+@dataclass
+class _Worker:
+    key: str
+    cache: PrefixCache
+    queue: deque[_Job] = field(default_factory=deque)
+    busy: bool = False
+    prefill_ms_total: float = 0.0
+    decoding: int = 0
+
+
+@dataclass
+class _Job:
+    index: int
+    arrival_s: float
+    tokens: int
+    keys: tuple[int, ...]
+    output_tokens: int
+    lease: Lease
+    worker: str
+    decode: str | None
+    plan: PrefillPlan | None = None
+    first_token_s: float = 0.0
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    return float(np.percentile(np.asarray(values), q))
+
+
+def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | None = None) -> dict[str, Any]:
+    """Run one strategy over the trace and return the figures."""
+    tokens = tokens or TokenSource(cfg.seed)
+    rng = random.Random(cfg.seed)
+    noise = random.Random(cfg.seed + 1)
+    params = cfg.engine
+    pd = cfg.prefill > 0
+    if pd:
+        addrs = [WorkerAddr("10.0.0.1", 1000 + i, 999 + i, Role.PREFILL) for i in range(cfg.prefill)]
+        addrs += [WorkerAddr("10.0.1.1", 2000 + i, 1999 + i, Role.DECODE) for i in range(max(cfg.decode, 1))]
+    else:
+        addrs = [WorkerAddr("10.0.0.1", 1000 + i, 999 + i, Role.PDFUSION) for i in range(cfg.workers)]
+    now = [0.0]
+    cluster = Cluster(addrs)
+    router = Router(
+        cluster,
+        Deploy.DISAGGREGATED if pd else Deploy.PD_FUSION,
+        make_strategy(cfg.strategy),
+        make_strategy(cfg.decode_strategy),
+        rng=rng,
+        clock=lambda: now[0],
+        ttft=TtftModel(TtftPriors(base_ms=params.prefill_base_ms,
+                                  ms_per_uncached_token=params.prefill_ms_per_uncached_token,
+                                  ms_per_cached_token=params.prefill_ms_per_cached_token,
+                                  kv_transfer_ms_per_token=params.kv_transfer_ms_per_token if pd else 0.0)),
+        index=PrefixIndex(PrefixIndexConfig(cfg.index_capacity_blocks, cfg.index_ttl_s)),
+    )
+    prefill_role = Role.PREFILL if pd else Role.PDFUSION
+    workers = {w.key: _Worker(w.key, PrefixCache(params.cache_capacity_blocks)) for w in cluster.of_role(prefill_role)}
+    decoders = {w.key: _Worker(w.key, PrefixCache(0)) for w in cluster.of_role(Role.DECODE)}
+
+    events: list[tuple[float, int, str, Any]] = []
+    seq = 0
+
+    def push(t: float, kind: str, payload: Any) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (t, seq, kind, payload))
+
+    for i, r in enumerate(trace):
+        push(r.arrival_ms / 1000.0 / cfg.speed, "arrive", i)
+
+    ttft_ms: list[float] = []
+    e2e_ms: list[float] = []
+    decision_us: list[float] = []
+    est_err_ms: list[float] = []
+    hit_tokens = 0
+    prompt_tokens = 0
+    share: dict[str, int] = {k: 0 for k in workers}
+
+    def start_next(w: _Worker) -> None:
+        if w.busy or not w.queue:
+            return
+        job = w.queue.popleft()
+        w.busy = True
+        plan = plan_prefill_keys(params, w.cache, job.keys, job.tokens)
+        job.plan = plan
+        duration = plan.duration_ms
+        if cfg.noise_sigma > 0:
+            duration *= math.exp(noise.gauss(0.0, cfg.noise_sigma))
+        w.prefill_ms_total += duration
+        push(now[0] + duration / 1000.0, "prefilled", job)
+
+    while events:
+        t, _, kind, payload = heapq.heappop(events)
+        now[0] = t
+        if kind == "arrive":
+            r = trace[payload]
+            prompt = tokens.prompt(r)
+            t0 = time.perf_counter()  # keying the prompt is part of the decision; making it up is not
+            keys = tuple(block_keys(prompt, cfg.router_block_tokens))
+            lease = router.route(RouteRequest(payload, len(prompt), r.output_length, block_keys=keys,
+                                              block_size_tokens=cfg.router_block_tokens))
+            decision_us.append((time.perf_counter() - t0) * 1e6)
+            target = lease.decision.target.key
+            worker_keys = keys if params.block_size_tokens == cfg.router_block_tokens else tuple(
+                block_keys(prompt, params.block_size_tokens))
+            decode_key = lease.decision.decode.key if lease.decision.decode else None
+            job = _Job(payload, t, len(prompt), worker_keys, max(r.output_length, 1), lease, target, decode_key)
+            share[target] += 1
+            workers[target].queue.append(job)
+            start_next(workers[target])
+        elif kind == "prefilled":
+            job = payload
+            w = workers[job.worker]
+            plan = job.plan
+            assert plan is not None
+            w.cache.insert(plan.block_keys)
+            w.busy = False
+            job.first_token_s = t
+            observed = (t - job.arrival_s) * 1000.0
+            ttft_ms.append(observed)
+            if job.lease.decision.estimate_ms is not None:
+                est_err_ms.append(abs(job.lease.decision.estimate_ms - observed))
+            hit_tokens += plan.cached_tokens
+            prompt_tokens += job.tokens
+            job.lease.first_token(observed, plan.duration_ms, plan.uncached_tokens, plan.cached_tokens)
+            # decode: a step per remaining output token, slower as the decoding batch grows
+            decoder = decoders[job.decode] if job.decode else w
+            decoder.decoding += 1
+            transfer_ms = params.kv_transfer_ms_per_token * job.tokens if job.decode else 0.0
+            decode_ms = transfer_ms + (job.output_tokens - 1) * params.decode_step_ms(decoder.decoding)
+            push(t + decode_ms / 1000.0, "done", job)
+            start_next(w)
+        else:
+            job = payload
+            decoder = decoders[job.decode] if job.decode else workers[job.worker]
+            decoder.decoding -= 1
+            e2e_ms.append((t - job.arrival_s) * 1000.0)
+            job.lease.release()
+
+    span_s = max(now[0], 1e-9)
+    prefill_work_ms = sum(w.prefill_ms_total for w in workers.values())
+    total = max(len(ttft_ms), 1)
+    return {
+        "strategy": cfg.strategy,
+        "requests": len(ttft_ms),
+        "speed": cfg.speed,
+        "workers": len(workers),
+        "utilization": prefill_work_ms / 1000.0 / (len(workers) * span_s),
+        "ttft_mean_ms": statistics.fmean(ttft_ms) if ttft_ms else 0.0,
+        "ttft_p50_ms": _percentile(ttft_ms, 50),
+        "ttft_p90_ms": _percentile(ttft_ms, 90),
+        "ttft_p99_ms": _percentile(ttft_ms, 99),
+        "e2e_mean_ms": statistics.fmean(e2e_ms) if e2e_ms else 0.0,
+        "cache_hit_ratio": hit_tokens / max(prompt_tokens, 1),
+        "estimate_abs_error_mean_ms": statistics.fmean(est_err_ms) if est_err_ms else 0.0,
+        "worker_share": {k: v / total for k, v in share.items()},
+        "decision_us_p50": _percentile(decision_us, 50),
+        "decision_us_p99": _percentile(decision_us, 99),
+        "ttft_ms": ttft_ms,
+    }
+
+
+def summary_rows(results: list[dict[str, Any]]) -> Iterator[str]:
+    """A fixed-width comparison table."""
+    yield (f"{'strategy':22s} {'util':>5s} {'ttft mean':>10s} {'p50':>9s} {'p90':>9s} {'p99':>10s} "
+           f"{'e2e mean':>9s} {'hit':>6s} {'est err':>8s} {'dec p99 us':>10s}")
+    for r in results:
+        yield (f"{r['strategy']:22s} {r['utilization']:5.2f} {r['ttft_mean_ms']:10.1f} {r['ttft_p50_ms']:9.1f} "
+               f"{r['ttft_p90_ms']:9.1f} {r['ttft_p99_ms']:10.1f} {r['e2e_mean_ms']:9.1f} "
+               f"{r['cache_hit_ratio']:6.3f} {r['estimate_abs_error_mean_ms']:8.1f} {r['decision_us_p99']:10.1f}")
