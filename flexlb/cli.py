@@ -102,6 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _mock_parser(sub)
+    sim = sub.add_parser(
+        "sim",
+        help="replay a Mooncake-format trace against simulated workers (offline, virtual clock)",
+        description="Offline simulator: the balancer core of the gateway routes a trace over simulated "
+        "workers that use the mock worker's engine model.",
+    )
+    sim.add_argument("--trace", required=True, help="JSONL with timestamp, input_length, output_length, hash_ids")
+    sim.add_argument("--workers", type=int, default=8, help="fused workers (ignored with --prefill)")
+    sim.add_argument("--prefill", type=int, default=0, help="PREFILL workers (PD mode)")
+    sim.add_argument("--decode", type=int, default=0, help="DECODE workers (PD mode)")
+    sim.add_argument("--strategy", default="COST_BASED_PREFILL")
+    sim.add_argument("--decode-strategy", default="WEIGHTED_CACHE")
+    sim.add_argument("--compare", default=None, help="comma-separated strategies to run side by side")
+    sim.add_argument("--speed", type=float, default=1.0, help="multiplies the arrival rate")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--limit", type=int, default=None, help="only the first N requests")
+    sim.add_argument("--noise", type=float, default=0.0, help="lognormal sigma on prefill times")
+    sim.add_argument("--json", action="store_true", help="print one JSON object (per strategy: one per line)")
+    sim.add_argument("--plot", default=None, help="write TTFT CDFs to this PNG (needs matplotlib)")
     demo = sub.add_parser("demo", help="start a PD set of mock workers and a gateway, send traffic, report")
     demo.add_argument("--requests", type=int, default=400)
     demo.add_argument("--concurrency", type=int, default=32)
@@ -175,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "mock-worker":
         return _mock_worker(args)
+    if args.command == "sim":
+        from flexlb.sim.report import run_sim_cli
+
+        return run_sim_cli(args)
     from flexlb.demo import run_demo
 
     return run_demo(args.requests, args.concurrency)
