@@ -43,7 +43,7 @@ try:
     from flexlb.balancer._blockhash import block_keys as _fast
 
     FAST_BLOCK_KEYS = True
-except ImportError as exc:  # a source tree that was never built; routing still works, ~1000x slower
+except ImportError as exc:  # a source tree that was never built; routing still works, ~100x slower
     log.warning("C block-key hash unavailable (%s); using the pure-Python reference — run `pip install -e .`", exc)
     _fast = _reference_any
     FAST_BLOCK_KEYS = False
