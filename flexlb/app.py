@@ -16,10 +16,12 @@ from grpc_reflection.v1alpha import reflection
 
 from flexlb import __version__, wire
 from flexlb.admin_http.server import AdminServer
+from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
 from flexlb.balancer.router import Router
 from flexlb.balancer.strategies import make_strategy
+from flexlb.balancer.ttft import TtftModel, TtftPriors
 from flexlb.balancer.workers import Cluster
-from flexlb.config import NOT_ACTED_ON, Settings, masked
+from flexlb.config import NOT_ACTED_ON, KvCacheMode, Settings, masked
 from flexlb.h2.edge import Edge, EdgeLimits
 from flexlb.metrics import Metrics
 from flexlb.pb import flexlb_schedule_service_pb2, model_rpc_service_pb2
@@ -45,20 +47,27 @@ class Gateway:
         self.settings = settings
         self._draining = False
         self.cluster = Cluster(list(settings.workers))
+        m = settings.master
+        index = None
+        if m.kv_cache is not KvCacheMode.NONE:
+            # LOCAL_SYNC is not fed by worker reports yet: it records what the gateway sent, like LOCAL_STATIC
+            index = PrefixIndex(PrefixIndexConfig(m.prefix_index_capacity_blocks, m.prefix_index_ttl_s))
         self.router = Router(
             self.cluster,
             settings.deploy,
-            make_strategy(settings.master.load_balance_strategy),
-            make_strategy(settings.master.decode_load_balance_strategy),
+            make_strategy(m.load_balance_strategy),
+            make_strategy(m.decode_load_balance_strategy),
             rng=random.Random(seed),
             clock=time.monotonic,
+            ttft=TtftModel(TtftPriors()),
+            index=index,
         )
         self.metrics = Metrics()
-        self.metrics.watch_cluster(self.cluster, self.is_draining)
+        self.metrics.watch_cluster(self.cluster, self.is_draining, self.router.ttft)
         self.pool = UpstreamPool(
             settings.server.max_receive_message_bytes, settings.server.upstream_channels_per_worker
         )
-        self.dispatcher = Dispatcher(self.router, self.metrics, self.is_draining)
+        self.dispatcher = Dispatcher(self.router, self.metrics, self.is_draining, m.static_cache_block_size)
         self.relay = RpcRelay(self.dispatcher, self.router, self.pool)
         self.scheduler = Scheduler(self.router, self.metrics)
         self.health = health.aio.HealthServicer()

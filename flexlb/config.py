@@ -46,8 +46,7 @@ class KvCacheMode(enum.Enum):
 NOT_ACTED_ON = {
     "prefillBatchWaitTimeMs": "batching window (smart routing)",
     "batchSize": "batching (smart routing)",
-    "kvCache": "prefix-cache index (smart routing)",
-    "staticCacheBlockSize": "prefix-cache index (smart routing)",
+    "kvCache=LOCAL_SYNC": "worker-reported cache keys (smart routing); until then LOCAL_SYNC behaves as LOCAL_STATIC",
     "prefillLbTimeoutMs": "master-routed decisions (high availability)",
     "prefillGenerateTimeoutMs": "time-to-first-token bound (worker health)",
     "enableGrpcPrefillMaster": "master-routed decisions (high availability)",
@@ -66,6 +65,8 @@ class MasterConfig:
     static_cache_block_size: int = 64
     batch_size: int = 1
     prefill_lb_timeout_ms: int = 5000
+    prefix_index_capacity_blocks: int = 100_000  # per worker, LOCAL_STATIC record
+    prefix_index_ttl_s: float = 600.0
     prefill_generate_timeout_ms: int = 0
     enable_grpc_prefill_master: bool = False
 
@@ -194,6 +195,10 @@ def parse_master(raw: Mapping[str, Any], name: str = "WHALE_MASTER_CONFIG") -> M
         kw["kv_cache"] = KvCacheMode(_enum(p + "kvCache", raw["kvCache"], [m.value for m in KvCacheMode]))
     if "staticCacheBlockSize" in raw:
         kw["static_cache_block_size"] = _int(p + "staticCacheBlockSize", raw["staticCacheBlockSize"], 1)
+    if "prefixIndexCapacityBlocks" in raw:
+        kw["prefix_index_capacity_blocks"] = _int(p + "prefixIndexCapacityBlocks", raw["prefixIndexCapacityBlocks"], 1)
+    if "prefixIndexTtlS" in raw:
+        kw["prefix_index_ttl_s"] = float(_int(p + "prefixIndexTtlS", raw["prefixIndexTtlS"], 1))
     if "batchSize" in raw:
         kw["batch_size"] = _int(p + "batchSize", raw["batchSize"], 1)
     if "prefillLbTimeoutMs" in raw:

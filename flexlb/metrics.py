@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from flexlb.balancer.ttft import TtftModel
 from flexlb.balancer.workers import Cluster
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -17,9 +19,10 @@ _TTFT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
 class _ClusterCollector(Collector):
     """In-flight and health gauges read from the balancer's state at scrape time (no hot-path cost)."""
 
-    def __init__(self, cluster: Cluster, draining: Callable[[], bool]) -> None:
+    def __init__(self, cluster: Cluster, draining: Callable[[], bool], ttft: TtftModel | None) -> None:
         self._cluster = cluster
         self._draining = draining
+        self._ttft = ttft
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         in_flight = GaugeMetricFamily(
@@ -35,6 +38,27 @@ class _ClusterCollector(Collector):
             healthy.add_metric([w.key, w.role.name], 1 if w.healthy else 0)
         yield in_flight
         yield healthy
+        if self._ttft is not None:
+            coef = GaugeMetricFamily(
+                "flexlb_worker_prefill_coefficient", "Learned prefill model: ms = base + per_uncached_token * "
+                "uncached + per_cached_token * cached", labels=["worker", "term"])
+            wait = GaugeMetricFamily("flexlb_worker_queue_wait_estimate_ms",
+                                     "Estimated wait for prefill work already dispatched", labels=["worker"])
+            err = GaugeMetricFamily("flexlb_worker_ttft_abs_error_ms",
+                                    "Recent mean absolute error of the TTFT estimate", labels=["worker"])
+            seen = GaugeMetricFamily("flexlb_worker_ttft_observed_ms", "Recent mean observed TTFT", labels=["worker"])
+            now = time.monotonic()
+            for key, m in self._ttft.workers().items():
+                for term, value in zip(("base_ms", "per_uncached_token_ms", "per_cached_token_ms"), m.theta,
+                                       strict=True):
+                    coef.add_metric([key, term], value)
+                wait.add_metric([key], m.queue_wait_ms(now))
+                err.add_metric([key], m.abs_error_ms)
+                seen.add_metric([key], m.observed_ttft_ms)
+            yield coef
+            yield wait
+            yield err
+            yield seen
         yield GaugeMetricFamily(
             "flexlb_in_flight", "Calls in flight through this gateway", self._cluster.total_in_flight()
         )
@@ -85,6 +109,6 @@ class Metrics:
             registry=r,
         )
 
-    def watch_cluster(self, cluster: Cluster, draining: Callable[[], bool]) -> None:
-        """Export the cluster's live gauges."""
-        self.registry.register(_ClusterCollector(cluster, draining))
+    def watch_cluster(self, cluster: Cluster, draining: Callable[[], bool], ttft: TtftModel | None = None) -> None:
+        """Export the cluster's live gauges (and the TTFT model's, when given)."""
+        self.registry.register(_ClusterCollector(cluster, draining, ttft))

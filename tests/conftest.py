@@ -105,13 +105,16 @@ async def gateways(request: pytest.FixtureRequest) -> AsyncIterator[GatewayFacto
         deploy: Deploy | None = None,
         strategy: str = "ROUND_ROBIN",
         decode_strategy: str = "ROUND_ROBIN",
+        master: dict[str, Any] | None = None,
         **server: Any,
     ) -> Gateway:
         if deploy is None:
             deploy = Deploy.DISAGGREGATED if any(w.role is Role.PREFILL for w in workers) else Deploy.PD_FUSION
         settings = Settings(
             server=replace(ServerConfig(host="127.0.0.1", grpc_port=0, admin_port=0, relay_engine=engine), **server),
-            master=MasterConfig(load_balance_strategy=strategy, decode_load_balance_strategy=decode_strategy),
+            master=MasterConfig(
+                load_balance_strategy=strategy, decode_load_balance_strategy=decode_strategy, **(master or {})
+            ),
             workers=tuple(workers),
             deploy=deploy,
         )

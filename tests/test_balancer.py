@@ -158,10 +158,13 @@ def test_random_covers_all_workers_and_is_seeded() -> None:
 
 def test_make_strategy_names() -> None:
     assert strategy_names() == sorted(
-        ["RANDOM", "ROUND_ROBIN", "LOWEST_CONCURRENCY", "ROUND_ROBIN_LOWEST_CONCURRENCY"]
+        ["RANDOM", "ROUND_ROBIN", "LOWEST_CONCURRENCY", "ROUND_ROBIN_LOWEST_CONCURRENCY", "SHORTEST_TTFT",
+         "COST_BASED_PREFILL", "CACHE_AWARE", "WEIGHTED_CACHE", "COST_BASED_DECODE", "SGLANG_CACHE_AWARE",
+         "DYNAMO_KV"]
     )
+    aliases = {"COST_BASED_DECODE": "WEIGHTED_CACHE"}  # the original FlexLB's name for the same rule
     for name in strategy_names():
-        assert make_strategy(name).name == name
+        assert make_strategy(name).name == aliases.get(name, name)
     assert make_strategy(" round_robin ").name == "ROUND_ROBIN"
     with pytest.raises(KeyError) as info:
         make_strategy("FASTEST")

@@ -30,6 +30,7 @@ ROUTED_PATHS = {f"/RpcService/{GENERATE_STREAM}": GENERATE_STREAM, f"/RpcService
 _UPSTREAM_STREAM_WINDOW = 256 * 1024  # bounds what one slow client can make us hold per stream
 _CONN_WINDOW = 16 * 1024 * 1024
 _CLIENT_STREAM_WINDOW = 1024 * 1024
+_FIRST_MESSAGE_CAP = 1024 * 1024  # larger first messages are relayed but not parsed for feedback
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ def _status_headers(code: grpc.StatusCode, message: str, extra: tuple[tuple[str,
 class Call:
     """One client stream relayed to one upstream stream."""
 
-    __slots__ = ("body", "body_end", "deadline_at", "deadline_timer", "down", "down_conn", "ended", "messages",
-                 "method", "msg_left", "path", "planned", "prefix", "request_headers", "response_started", "up",
-                 "up_conn")
+    __slots__ = ("body", "body_end", "deadline_at", "deadline_timer", "down", "down_conn", "ended", "first",
+                 "messages", "method", "msg_left", "path", "planned", "prefix", "request_headers",
+                 "response_started", "up", "up_conn")
 
     def __init__(self, down_conn: DownstreamConnection, down: Stream, path: str, method: str | None,
                  request_headers: Headers) -> None:
@@ -72,6 +73,7 @@ class Call:
         self.messages = 0
         self.msg_left = 0  # bytes left of the response message being relayed
         self.prefix = b""  # a gRPC message prefix split across DATA frames
+        self.first: bytearray | None = None  # the first response message while it arrives
         self.deadline_at: float | None = None
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.ended = False
@@ -79,23 +81,37 @@ class Call:
     # ---------------------------------------------------------------- response side
 
     def count_messages(self, data: bytes) -> None:
-        """Walk gRPC message boundaries in relayed bytes (counts messages, spots the first one)."""
+        """Walk gRPC message boundaries in relayed bytes (counts messages, captures the first one)."""
         pos, n = 0, len(data)
         while pos < n:
             if self.msg_left:
                 step = min(self.msg_left, n - pos)
+                if self.first is not None:
+                    self.first += data[pos : pos + step]
                 self.msg_left -= step
                 pos += step
+                if not self.msg_left and self.first is not None:
+                    self._first_complete()
                 continue
             need = 5 - len(self.prefix)
             self.prefix += data[pos : pos + need]
             pos += min(need, n - pos)
             if len(self.prefix) == 5:
                 self.msg_left = int.from_bytes(self.prefix[1:5], "big")
+                compressed = self.prefix[0] == 1
                 self.prefix = b""
                 self.messages += 1
-                if self.messages == 1 and self.planned is not None:
-                    self.down_conn.edge.dispatcher.first_message(self.planned)
+                if self.messages == 1:
+                    # keep the first message (it is small: the first token) for the balancer's feedback
+                    self.first = bytearray() if not compressed and self.msg_left <= _FIRST_MESSAGE_CAP else None
+                    if self.first is None or not self.msg_left:
+                        self._first_complete()
+
+    def _first_complete(self) -> None:
+        message = bytes(self.first) if self.first is not None else None
+        self.first = None
+        if self.planned is not None:
+            self.down_conn.edge.dispatcher.first_message(self.planned, message)
 
     def finish(self, code_name: str) -> None:
         """Release the load and count the ending, once."""

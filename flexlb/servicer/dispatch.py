@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from flexlb import wire
+from flexlb.balancer.prefix import block_keys
 from flexlb.balancer.request import NoWorkerAvailable, RouteRequest
 from flexlb.balancer.router import Lease, Router
 from flexlb.balancer.workers import Role, WorkerState
@@ -62,10 +63,13 @@ def _role_addr(w: WorkerState) -> pb.RoleAddrPB:
 class Dispatcher:
     """Parses, routes and accounts calls; raises Rejection for anything the gateway answers itself."""
 
-    def __init__(self, router: Router, metrics: Metrics, is_draining: Callable[[], bool]) -> None:
+    def __init__(self, router: Router, metrics: Metrics, is_draining: Callable[[], bool],
+                 block_size_tokens: int = 64) -> None:
         self.router = router
         self.metrics = metrics
         self._is_draining = is_draining
+        # tokens per KV block for the prefix index (staticCacheBlockSize)
+        self.block_size_tokens = block_size_tokens
 
     def is_draining(self) -> bool:
         """True once the gateway stopped taking new calls."""
@@ -105,9 +109,13 @@ class Dispatcher:
                 "GenerateInputPB.token_ids is empty; nothing to generate from",
                 "no_tokens",
             )
+        keys: tuple[int, ...] = ()
+        if self.router.index is not None:
+            keys = tuple(block_keys(inp.token_ids, self.block_size_tokens))
         lease = self._route(
             GENERATE_STREAM,
-            RouteRequest(inp.request_id, len(inp.token_ids), inp.generate_config.max_new_tokens),
+            RouteRequest(inp.request_id, len(inp.token_ids), inp.generate_config.max_new_tokens,
+                         block_keys=keys, block_size_tokens=self.block_size_tokens),
             pair=True,
         )
         d = lease.decision
@@ -144,9 +152,23 @@ class Dispatcher:
         )
         return Planned(lease, body, BATCH_GENERATE, started_s)
 
-    def first_message(self, planned: Planned) -> None:
-        """The first response message arrived: record time to first token."""
-        self.metrics.ttft.labels(planned.lease.decision.target.key).observe(time.monotonic() - planned.started_s)
+    def first_message(self, planned: Planned, message: bytes | None) -> None:
+        """The first response message arrived: record TTFT and feed the balancer what the worker said."""
+        ttft_s = time.monotonic() - planned.started_s
+        self.metrics.ttft.labels(planned.lease.decision.target.key).observe(ttft_s)
+        prefill_ms = uncached = cached = None
+        if message is not None and planned.method == GENERATE_STREAM:
+            try:
+                aux_list = pb.GenerateOutputsPB.FromString(message).flatten_output.aux_info
+            except DecodeError:
+                aux_list = []
+            if aux_list:
+                aux = aux_list[0]
+                # engine-side prefill: receipt to first token, minus the time it waited to be scheduled
+                prefill_ms = max(0.0, (aux.first_token_cost_time_us - aux.wait_time_us) / 1000.0)
+                cached = aux.total_reuse_len
+                uncached = max(aux.input_len - cached, 0)
+        planned.lease.first_token(ttft_s * 1000.0, prefill_ms, uncached, cached)
 
     def finish(self, planned: Planned, code_name: str, messages: int) -> None:
         """Release the call's load exactly once and count how it ended."""

@@ -81,7 +81,7 @@ class RpcRelay:
             await context.send_initial_metadata(tuple(await call.initial_metadata()))
             async for message in call:
                 if messages == 0:
-                    self.dispatcher.first_message(planned)
+                    self.dispatcher.first_message(planned, message)
                 messages += 1
                 await context.write(message)
             code = grpc.StatusCode.OK
