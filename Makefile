@@ -10,7 +10,7 @@ export GRPC_VERBOSITY ?= ERROR
 .PHONY: venv tools zookeeper proto lint test test-fast demo bench-relay clean
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py flexlb/balancer/_blockhash.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -185,3 +185,40 @@ def test_missing_extension_falls_back_with_warning(
         importlib.reload(prefix)
     assert prefix.FAST_BLOCK_KEYS
     assert prefix._fast is c_block_keys
+
+
+# ---------------------------------------------------------------------------------------------- from wire bytes
+
+
+def _wire_request(tokens: list[int]) -> bytes:
+    from flexlb.pb import model_rpc_service_pb2 as pb
+
+    return pb.GenerateInputPB(
+        request_id=7, token_ids=tokens, client_id="c", generate_config=pb.GenerateConfigPB(max_new_tokens=3)
+    ).SerializeToString()
+
+
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=400), st.integers(1, 40))
+def test_prompt_block_keys_from_wire_bytes_match_reference(tokens: list[int], block: int) -> None:
+    from flexlb.balancer.prefix import prompt_block_keys
+
+    n, keys = prompt_block_keys(_wire_request(tokens), block)
+    assert n == len(tokens)
+    assert keys == rtp_block_keys(tokens, block)
+
+
+def test_prompt_block_keys_reads_unpacked_tokens_and_skips_other_fields() -> None:
+    from flexlb.balancer.prefix import prompt_block_keys
+
+    # field 2 written unpacked (tag 0x10 per token) between other fields: a reader must accept it
+    unpacked = b"\x08\x07" + b"".join(b"\x10" + bytes([t]) for t in (1, 2, 3, 4)) + b"\x2a\x01c"
+    assert prompt_block_keys(unpacked, 4) == (4, rtp_block_keys([1, 2, 3, 4], 4))
+    assert prompt_block_keys(b"", 4) == (0, [])
+
+
+@pytest.mark.parametrize("bad", [b"\x12\xff", b"\x10", b"\x0b", b"\x09\x00\x00"])
+def test_prompt_block_keys_rejects_malformed_bytes(bad: bytes) -> None:
+    from flexlb.balancer.prefix import prompt_block_keys
+
+    with pytest.raises(ValueError, match="not a valid GenerateInputPB"):
+        prompt_block_keys(bad, 4)

@@ -39,16 +39,29 @@ def _reference_any(token_ids: Iterable[SupportsIndex], block_size: int) -> list[
 
 
 _fast: Callable[[Iterable[SupportsIndex], int], list[int]]
+_fast_prompt: Callable[[bytes, int], tuple[int, list[int]]] | None
 try:
     from flexlb.balancer._blockhash import block_keys as _fast
+    from flexlb.balancer._blockhash import prompt_block_keys as _fast_prompt
 
     FAST_BLOCK_KEYS = True
 except ImportError as exc:  # a source tree that was never built; routing still works, ~100x slower
     log.warning("C block-key hash unavailable (%s); using the pure-Python reference — run `pip install -e .`", exc)
     _fast = _reference_any
+    _fast_prompt = None
     FAST_BLOCK_KEYS = False
 
 
 def block_keys(token_ids: Iterable[SupportsIndex], block_size: int) -> list[int]:
     """Same keys as rtp_block_keys, computed in C; token_ids may be a list, protobuf field or int32 buffer."""
     return _fast(token_ids, block_size)
+
+
+def prompt_block_keys(request: bytes, block_size: int) -> tuple[int, list[int]]:
+    """(token count, keys) of a serialized GenerateInputPB, read from its wire bytes (no per-token objects)."""
+    if _fast_prompt is not None:
+        return _fast_prompt(request, block_size)
+    from flexlb.pb import model_rpc_service_pb2 as pb
+
+    tokens = list(pb.GenerateInputPB.FromString(request).token_ids)
+    return len(tokens), rtp_block_keys(tokens, block_size)

@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from flexlb import wire
-from flexlb.balancer.prefix import block_keys
+from flexlb.balancer.prefix import prompt_block_keys
 from flexlb.balancer.request import NoWorkerAvailable, RouteRequest
 from flexlb.balancer.router import Lease, Router
 from flexlb.balancer.workers import Role, WorkerState
@@ -111,7 +111,11 @@ class Dispatcher:
             )
         keys: tuple[int, ...] = ()
         if self.router.index is not None:
-            keys = tuple(block_keys(inp.token_ids, self.block_size_tokens))
+            # from the wire bytes: reading inp.token_ids would make a Python int per token (~1 ms at 32k)
+            try:
+                keys = tuple(prompt_block_keys(body, self.block_size_tokens)[1])
+            except ValueError:
+                keys = ()  # wire forms protobuf tolerates but the fast reader does not: route without affinity
         lease = self._route(
             GENERATE_STREAM,
             RouteRequest(inp.request_id, len(inp.token_ids), inp.generate_config.max_new_tokens,
