@@ -46,7 +46,7 @@ demo: venv
 	$(BIN)/flexlb demo
 
 bench-relay: venv
-	$(BIN)/python bench/relay.py --out docs/benchmarks.md
+	$(BIN)/python bench/relay.py --seconds 5 --repeat 3 --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache *.egg-info
