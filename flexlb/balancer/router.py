@@ -139,10 +139,10 @@ class Router:
             reason = f"{pick.reason}+{decode_pick.reason}"
             strategy = f"{strategy}+{self.decode_strategy.name}"
         cached = ctx.cached_tokens(req, target)
-        transfer_tokens = req.prompt_tokens if decode_pick is not None else 0
-        ttft_ms, _, prefill_ms = self.ttft.estimate_ms(
-            target.key, req.prompt_tokens - cached, cached, ctx.now_s, transfer_tokens
-        )
+        # the prefill worker's backlog holds its own compute only; a PD KV transfer runs beside it
+        ttft_ms, _, prefill_ms = self.ttft.estimate_ms(target.key, req.prompt_tokens - cached, cached, ctx.now_s)
+        if decode_pick is not None:
+            ttft_ms += self.ttft.priors.kv_transfer_ms_per_token * req.prompt_tokens
         decision = Decision(
             target=target,
             decode=decode_pick.worker if decode_pick else None,

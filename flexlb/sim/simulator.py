@@ -49,6 +49,8 @@ def load_trace(path: str | Path, limit: int | None = None) -> list[TraceRequest]
     rows = []
     with open(path) as fh:
         for n, line in enumerate(fh, 1):
+            if limit is not None and len(rows) >= limit:
+                break
             if not line.strip():
                 continue
             try:
@@ -57,8 +59,6 @@ def load_trace(path: str | Path, limit: int | None = None) -> list[TraceRequest]
                                          tuple(int(h) for h in d["hash_ids"])))
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{n}: not a Mooncake trace row ({exc})") from None
-            if limit is not None and len(rows) >= limit:
-                break
     rows.sort(key=lambda r: r.arrival_ms)
     return rows
 
@@ -67,7 +67,7 @@ class TokenSource:
     """Deterministic prompt tokens: each hash id expands to 512 tokens from a PRNG keyed by the id."""
 
     def __init__(self, seed: int = 0) -> None:
-        self._seed = seed
+        self._seed = seed % 2**32  # numpy seeds are non-negative
         self._blocks: dict[int, np.ndarray] = {}
 
     def prompt(self, req: TraceRequest) -> np.ndarray:
@@ -76,13 +76,14 @@ class TokenSource:
         for h in req.hash_ids:
             block = self._blocks.get(h)
             if block is None:
-                block = np.random.default_rng((self._seed, h)).integers(1, 150_000, TRACE_BLOCK_TOKENS, dtype=np.int32)
+                block = np.random.default_rng((self._seed, 0, h % 2**63)).integers(
+                    1, 150_000, TRACE_BLOCK_TOKENS, dtype=np.int32)
                 self._blocks[h] = block
             parts.append(block)
         tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
         if len(tokens) < req.input_length:
             # a row may claim more tokens than its ids cover: pad deterministically
-            extra = np.random.default_rng((self._seed, -1, len(req.hash_ids))).integers(
+            extra = np.random.default_rng((self._seed, 1, len(req.hash_ids))).integers(
                 1, 150_000, req.input_length - len(tokens), dtype=np.int32)
             tokens = np.concatenate([tokens, extra])
         return tokens[: req.input_length]
@@ -107,7 +108,6 @@ class SimConfig:
     index_capacity_blocks: int = 4000
     index_ttl_s: float = 3600.0
     noise_sigma: float = 0.0  # lognormal noise on prefill durations (the router does not know it)
-    limit: int | None = None
 
 
 @dataclass
@@ -163,8 +163,7 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
         clock=lambda: now[0],
         ttft=TtftModel(TtftPriors(base_ms=params.prefill_base_ms,
                                   ms_per_uncached_token=params.prefill_ms_per_uncached_token,
-                                  ms_per_cached_token=params.prefill_ms_per_cached_token,
-                                  kv_transfer_ms_per_token=params.kv_transfer_ms_per_token if pd else 0.0)),
+                                  ms_per_cached_token=params.prefill_ms_per_cached_token)),
         index=PrefixIndex(PrefixIndexConfig(cfg.index_capacity_blocks, cfg.index_ttl_s)),
     )
     prefill_role = Role.PREFILL if pd else Role.PDFUSION
