@@ -46,7 +46,7 @@ class TraceRequest:
 
 def load_trace(path: str | Path, limit: int | None = None) -> list[TraceRequest]:
     """Read JSONL rows (timestamp, input_length, output_length, hash_ids); bad rows name their line."""
-    rows = []
+    rows: list[TraceRequest] = []
     with open(path) as fh:
         for n, line in enumerate(fh, 1):
             if limit is not None and len(rows) >= limit:
