@@ -101,6 +101,10 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.ttft_estimate_error = Histogram(
+            "flexlb_ttft_estimate_abs_error_seconds", "|estimated TTFT - TTFT seen by the gateway| per call",
+            buckets=_TTFT_BUCKETS_S, registry=r,
+        )
         self.ttft = Histogram(
             "flexlb_ttft_seconds",
             "Time from call start to the first response message",

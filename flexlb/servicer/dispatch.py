@@ -159,7 +159,10 @@ class Dispatcher:
     def first_message(self, planned: Planned, message: bytes | None) -> None:
         """The first response message arrived: record TTFT and feed the balancer what the worker said."""
         ttft_s = time.monotonic() - planned.started_s
-        self.metrics.ttft.labels(planned.lease.decision.target.key).observe(ttft_s)
+        decision = planned.lease.decision
+        self.metrics.ttft.labels(decision.target.key).observe(ttft_s)
+        if decision.estimate_ms is not None:
+            self.metrics.ttft_estimate_error.observe(abs(decision.estimate_ms / 1000.0 - ttft_s))
         prefill_ms = uncached = cached = None
         if message is not None and planned.method == GENERATE_STREAM:
             try:
