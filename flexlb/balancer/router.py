@@ -58,10 +58,12 @@ class Lease:
         return True
 
 
-def _available(workers: Sequence[WorkerState], exclude: frozenset[str]) -> list[WorkerState]:
+def _available(workers: Sequence[WorkerState], exclude: frozenset[str]) -> Sequence[WorkerState]:
     """Drop excluded workers, then unhealthy ones unless that would drop all (fail open)."""
-    allowed = [w for w in workers if w.key not in exclude]
+    allowed = [w for w in workers if w.key not in exclude] if exclude else workers
     healthy = [w for w in allowed if w.healthy]
+    if len(healthy) == len(allowed):
+        return allowed
     return healthy or allowed
 
 
@@ -118,14 +120,15 @@ class Router:
             raise NoWorkerAvailable("DECODE", self._why_empty(Role.DECODE, req))
         # group affinity: a prefill can only hand its KV cache to a decode of its own group
         decode_groups = {w.addr.group for w in decodes}
-        prefills = [
-            w for w in _available(self.cluster.of_role(Role.PREFILL), req.exclude) if w.addr.group in decode_groups
-        ]
+        prefills = _available(self.cluster.of_role(Role.PREFILL), req.exclude)
+        if decode_groups != {""}:
+            prefills = [w for w in prefills if w.addr.group in decode_groups]
         if not prefills:
             raise NoWorkerAvailable("PREFILL", self._why_empty(Role.PREFILL, req))
         prefill_pick = self.prefill_strategy.pick(prefills, req, ctx)
         group = prefill_pick.worker.addr.group
-        decode_pick = self.decode_strategy.pick([w for w in decodes if w.addr.group == group], req, ctx)
+        same_group = decodes if decode_groups == {group} else [w for w in decodes if w.addr.group == group]
+        decode_pick = self.decode_strategy.pick(same_group, req, ctx)
         return self._commit(req, ctx, prefill_pick, decode_pick)
 
     def _commit(self, req: RouteRequest, ctx: PickContext, pick: Pick, decode_pick: Pick | None) -> Lease:

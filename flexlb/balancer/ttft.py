@@ -67,6 +67,7 @@ class TtftModel:
     def __init__(self, priors: TtftPriors) -> None:
         self.priors = priors
         self._workers: dict[str, WorkerTtft] = {}
+        self.total_pending = 0  # prefills dispatched and not yet past their first token, all workers
         var = 1.0 / max(priors.prior_weight, 1e-6)
         # prior spread per coefficient: ±10 ms base, ±0.01 ms/token uncached, ±0.003 ms/token cached
         self._p0 = [[var * 100.0, 0.0, 0.0], [0.0, var * 1e-4, 0.0], [0.0, 0.0, var * 1e-5]]
@@ -104,6 +105,7 @@ class TtftModel:
             w.backlog_ms = 0.0
         w.pending[request_id] = _Pending(request_id, prefill_ms, now_s)
         w.backlog_ms += prefill_ms
+        self.total_pending += 1
 
     def started_or_gone(self, key: str, request_id: int, now_s: float) -> None:
         """The request produced its first token (or ended without one): it leaves the backlog."""
@@ -111,6 +113,7 @@ class TtftModel:
         item = w.pending.pop(request_id, None)
         if item is None:
             return
+        self.total_pending -= 1
         w.backlog_ms = max(0.0, w.backlog_ms - item.estimate_ms)
         if w.pending:
             # the engine works the backlog from now on; what it did before is done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 
 
@@ -37,9 +38,9 @@ class WorkerAddr:
     role: Role
     group: str = ""
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """Stable identity of the worker: `ip:grpc_port`."""
+        """Stable identity of the worker: `ip:grpc_port` (computed once; routing reads it per candidate)."""
         return f"{self.ip}:{self.grpc_port}"
 
 
@@ -57,11 +58,11 @@ class WorkerState:
     last_chosen_seq: int = 0
     # free-form labels surfaced by /actuator/info (e.g. why a worker is out)
     notes: dict[str, str] = field(default_factory=dict)
+    key: str = field(init=False)  # same as addr.key, a plain attribute because routing reads it constantly
 
-    @property
-    def key(self) -> str:
-        """Same as WorkerAddr.key."""
-        return self.addr.key
+    def __post_init__(self) -> None:
+        self.key = self.addr.key
+
 
     @property
     def role(self) -> Role:

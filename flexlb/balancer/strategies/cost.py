@@ -8,6 +8,7 @@ would make overload worse).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,8 +32,37 @@ class _Option:
         return self.wait_ms + self.prefill_ms
 
 
+_SHORTLIST_ABOVE = 32  # pools larger than this are scored on a shortlist
+_SHORTLIST_LEAST_WAIT = 16
+
+
+def _shortlist(candidates: Sequence[WorkerState], ctx: PickContext, model: TtftModel) -> Sequence[WorkerState]:
+    """Every worker holding part of the prompt plus the least-waiting others; the rest cannot win.
+
+    Workers without a cached prefix differ only in their wait (their prefill estimates are alike),
+    so beyond the K least-waiting ones none can have the lowest cost. Keeps decisions O(N) in a
+    cheap pass instead of a full cost evaluation per worker, for pools of hundreds of workers.
+    """
+    if len(candidates) <= _SHORTLIST_ABOVE:
+        return candidates
+    matched = ctx.matched_blocks
+    workers = model.workers()
+    now = ctx.now_s
+    waits = []
+    holders = []
+    for i, w in enumerate(candidates):
+        if w.key in matched:
+            holders.append(w)
+            continue
+        m = workers.get(w.key)
+        waits.append((m.queue_wait_ms(now) if m is not None and m.pending else 0.0, w.last_chosen_seq, i))
+    least = heapq.nsmallest(_SHORTLIST_LEAST_WAIT, waits)
+    return holders + [candidates[i] for _, _, i in least]
+
+
 def _options(candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> list[_Option]:
     model = ctx.ttft or _FALLBACK_MODEL
+    candidates = _shortlist(candidates, ctx, model)
     out = []
     for w in candidates:
         cached = ctx.cached_tokens(req, w)
@@ -87,8 +117,7 @@ class CostBasedPrefill:
         """The worker with the lowest load-weighted TTFT cost."""
         options = _options(candidates, req, ctx)
         model = ctx.ttft or _FALLBACK_MODEL
-        waiting = sum(len(model.worker(o.worker.key).pending) for o in options)
-        k = min(self.max_k, waiting / max(len(options), 1))
+        k = min(self.max_k, model.total_pending / max(len(candidates), 1))
         cost = [o.wait_ms + o.prefill_ms * (1.0 + k) for o in options]
         return _pick_min(options, cost, self.tie_band_ms, "cost")
 
