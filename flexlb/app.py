@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from flexlb import __version__, wire
 from flexlb.admin_http.server import AdminServer
+from flexlb.balancer.batcher import BatchConfig
 from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
 from flexlb.balancer.router import Router
 from flexlb.balancer.strategies import make_strategy
@@ -67,7 +68,8 @@ class Gateway:
         self.pool = UpstreamPool(
             settings.server.max_receive_message_bytes, settings.server.upstream_channels_per_worker
         )
-        self.dispatcher = Dispatcher(self.router, self.metrics, self.is_draining, m.static_cache_block_size)
+        self.dispatcher = Dispatcher(self.router, self.metrics, self.is_draining, m.static_cache_block_size,
+                                     BatchConfig(m.prefill_batch_wait_time_ms, m.batch_size))
         self.relay = RpcRelay(self.dispatcher, self.router, self.pool)
         self.scheduler = Scheduler(self.router, self.metrics)
         self.health = health.aio.HealthServicer()

@@ -101,6 +101,10 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.batch_size = Histogram(
+            "flexlb_prefill_batch_size", "Requests routed together per batching window",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )
         self.ttft_estimate_error = Histogram(
             "flexlb_ttft_estimate_abs_error_seconds", "|estimated TTFT - TTFT seen by the gateway| per call",
             buckets=_TTFT_BUCKETS_S, registry=r,

@@ -109,6 +109,13 @@ class Router:
             raise NoWorkerAvailable(role.name, self._why_empty(role, req))
         return self._commit(req, ctx, self.prefill_strategy.pick(candidates, req, ctx), None)
 
+    def expected_uncached_tokens(self, req: RouteRequest) -> int:
+        """Prompt tokens no worker is known to hold: the prefill this request costs at best."""
+        if self.index is None or not req.block_keys:
+            return req.prompt_tokens
+        best = max(self.index.match(req.block_keys).values(), default=0)
+        return req.prompt_tokens - min(best * req.block_size_tokens, max(req.prompt_tokens - 1, 0))
+
     def can_route(self) -> bool:
         """Whether every role this deployment needs has a healthy worker."""
         roles = (Role.PDFUSION,) if self.deploy is Deploy.PD_FUSION else (Role.PREFILL, Role.DECODE)

@@ -438,18 +438,28 @@ class Edge:
         call.finish(rejection.code.name)
 
     def dispatch(self, call: Call) -> None:
-        """The whole request is in: route it and open the upstream stream."""
+        """The whole request is in: route it (possibly after the batching window) and open the upstream stream."""
         body = bytes(call.body)
         call.body = bytearray()
         try:
             message = self._unframe(call, body)
             if self.is_draining():
                 raise Rejection(grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; retry elsewhere", "draining")
-            planned = (self.dispatcher.plan_generate(message) if call.method == GENERATE_STREAM
-                       else self.dispatcher.plan_batch(message))
+            if call.method == GENERATE_STREAM:
+                self.dispatcher.submit_generate(message, lambda outcome: self._routed(call, outcome),
+                                                alive=lambda: not call.ended)
+                return
+            planned = self.dispatcher.plan_batch(message)
         except Rejection as rejection:
             self.reject(call, rejection)
             return
+        self._routed(call, planned)
+
+    def _routed(self, call: Call, outcome: Planned | Rejection) -> None:
+        if isinstance(outcome, Rejection):
+            self.reject(call, outcome)
+            return
+        planned = outcome
         call.planned = planned
         addr: WorkerAddr = planned.lease.decision.target.addr
         headers: Headers = [

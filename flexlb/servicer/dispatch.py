@@ -6,6 +6,7 @@ call is routed, rejected and counted the same way whichever engine carries it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from flexlb import wire
+from flexlb.balancer.batcher import BatchConfig, Batcher, dispatch_order
 from flexlb.balancer.prefix import prompt_block_keys
 from flexlb.balancer.request import NoWorkerAvailable, RouteRequest
 from flexlb.balancer.router import Lease, Router
@@ -46,6 +48,19 @@ class Rejection(Exception):
 
 
 @dataclass
+class _Prepared:
+    """A parsed, keyed GenerateStreamCall waiting to be routed."""
+
+    inp: pb.GenerateInputPB
+    body: bytes
+    req: RouteRequest
+    started_s: float
+
+
+_Waiting = tuple[_Prepared, Callable[["Planned | Rejection"], None], Callable[[], bool]]
+
+
+@dataclass
 class Planned:
     """A routed call: the load it holds and the request bytes to send to `lease.decision.target`."""
 
@@ -64,12 +79,14 @@ class Dispatcher:
     """Parses, routes and accounts calls; raises Rejection for anything the gateway answers itself."""
 
     def __init__(self, router: Router, metrics: Metrics, is_draining: Callable[[], bool],
-                 block_size_tokens: int = 64) -> None:
+                 block_size_tokens: int = 64, batch: BatchConfig | None = None) -> None:
         self.router = router
         self.metrics = metrics
         self._is_draining = is_draining
         # tokens per KV block for the prefix index (staticCacheBlockSize)
         self.block_size_tokens = block_size_tokens
+        self._batcher: Batcher[_Waiting] | None = Batcher(batch) if batch is not None and batch.enabled else None
+        self._window_timer: asyncio.TimerHandle | None = None
 
     def is_draining(self) -> bool:
         """True once the gateway stopped taking new calls."""
@@ -94,8 +111,8 @@ class Dispatcher:
         self.metrics.decisions.labels(d.strategy, d.reason).inc()
         return lease
 
-    def plan_generate(self, body: bytes) -> Planned:
-        """Route a GenerateStreamCall; in PD mode the request gets role_addrs = [PREFILL, DECODE]."""
+    def _prepare_generate(self, body: bytes) -> _Prepared:
+        """Parse and key a GenerateStreamCall (rejections happen here, before any batching wait)."""
         started_s = time.monotonic()
         try:
             inp = pb.GenerateInputPB.FromString(body)
@@ -116,19 +133,69 @@ class Dispatcher:
                 keys = tuple(prompt_block_keys(body, self.block_size_tokens)[1])
             except ValueError:
                 keys = ()  # wire forms protobuf tolerates but the fast reader does not: route without affinity
-        lease = self._route(
-            GENERATE_STREAM,
-            RouteRequest(inp.request_id, len(inp.token_ids), inp.generate_config.max_new_tokens,
-                         block_keys=keys, block_size_tokens=self.block_size_tokens),
-            pair=True,
-        )
+        req = RouteRequest(inp.request_id, len(inp.token_ids), inp.generate_config.max_new_tokens,
+                           block_keys=keys, block_size_tokens=self.block_size_tokens)
+        return _Prepared(inp, body, req, started_s)
+
+    def _route_prepared(self, prepared: _Prepared) -> Planned:
+        lease = self._route(GENERATE_STREAM, prepared.req, pair=True)
         d = lease.decision
+        body = prepared.body
         if d.decode is not None:
             # PD: the prefill finds its decode peer in role_addrs (rtp-llm-wire.md §5.5)
+            inp = prepared.inp
             del inp.generate_config.role_addrs[:]
             inp.generate_config.role_addrs.extend([_role_addr(d.target), _role_addr(d.decode)])
             body = inp.SerializeToString()
-        return Planned(lease, body, GENERATE_STREAM, started_s)
+        return Planned(lease, body, GENERATE_STREAM, prepared.started_s)
+
+    def plan_generate(self, body: bytes) -> Planned:
+        """Route a GenerateStreamCall now; in PD mode the request gets role_addrs = [PREFILL, DECODE]."""
+        return self._route_prepared(self._prepare_generate(body))
+
+    def submit_generate(self, body: bytes, done: Callable[[Planned | Rejection], None],
+                        alive: Callable[[], bool]) -> None:
+        """Route a GenerateStreamCall, through the batching window when one is configured.
+
+        `done` gets the plan (or the rejection) exactly once, unless the call died while it waited
+        in the window (`alive()` false): then nothing is routed and nothing is reserved.
+        """
+        try:
+            prepared = self._prepare_generate(body)
+        except Rejection as rejection:
+            done(rejection)
+            return
+        if self._batcher is None:
+            try:
+                done(self._route_prepared(prepared))
+            except Rejection as rejection:
+                done(rejection)
+            return
+        opening = len(self._batcher) == 0
+        full = self._batcher.add(prepared.req, (prepared, done, alive), time.monotonic())
+        if full is not None:
+            self._flush(full)
+        elif opening:
+            loop = asyncio.get_running_loop()
+            self._window_timer = loop.call_later(self._batcher.config.wait_ms / 1000.0, self._flush_window)
+
+    def _flush_window(self) -> None:
+        self._window_timer = None
+        if self._batcher is not None and len(self._batcher):
+            self._flush(self._batcher.take())
+
+    def _flush(self, batch: list[tuple[RouteRequest, _Waiting]]) -> None:
+        if self._window_timer is not None:
+            self._window_timer.cancel()
+            self._window_timer = None
+        self.metrics.batch_size.observe(len(batch))
+        for _, (prepared, done, alive) in dispatch_order(batch, self.router.expected_uncached_tokens):
+            if not alive():
+                continue
+            try:
+                done(self._route_prepared(prepared))
+            except Rejection as rejection:
+                done(rejection)
 
     def plan_batch(self, body: bytes) -> Planned:
         """Route a BatchGenerateCall to one worker (the engine generates each input locally)."""

@@ -7,6 +7,7 @@ details and trailers (grpc-status-details-bin included) come back verbatim.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import grpc
@@ -58,14 +59,27 @@ class RpcRelay:
         return grpc.method_handlers_generic_handler(wire.RPC_SERVICE, methods)
 
     async def _plan(self, context: grpc.aio.ServicerContext, method: str, request: bytes) -> Planned:
-        try:
-            if method == GENERATE_STREAM:
-                return self.dispatcher.plan_generate(request)
-            return self.dispatcher.plan_batch(request)
-        except Rejection as rejection:
-            self.dispatcher.reject(method, rejection)
-            await abort_with(context, rejection)
-            raise  # unreachable: abort raises
+        result: Planned | Rejection
+        if method == GENERATE_STREAM:
+            future: asyncio.Future[Planned | Rejection] = asyncio.get_running_loop().create_future()
+
+            def done(outcome: Planned | Rejection) -> None:
+                if not future.done():
+                    future.set_result(outcome)
+
+            # a cancelled handler cancels the future: the batching window then skips the call
+            self.dispatcher.submit_generate(request, done, alive=lambda: not future.cancelled())
+            result = await future
+        else:
+            try:
+                result = self.dispatcher.plan_batch(request)
+            except Rejection as rejection:
+                result = rejection
+        if isinstance(result, Rejection):
+            self.dispatcher.reject(method, result)
+            await abort_with(context, result)
+            raise result  # unreachable: abort raises
+        return result
 
     async def generate_stream_call(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
         """Route, forward the request bytes and relay the worker's stream message by message."""

@@ -112,6 +112,7 @@ class MockWorker:
         self.last_metadata: tuple[tuple[str, str | bytes], ...] = ()
         self.last_request_bytes = b""
         self.messages_sent = 0  # GenerateStreamCall messages handed to grpc (flow control shows here)
+        self.request_ids_seen: list[int] = []  # GenerateStreamCall request ids in arrival order
 
     # ------------------------------------------------------------ lifecycle
 
@@ -310,6 +311,7 @@ class MockWorker:
         task = _Task(req.request_id, len(req.token_ids), start_s=start_s)
         self._running[req.request_id] = task
         self.last_request_bytes = req.SerializeToString()
+        self.request_ids_seen.append(req.request_id)
         error = 0
         try:
             await self._echo_metadata(context)

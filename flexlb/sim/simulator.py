@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from flexlb.balancer.batcher import BatchConfig, Batcher, dispatch_order
 from flexlb.balancer.prefix import block_keys
 from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
 from flexlb.balancer.request import Deploy, RouteRequest
@@ -108,6 +109,7 @@ class SimConfig:
     index_capacity_blocks: int = 4000
     index_ttl_s: float = 3600.0
     noise_sigma: float = 0.0  # lognormal noise on prefill durations (the router does not know it)
+    batch: BatchConfig = field(default_factory=BatchConfig)  # prefillBatchWaitTimeMs / batchSize
 
 
 @dataclass
@@ -202,6 +204,28 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
         w.prefill_ms_total += duration
         push(now[0] + duration / 1000.0, "prefilled", job)
 
+    batcher: Batcher[tuple[np.ndarray, float, float]] | None = Batcher(cfg.batch) if cfg.batch.enabled else None
+    window_seq = [0]
+
+    def dispatch(req: RouteRequest, prompt: np.ndarray, arrival_s: float, keying_us: float) -> None:
+        t0 = time.perf_counter()
+        lease = router.route(req)
+        decision_us.append(keying_us + (time.perf_counter() - t0) * 1e6)
+        target = lease.decision.target.key
+        worker_keys = req.block_keys if params.block_size_tokens == cfg.router_block_tokens else tuple(
+            block_keys(prompt, params.block_size_tokens))
+        decode_key = lease.decision.decode.key if lease.decision.decode else None
+        r = trace[req.request_id]
+        job = _Job(req.request_id, arrival_s, len(prompt), worker_keys, max(r.output_length, 1), lease, target,
+                   decode_key)
+        share[target] += 1
+        workers[target].queue.append(job)
+        start_next(workers[target])
+
+    def dispatch_batch(batch: list[tuple[RouteRequest, tuple[np.ndarray, float, float]]]) -> None:
+        for req, (prompt, arrival_s, keying_us) in dispatch_order(batch, router.expected_uncached_tokens):
+            dispatch(req, prompt, arrival_s, keying_us)
+
     while events:
         t, _, kind, payload = heapq.heappop(events)
         now[0] = t
@@ -210,17 +234,24 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
             prompt = tokens.prompt(r)
             t0 = time.perf_counter()  # keying the prompt is part of the decision; making it up is not
             keys = tuple(block_keys(prompt, cfg.router_block_tokens))
-            lease = router.route(RouteRequest(payload, len(prompt), r.output_length, block_keys=keys,
-                                              block_size_tokens=cfg.router_block_tokens))
-            decision_us.append((time.perf_counter() - t0) * 1e6)
-            target = lease.decision.target.key
-            worker_keys = keys if params.block_size_tokens == cfg.router_block_tokens else tuple(
-                block_keys(prompt, params.block_size_tokens))
-            decode_key = lease.decision.decode.key if lease.decision.decode else None
-            job = _Job(payload, t, len(prompt), worker_keys, max(r.output_length, 1), lease, target, decode_key)
-            share[target] += 1
-            workers[target].queue.append(job)
-            start_next(workers[target])
+            req = RouteRequest(payload, len(prompt), r.output_length, block_keys=keys,
+                               block_size_tokens=cfg.router_block_tokens)
+            keying_us = (time.perf_counter() - t0) * 1e6
+            if batcher is None:
+                dispatch(req, prompt, t, keying_us)
+            else:
+                opening = len(batcher) == 0
+                full = batcher.add(req, (prompt, t, keying_us), t)
+                if full is not None:
+                    dispatch_batch(full)
+                elif opening:
+                    window_seq[0] += 1
+                    deadline = batcher.deadline_s()
+                    assert deadline is not None
+                    push(deadline, "flush", window_seq[0])
+        elif kind == "flush":
+            if batcher is not None and payload == window_seq[0] and len(batcher):
+                dispatch_batch(batcher.take())
         elif kind == "prefilled":
             job = payload
             w = workers[job.worker]
@@ -275,9 +306,9 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
 
 def summary_rows(results: list[dict[str, Any]]) -> Iterator[str]:
     """A fixed-width comparison table."""
-    yield (f"{'strategy':22s} {'util':>5s} {'ttft mean':>10s} {'p50':>9s} {'p90':>9s} {'p99':>10s} "
+    yield (f"{'strategy':31s} {'util':>5s} {'ttft mean':>10s} {'p50':>9s} {'p90':>9s} {'p99':>10s} "
            f"{'e2e mean':>9s} {'hit':>6s} {'est err':>8s} {'dec p99 us':>10s}")
     for r in results:
-        yield (f"{r['strategy']:22s} {r['utilization']:5.2f} {r['ttft_mean_ms']:10.1f} {r['ttft_p50_ms']:9.1f} "
+        yield (f"{r['strategy']:31s} {r['utilization']:5.2f} {r['ttft_mean_ms']:10.1f} {r['ttft_p50_ms']:9.1f} "
                f"{r['ttft_p90_ms']:9.1f} {r['ttft_p99_ms']:10.1f} {r['e2e_mean_ms']:9.1f} "
                f"{r['cache_hit_ratio']:6.3f} {r['estimate_abs_error_mean_ms']:8.1f} {r['decision_us_p99']:10.1f}")
