@@ -21,7 +21,7 @@ from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
 from flexlb.balancer.router import Router
 from flexlb.balancer.strategies import make_strategy
 from flexlb.balancer.ttft import TtftModel, TtftPriors
-from flexlb.balancer.workers import Cluster
+from flexlb.balancer.workers import Cluster, Role
 from flexlb.config import NOT_ACTED_ON, KvCacheMode, Settings, masked
 from flexlb.h2.edge import Edge, EdgeLimits
 from flexlb.metrics import Metrics
@@ -29,6 +29,7 @@ from flexlb.pb import flexlb_schedule_service_pb2, model_rpc_service_pb2
 from flexlb.servicer.dispatch import Dispatcher
 from flexlb.servicer.relay import RpcRelay
 from flexlb.servicer.scheduler import Scheduler
+from flexlb.upstream.cache_sync import CacheSync, CacheSyncConfig
 from flexlb.upstream.pool import UpstreamPool
 
 log = logging.getLogger("flexlb")
@@ -51,7 +52,7 @@ class Gateway:
         m = settings.master
         index = None
         if m.kv_cache is not KvCacheMode.NONE:
-            # LOCAL_SYNC is not fed by worker reports yet: it records what the gateway sent, like LOCAL_STATIC
+            # LOCAL_STATIC: what the gateway sent; LOCAL_SYNC: that, reconciled with what workers report
             index = PrefixIndex(PrefixIndexConfig(m.prefix_index_capacity_blocks, m.prefix_index_ttl_s))
         self.router = Router(
             self.cluster,
@@ -74,11 +75,21 @@ class Gateway:
         self.scheduler = Scheduler(self.router, self.metrics)
         self.health = health.aio.HealthServicer()
         self.admin = AdminServer(self.metrics, self._health_view, self.info)
+        self.cache_sync: CacheSync | None = None
+        if index is not None and m.kv_cache is KvCacheMode.LOCAL_SYNC:
+            engines = [w.addr for w in self.cluster.all() if w.role in (Role.PREFILL, Role.PDFUSION)]
+            self.cache_sync = CacheSync(index, engines, CacheSyncConfig(), self._use_block_size)
         self._server: grpc.aio.Server | None = None
         self.edge: Edge | None = None
         self._started_s = time.time()
         self.grpc_port = 0
         self.admin_port = 0
+
+    def _use_block_size(self, block_size_tokens: int) -> None:
+        """LOCAL_SYNC: key prompts with the block size the workers report, or keys never match theirs."""
+        if block_size_tokens != self.dispatcher.block_size_tokens:
+            log.info("workers report %d-token KV blocks; keying prompts with that size", block_size_tokens)
+            self.dispatcher.block_size_tokens = block_size_tokens
 
     def is_draining(self) -> bool:
         """True once shutdown began: new calls are refused, in-flight ones finish."""
@@ -113,6 +124,8 @@ class Gateway:
         else:
             self.grpc_port = grpc_port
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.cache_sync is not None:
+            self.cache_sync.start()
         self.admin_port = await self.admin.start(s.host, s.admin_port)
         log.info(
             "flexlb %s serving gRPC on %s:%d (%s relay), admin on %s:%d, deploy %s, %d workers",
@@ -138,6 +151,8 @@ class Gateway:
     async def stop(self, grace_s: float | None = 0.5) -> None:
         """Stop everything now (in-flight calls get `grace_s` to finish, then are cancelled)."""
         self._draining = True
+        if self.cache_sync is not None:
+            await self.cache_sync.stop()
         if self.edge is not None:
             await self.edge.stop()
             self.edge = None

@@ -44,7 +44,6 @@ class KvCacheMode(enum.Enum):
 
 # Fields of WHALE_MASTER_CONFIG that are parsed and validated but not acted on yet, with the reason.
 NOT_ACTED_ON = {
-    "kvCache=LOCAL_SYNC": "worker-reported cache keys (smart routing); until then LOCAL_SYNC behaves as LOCAL_STATIC",
     "prefillLbTimeoutMs": "master-routed decisions (high availability)",
     "prefillGenerateTimeoutMs": "time-to-first-token bound (worker health)",
     "enableGrpcPrefillMaster": "master-routed decisions (high availability)",

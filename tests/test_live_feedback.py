@@ -43,3 +43,28 @@ async def test_index_off_routes_without_keys(mock_workers, gateways, channels) -
     stub = stream_stub(channels(gw.grpc_port))
     for i in range(4):
         assert len([m async for m in stub(generate_input(200 + i), timeout=10)]) == 8
+
+
+async def test_local_sync_learns_what_workers_hold_from_get_cache_status(mock_workers, gateways, channels) -> None:
+    ws = [await mock_workers() for _ in range(3)]
+    gw = await gateways([worker_addr(w) for w in ws], strategy="COST_BASED_PREFILL",
+                        master={"kv_cache": KvCacheMode.LOCAL_SYNC, "static_cache_block_size": 16})
+    sync = gw.cache_sync
+    assert sync is not None and gw.router.index is not None
+    index = gw.router.index
+    # the workers report 64-token blocks: the gateway switches to that size to key prompts
+    await wait_for(lambda: gw.dispatcher.block_size_tokens == 64, what="block size from GetCacheStatus")
+    # warm the third worker's cache behind the gateway's back, as another client or gateway would
+    warm = ws[2]
+    prompt = generate_input(700, n_tokens=3000, max_new_tokens=2, first_token=11)
+    async for _ in stream_stub(channels(warm.port))(prompt, timeout=10):
+        pass
+    key = f"127.0.0.1:{warm.port}"
+    await wait_for(lambda: index.blocks_held(key) >= 3000 // 64, what="the warm worker's blocks in the index")
+    # the same prompt through the gateway now goes where the blocks are
+    again = generate_input(701, n_tokens=3000, max_new_tokens=2, first_token=11)
+    async for _ in stream_stub(channels(gw.grpc_port))(again, timeout=10):
+        pass
+    assert warm.request_ids_seen == [700, 701]
+    assert ws[0].request_ids_seen == [] and ws[1].request_ids_seen == []
+    assert sync.views[key].updates >= 1 and sync.views[key].failures == 0

@@ -243,3 +243,14 @@ def test_match_equals_brute_force(ops: list[tuple[str, str, list[int]]], queries
             assert idx.match(q) == ref.match(q)
     for w in WORKERS:
         assert idx.blocks_held(w) == len(ref.held.get(w, ()))
+
+
+def test_replace_keeps_fresh_speculative_records() -> None:
+    index = PrefixIndex(PrefixIndexConfig(capacity_blocks=100, ttl_s=1e9))
+    index.record("w", [1, 2], now_s=0.0)  # old: the worker had time to report these
+    index.record("w", [7, 8], now_s=9.5)  # just sent: its prefill may not have run yet
+    index.replace("w", [1], now_s=10.0, keep_recent_s=1.0)
+    assert index.match([1, 2]) == {"w": 1}  # 2 was not reported and is old: gone
+    assert index.match([7, 8]) == {"w": 2}  # 7, 8 are younger than the grace: kept
+    index.replace("w", [1], now_s=20.0, keep_recent_s=1.0)
+    assert index.match([7]) == {}

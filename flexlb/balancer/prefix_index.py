@@ -75,12 +75,17 @@ class PrefixIndex:
             lru.popitem(last=False)
             self._drop(slot, key)
 
-    def replace(self, worker: str, keys: Sequence[int], now_s: float) -> None:
-        """The worker reported its complete cache (LOCAL_SYNC): forget what it no longer holds."""
+    def replace(self, worker: str, keys: Sequence[int], now_s: float, keep_recent_s: float = 0.0) -> None:
+        """The worker reported its complete cache (LOCAL_SYNC): forget what it no longer holds.
+
+        Blocks recorded within `keep_recent_s` stay: they were just sent there and may still be
+        waiting for their prefill, so the worker cannot report them yet.
+        """
         slot = self._slot_of(worker)
         fresh = set(keys)
         lru = self._lru[slot]
-        for k in [k for k in lru if k not in fresh]:
+        horizon = now_s - keep_recent_s
+        for k in [k for k, used in lru.items() if k not in fresh and used < horizon]:
             del lru[k]
             self._drop(slot, k)
         self.record(worker, keys, now_s)

@@ -1,0 +1,108 @@
+"""kvCache LOCAL_SYNC: each worker's own list of cached blocks, polled through GetCacheStatus.
+
+One poll in flight per worker. The interval adapts: back to the minimum whenever the worker's
+cache version moved, doubling up to the maximum while it does not (the original FlexLB's
+CACHE_STATUS_MIN/MAX_INTERVAL_MS defaults: 50 ms and 3 s). Only a changed version carries keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from flexlb import wire
+from flexlb.balancer.prefix_index import PrefixIndex
+from flexlb.balancer.workers import WorkerAddr
+from flexlb.pb import model_rpc_service_pb2 as pb
+
+log = logging.getLogger("flexlb.cache_sync")
+
+
+@dataclass(frozen=True)
+class CacheSyncConfig:
+    """Polling bounds."""
+
+    min_interval_s: float = 0.05
+    max_interval_s: float = 3.0
+    timeout_s: float = 2.0
+    keep_recent_s: float = 5.0  # speculative records younger than this survive a report without them
+
+
+@dataclass
+class WorkerCacheView:
+    """What the last poll of one worker said."""
+
+    version: int = -1
+    block_size_tokens: int = 0
+    polls: int = 0
+    updates: int = 0
+    failures: int = 0
+
+
+class CacheSync:
+    """Polls every worker's GetCacheStatus and replaces its record in the prefix index."""
+
+    def __init__(self, index: PrefixIndex, workers: list[WorkerAddr], config: CacheSyncConfig,
+                 on_block_size: Callable[[int], None]) -> None:
+        self.index = index
+        self.workers = workers
+        self.config = config
+        self.views = {w.key: WorkerCacheView() for w in workers}
+        self._on_block_size = on_block_size
+        self._tasks: list[asyncio.Task[None]] = []
+        self._channels: list[grpc.aio.Channel] = []
+
+    def start(self) -> None:
+        """One named polling task per worker."""
+        for w in self.workers:
+            ch = grpc.aio.insecure_channel(w.key)
+            self._channels.append(ch)
+            call = ch.unary_unary(wire.GET_CACHE_STATUS, request_serializer=pb.CacheVersionPB.SerializeToString,
+                                  response_deserializer=pb.CacheStatusPB.FromString)
+            self._tasks.append(asyncio.create_task(self._poll(w, call), name=f"cache-sync {w.key}"))
+
+    async def stop(self) -> None:
+        """Cancel the pollers and close their channels."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for ch in self._channels:
+            await ch.close()
+        self._tasks.clear()
+        self._channels.clear()
+
+    async def _poll(self, worker: WorkerAddr, call: grpc.aio.UnaryUnaryMultiCallable) -> None:
+        view = self.views[worker.key]
+        interval = self.config.min_interval_s
+        while True:
+            view.polls += 1
+            try:
+                reply: pb.CacheStatusPB = await call(
+                    pb.CacheVersionPB(latest_cache_version=view.version, need_cache_keys=True),
+                    timeout=self.config.timeout_s,
+                )
+            except grpc.aio.AioRpcError as exc:
+                view.failures += 1
+                log.debug("GetCacheStatus %s: %s", worker.key, exc.code().name)
+                interval = self.config.max_interval_s
+            else:
+                if reply.block_size and reply.block_size != view.block_size_tokens:
+                    view.block_size_tokens = reply.block_size
+                    self._on_block_size(reply.block_size)
+                if reply.version != view.version:
+                    view.version = reply.version
+                    view.updates += 1
+                    self.index.replace(worker.key, list(reply.cache_keys), time.monotonic(),
+                                       keep_recent_s=self.config.keep_recent_s)
+                    interval = self.config.min_interval_s
+                else:
+                    interval = min(interval * 2, self.config.max_interval_s)
+            await asyncio.sleep(interval)
