@@ -55,10 +55,10 @@ class MasterConfig:
     """WHALE_MASTER_CONFIG / FLEXLB_CONFIG: how to balance."""
 
     deploy: Deploy | None = None  # None: inferred from the endpoints that are configured
-    load_balance_strategy: str = "ROUND_ROBIN_LOWEST_CONCURRENCY"
-    decode_load_balance_strategy: str = "ROUND_ROBIN_LOWEST_CONCURRENCY"
+    load_balance_strategy: str = "COST_BASED_PREFILL"
+    decode_load_balance_strategy: str = "WEIGHTED_CACHE"
     prefill_batch_wait_time_ms: int = 0
-    kv_cache: KvCacheMode = KvCacheMode.NONE
+    kv_cache: KvCacheMode = KvCacheMode.LOCAL_STATIC
     static_cache_block_size: int = 64
     batch_size: int = 1
     prefill_lb_timeout_ms: int = 5000

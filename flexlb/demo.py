@@ -77,13 +77,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-async def _traffic(port: int, requests: int, concurrency: int) -> tuple[list[float], list[float], int]:
+@dataclass
+class Traffic:
+    """What the client measured."""
+
+    ttft_ms: list[float]
+    e2e_ms: list[float]
+    errors: int
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+
+
+async def _traffic(port: int, requests: int, concurrency: int) -> Traffic:
     rng = random.Random(7)
     # a handful of shared system prompts, as real chat traffic has, plus a per-request tail
     prefixes = [[rng.randrange(1, 30000) for _ in range(rng.choice((256, 512, 1024)))] for _ in range(6)]
-    ttft_ms: list[float] = []
-    e2e_ms: list[float] = []
-    errors = 0
+    out = Traffic([], [], 0)
     done = 0
     sem = asyncio.Semaphore(concurrency)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -94,7 +103,7 @@ async def _traffic(port: int, requests: int, concurrency: int) -> tuple[list[flo
         )
 
         async def one(i: int) -> None:
-            nonlocal errors, done
+            nonlocal done
             tokens = rng.choice(prefixes) + [rng.randrange(1, 30000) for _ in range(rng.randrange(16, 256))]
             req = pb.GenerateInputPB(
                 request_id=i + 1,
@@ -107,20 +116,24 @@ async def _traffic(port: int, requests: int, concurrency: int) -> tuple[list[flo
                 t0 = time.monotonic()
                 first = None
                 try:
-                    async for _ in stub(req, timeout=30):
+                    async for message in stub(req, timeout=30):
                         if first is None:
                             first = time.monotonic()
+                            # the worker says how much of the prompt came from its KV cache
+                            aux = message.flatten_output.aux_info[0]
+                            out.prompt_tokens += aux.input_len
+                            out.reused_tokens += aux.total_reuse_len
                     assert first is not None
-                    ttft_ms.append((first - t0) * 1000)
-                    e2e_ms.append((time.monotonic() - t0) * 1000)
+                    out.ttft_ms.append((first - t0) * 1000)
+                    out.e2e_ms.append((time.monotonic() - t0) * 1000)
                 except grpc.aio.AioRpcError:
-                    errors += 1
+                    out.errors += 1
                 done += 1
-                print(_bar(done, requests, errors), end="", file=sys.stderr, flush=True)
+                print(_bar(done, requests, out.errors), end="", file=sys.stderr, flush=True)
 
         await asyncio.gather(*(one(i) for i in range(requests)))
     print(file=sys.stderr)
-    return ttft_ms, e2e_ms, errors
+    return out
 
 
 async def demo(requests: int, concurrency: int) -> int:
@@ -170,7 +183,8 @@ async def demo(requests: int, concurrency: int) -> int:
         print(f"gateway: gRPC 127.0.0.1:{grpc_port}  admin http://127.0.0.1:{admin_port}/actuator/info")
         print(f"sending {requests} streamed GenerateStreamCall requests, {concurrency} at a time ...")
         t0 = time.monotonic()
-        ttft_ms, e2e_ms, errors = await _traffic(grpc_port, requests, concurrency)
+        traffic = await _traffic(grpc_port, requests, concurrency)
+        ttft_ms, e2e_ms, errors = traffic.ttft_ms, traffic.e2e_ms, traffic.errors
         wall_s = time.monotonic() - t0
         with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/actuator/info", timeout=5) as r:
             info = json.load(r)
@@ -184,6 +198,8 @@ async def demo(requests: int, concurrency: int) -> int:
                 f"mean {statistics.fmean(ttft_ms):7.1f} ms"
             )
             print(f"E2E   p50 {percentile(e2e_ms, 50):7.1f} ms   p99 {percentile(e2e_ms, 99):7.1f} ms")
+            print(f"prompt tokens served from the workers' KV cache: "
+                  f"{traffic.reused_tokens / max(traffic.prompt_tokens, 1):.0%} (prefix-aware routing)")
         print("stopping everything ...")
         return 0 if errors == 0 else 1
     finally:

@@ -38,7 +38,8 @@ async def test_prefix_affinity_and_ttft_learning_through_the_gateway(mock_worker
 
 async def test_index_off_routes_without_keys(mock_workers, gateways, channels) -> None:
     ws = [await mock_workers() for _ in range(2)]
-    gw = await gateways([worker_addr(w) for w in ws], strategy="COST_BASED_PREFILL")
+    gw = await gateways([worker_addr(w) for w in ws], strategy="COST_BASED_PREFILL",
+                        master={"kv_cache": KvCacheMode.NONE})
     assert gw.router.index is None
     stub = stream_stub(channels(gw.grpc_port))
     for i in range(4):
