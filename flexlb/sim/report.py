@@ -52,7 +52,7 @@ def run_sim_cli(args: argparse.Namespace) -> int:
     results = [simulate(trace, replace(base, strategy=n), tokens) for n in names]
     if args.json:
         for r in results:
-            print(json.dumps({k: v for k, v in r.items() if k != "ttft_ms"}))
+            print(json.dumps({k: v for k, v in r.items() if k not in ("ttft_ms", "per_request")}))
     else:
         for line in summary_rows(results):
             print(line)

@@ -184,6 +184,7 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
         push(r.arrival_ms / 1000.0 / cfg.speed, "arrive", i)
 
     ttft_ms: list[float] = []
+    per_request: dict[int, tuple[float, int, int]] = {}  # trace index → (TTFT ms, cached tokens, prompt tokens)
     e2e_ms: list[float] = []
     decision_us: list[float] = []
     est_err_ms: list[float] = []
@@ -262,6 +263,7 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
             job.first_token_s = t
             observed = (t - job.arrival_s) * 1000.0
             ttft_ms.append(observed)
+            per_request[job.index] = (observed, plan.cached_tokens, job.tokens)
             if job.lease.decision.estimate_ms is not None:
                 est_err_ms.append(abs(job.lease.decision.estimate_ms - observed))
             hit_tokens += plan.cached_tokens
@@ -301,6 +303,7 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
         "decision_us_p50": _percentile(decision_us, 50),
         "decision_us_p99": _percentile(decision_us, 99),
         "ttft_ms": ttft_ms,
+        "per_request": per_request,
     }
 
 
