@@ -45,7 +45,6 @@ class KvCacheMode(enum.Enum):
 # Fields of WHALE_MASTER_CONFIG that are parsed and validated but not acted on yet, with the reason.
 NOT_ACTED_ON = {
     "prefillLbTimeoutMs": "master-routed decisions (high availability)",
-    "prefillGenerateTimeoutMs": "time-to-first-token bound (worker health)",
     "enableGrpcPrefillMaster": "master-routed decisions (high availability)",
 }
 

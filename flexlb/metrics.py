@@ -101,6 +101,10 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.failovers = Counter(
+            "flexlb_failovers", "Calls routed again after a failure before the first response message",
+            ["method", "code"], registry=r,
+        )
         self.batch_size = Histogram(
             "flexlb_prefill_batch_size", "Requests routed together per batching window",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,

@@ -249,7 +249,7 @@ async def test_large_request_and_response_cross_many_frames(mock_workers, gatewa
     assert comparable(relayed) == comparable(direct)
 
 
-async def test_worker_killed_mid_stream_ends_the_call_promptly(gateways, channels, tmp_path) -> None:
+async def test_worker_killed_mid_stream_ends_the_call_promptly(mock_workers, gateways, channels) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "flexlb", "mock-worker", "--port", "0", "--time-scale", "5",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
@@ -258,7 +258,9 @@ async def test_worker_killed_mid_stream_ends_the_call_promptly(gateways, channel
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
         port = int(line.rsplit(":", 1)[1])
-        gw = await gateways([WorkerAddr("127.0.0.1", port, port - 1, Role.PDFUSION)])
+        spare = await mock_workers()
+        gw = await gateways([WorkerAddr("127.0.0.1", port, port - 1, Role.PDFUSION), worker_addr(spare)],
+                            strategy="ROUND_ROBIN")
         call = stream_stub(channels(gw.grpc_port))(generate_input(31, max_new_tokens=100_000), timeout=30)
         assert (await call.read()).flatten_output.aux_info[0].output_len == 1
         loop = asyncio.get_running_loop()
@@ -269,6 +271,7 @@ async def test_worker_killed_mid_stream_ends_the_call_promptly(gateways, channel
                 pass
         assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
         assert loop.time() - t0 < 5
+        assert spare.calls_received == 0  # after the first message a call is never replayed elsewhere
         await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
     finally:
         if proc.returncode is None:

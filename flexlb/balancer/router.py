@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
+from flexlb.balancer.health import OutlierConfig, OutlierDetector, usable
 from flexlb.balancer.prefix_index import PrefixIndex
 from flexlb.balancer.request import Decision, Deploy, NoWorkerAvailable, Pick, RouteRequest
 from flexlb.balancer.strategies.base import PickContext, Strategy
@@ -58,10 +59,10 @@ class Lease:
         return True
 
 
-def _available(workers: Sequence[WorkerState], exclude: frozenset[str]) -> Sequence[WorkerState]:
-    """Drop excluded workers, then unhealthy ones unless that would drop all (fail open)."""
+def _available(workers: Sequence[WorkerState], exclude: frozenset[str], now_s: float) -> Sequence[WorkerState]:
+    """Drop excluded workers, then those out of rotation unless that would drop all (fail open)."""
     allowed = [w for w in workers if w.key not in exclude] if exclude else workers
-    healthy = [w for w in allowed if w.healthy]
+    healthy = [w for w in allowed if usable(w, now_s)]
     if len(healthy) == len(allowed):
         return allowed
     return healthy or allowed
@@ -80,6 +81,7 @@ class Router:
         clock: Callable[[], float],
         ttft: TtftModel | None = None,
         index: PrefixIndex | None = None,
+        outliers: OutlierDetector | None = None,
     ) -> None:
         self.cluster = cluster
         self.deploy = deploy
@@ -88,6 +90,7 @@ class Router:
         self.ttft = ttft or TtftModel(TtftPriors())
         # LOCAL_STATIC / LOCAL_SYNC prefix index; None when kvCache is NONE
         self.index = index
+        self.outliers = outliers or OutlierDetector(OutlierConfig())
         self._rng = rng
         self._clock = clock
         self._seq = 0
@@ -104,7 +107,7 @@ class Router:
         if self.deploy is Deploy.DISAGGREGATED and pair:
             return self._route_pd(req, ctx)
         role = Role.PDFUSION if self.deploy is Deploy.PD_FUSION else Role.PREFILL
-        candidates = _available(self.cluster.of_role(role), req.exclude)
+        candidates = _available(self.cluster.of_role(role), req.exclude, now)
         if not candidates:
             raise NoWorkerAvailable(role.name, self._why_empty(role, req))
         return self._commit(req, ctx, self.prefill_strategy.pick(candidates, req, ctx), None)
@@ -119,15 +122,16 @@ class Router:
     def can_route(self) -> bool:
         """Whether every role this deployment needs has a healthy worker."""
         roles = (Role.PDFUSION,) if self.deploy is Deploy.PD_FUSION else (Role.PREFILL, Role.DECODE)
-        return all(any(w.healthy for w in self.cluster.of_role(r)) for r in roles)
+        now = self._clock()
+        return all(any(usable(w, now) for w in self.cluster.of_role(r)) for r in roles)
 
     def _route_pd(self, req: RouteRequest, ctx: PickContext) -> Lease:
-        decodes = _available(self.cluster.of_role(Role.DECODE), req.exclude)
+        decodes = _available(self.cluster.of_role(Role.DECODE), req.exclude, ctx.now_s)
         if not decodes:
             raise NoWorkerAvailable("DECODE", self._why_empty(Role.DECODE, req))
         # group affinity: a prefill can only hand its KV cache to a decode of its own group
         decode_groups = {w.addr.group for w in decodes}
-        prefills = _available(self.cluster.of_role(Role.PREFILL), req.exclude)
+        prefills = _available(self.cluster.of_role(Role.PREFILL), req.exclude, ctx.now_s)
         if decode_groups != {""}:
             prefills = [w for w in prefills if w.addr.group in decode_groups]
         if not prefills:
@@ -183,6 +187,14 @@ class Router:
     def on_gone(self, lease: Lease) -> None:
         """A call ended before its first token: its prefill leaves the backlog."""
         self.ttft.started_or_gone(lease.decision.target.key, lease.seq, self._clock())
+
+    def worker_succeeded(self, worker: WorkerState) -> None:
+        """A call reached the worker and got a response (passive health)."""
+        self.outliers.success(worker)
+
+    def worker_failed(self, worker: WorkerState) -> bool:
+        """A call failed because of the worker (passive health); True if it was ejected."""
+        return self.outliers.failure(worker, self.cluster.of_role(worker.role), self._clock())
 
     def _why_empty(self, role: Role, req: RouteRequest) -> str:
         total = len(self.cluster.of_role(role))

@@ -56,6 +56,11 @@ class WorkerState:
     dispatched_total: int = 0
     # sequence number of the last time this worker was chosen; used to break ties fairly
     last_chosen_seq: int = 0
+    # passive ejection (balancer/health.py): failure streak, ejection deadline, how often, re-admission
+    consecutive_failures: int = 0
+    ejected_until_s: float = 0.0
+    ejections: int = 0
+    probing: bool = False
     # free-form labels surfaced by /actuator/info (e.g. why a worker is out)
     notes: dict[str, str] = field(default_factory=dict)
     key: str = field(init=False)  # same as addr.key, a plain attribute because routing reads it constantly

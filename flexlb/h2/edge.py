@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import grpc
 from flexlb.balancer.workers import WorkerAddr
 from flexlb.h2 import frames as f
 from flexlb.h2.conn import H2Connection, Headers, Stream
-from flexlb.servicer.dispatch import BATCH_GENERATE, GENERATE_STREAM, Dispatcher, Planned, Rejection
+from flexlb.servicer.dispatch import BATCH_GENERATE, FAILOVER_CODES, GENERATE_STREAM, Dispatcher, Planned, Rejection
 
 log = logging.getLogger("flexlb.h2")
 
@@ -54,8 +55,8 @@ class Call:
     """One client stream relayed to one upstream stream."""
 
     __slots__ = ("body", "body_end", "deadline_at", "deadline_timer", "down", "down_conn", "ended", "first",
-                 "messages", "method", "msg_left", "path", "planned", "prefix", "request_headers",
-                 "response_started", "up", "up_conn")
+                 "first_timer", "message", "messages", "method", "msg_left", "path", "pending_initial", "planned",
+                 "prefix", "request_headers", "response_started", "up", "up_conn")
 
     def __init__(self, down_conn: DownstreamConnection, down: Stream, path: str, method: str | None,
                  request_headers: Headers) -> None:
@@ -77,6 +78,33 @@ class Call:
         self.deadline_at: float | None = None
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.ended = False
+        self.message = b""  # the unframed request message, kept for failover
+        self.pending_initial: Headers | None = None  # worker headers held until its first message
+        self.first_timer: asyncio.TimerHandle | None = None  # prefillGenerateTimeoutMs of this attempt
+
+    def start_response(self) -> None:
+        """Something goes to the client now: release held headers first; no failover after this."""
+        if self.first_timer is not None:
+            self.first_timer.cancel()
+            self.first_timer = None
+        if self.pending_initial is not None:
+            headers, self.pending_initial = self.pending_initial, None
+            self.down_conn.send_headers(self.down, headers, False)
+        self.response_started = True
+
+    def reset_attempt(self) -> None:
+        """Forget the failed attempt's upstream state before the next one."""
+        if self.first_timer is not None:
+            self.first_timer.cancel()
+            self.first_timer = None
+        self.up = None
+        self.up_conn = None
+        self.planned = None
+        self.pending_initial = None
+        self.messages = 0
+        self.msg_left = 0
+        self.prefix = b""
+        self.first = None
 
     # ---------------------------------------------------------------- response side
 
@@ -120,6 +148,8 @@ class Call:
         self.ended = True
         if self.deadline_timer is not None:
             self.deadline_timer.cancel()
+        if self.first_timer is not None:
+            self.first_timer.cancel()
         if self.planned is not None:
             self.down_conn.edge.dispatcher.finish(self.planned, code_name, self.messages)
         self.down_conn.edge.calls.discard(self)
@@ -254,27 +284,32 @@ class UpstreamConnection(H2Connection):
         call = stream.owner
         assert isinstance(call, Call)
         down_conn, down = call.down_conn, call.down
-        if end_stream:
-            self.remote_end(stream)
-            code = "UNKNOWN"
-            for k, v in headers:
-                if k == "grpc-status":
-                    code = _CODE_NAMES.get(v, "UNKNOWN")
-                    break
-            call.response_started = True
-            down_conn.send_headers(down, headers, True)
-            if not down.closed_remote:
-                down_conn.reset(down, f.NO_ERROR)  # the response is complete; the client may stop sending
-            if not stream.closed_local:
-                self.reset(stream, f.NO_ERROR)
-            call.finish(code)
-        else:
-            call.response_started = True
-            down_conn.send_headers(down, headers, False)
+        if not end_stream:
+            if call.method is None or call.messages:
+                call.response_started = True
+                down_conn.send_headers(down, headers, False)
+            else:
+                # held until the first message: a failover must not have shown the client this worker's headers
+                call.pending_initial = headers
+            return
+        self.remote_end(stream)
+        status = next((v for k, v in headers if k == "grpc-status"), None)
+        code = _CODE_NAMES.get(status or "", "UNKNOWN")
+        if not stream.closed_local:
+            self.reset(stream, f.NO_ERROR)
+        if (call.method is not None and not call.response_started and call.messages == 0
+                and code in _FAILOVER_NAMES and self.edge.failover(call, grpc.StatusCode[code])):
+            return
+        call.start_response()
+        down_conn.send_headers(down, headers, True)
+        if not down.closed_remote:
+            down_conn.reset(down, f.NO_ERROR)  # the response is complete; the client may stop sending
+        call.finish(code)
 
     def on_data(self, stream: Stream, data: bytes, flow_len: int, end_stream: bool) -> None:
         call = stream.owner
         assert isinstance(call, Call)
+        call.start_response()
         call.count_messages(data)
         down = call.down
         if down.on_sent is None:
@@ -292,7 +327,7 @@ class UpstreamConnection(H2Connection):
             # a gRPC response ends with trailers; a worker that ends without them failed the call
             self.remote_end(stream)
             status = _status_headers(grpc.StatusCode.INTERNAL, "worker ended the stream without trailers")
-            call.down_conn.send_headers(down, status[2:] if call.response_started else status, True)
+            call.down_conn.send_headers(down, status[2:], True)
             call.finish("INTERNAL")
 
     def on_reset(self, stream: Stream, error_code: int) -> None:
@@ -301,13 +336,14 @@ class UpstreamConnection(H2Connection):
             return
         if call.response_started:
             call.down_conn.reset(call.down, error_code)
-        else:
-            code = grpc.StatusCode.UNAVAILABLE if error_code == f.REFUSED_STREAM else grpc.StatusCode.INTERNAL
-            if error_code == f.CANCEL:
-                code = grpc.StatusCode.CANCELLED
-            call.down_conn.send_headers(call.down, _status_headers(code, f"worker reset the stream ({error_code})"),
-                                        True)
-        call.finish("CANCELLED" if error_code == f.CANCEL else "INTERNAL")
+            call.finish("CANCELLED" if error_code == f.CANCEL else "INTERNAL")
+            return
+        # nothing reached the client yet: the worker refused or dropped the stream
+        if call.method is not None and self.edge.failover(call, grpc.StatusCode.UNAVAILABLE):
+            return
+        call.down_conn.send_headers(call.down, _status_headers(
+            grpc.StatusCode.UNAVAILABLE, f"worker {self.key} reset the stream (HTTP/2 error {error_code})"), True)
+        call.finish("UNAVAILABLE")
 
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
         self.accepting = False
@@ -319,7 +355,9 @@ class UpstreamConnection(H2Connection):
     def on_connection_lost(self, exc: Exception | None) -> None:
         self.accepting = False
         self.edge.forget_upstream(self)
-        for stream in list(self.streams.values()):
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
             call = stream.owner
             if not isinstance(call, Call) or call.ended:
                 continue
@@ -329,12 +367,14 @@ class UpstreamConnection(H2Connection):
                 call.down_conn.send_headers(call.down, [("grpc-status", str(grpc.StatusCode.UNAVAILABLE.value[0])),
                                                         ("grpc-message", f.encode_grpc_message(message))], True)
             else:
+                if call.method is not None and self.edge.failover(call, grpc.StatusCode.UNAVAILABLE):
+                    continue
                 call.down_conn.send_headers(call.down, _status_headers(grpc.StatusCode.UNAVAILABLE, message), True)
             call.finish("UNAVAILABLE")
-        self.streams.clear()
 
 
 _CODE_NAMES = {str(c.value[0]): c.name for c in grpc.StatusCode}
+_FAILOVER_NAMES = frozenset(c.name for c in FAILOVER_CODES)
 
 
 class Edge:
@@ -462,6 +502,9 @@ class Edge:
         planned = outcome
         call.planned = planned
         addr: WorkerAddr = planned.lease.decision.target.addr
+        timeout_s = self.dispatcher.first_message_timeout_s
+        if timeout_s is not None and call.method == GENERATE_STREAM:
+            call.first_timer = self.loop.call_later(timeout_s, self.on_first_message_timeout, call, planned)
         headers: Headers = [
             (":method", "POST"), (":scheme", "http"), (":path", call.path), (":authority", addr.key),
             ("te", "trailers"), ("content-type", "application/grpc"),
@@ -478,12 +521,42 @@ class Edge:
                 conn.open_stream(call, headers, framed, True)
 
         def fail(reason: str) -> None:
-            if call.ended:
+            if call.ended or call.planned is not planned:
+                return
+            if self.failover(call, grpc.StatusCode.UNAVAILABLE):
                 return
             call.down_conn.send_headers(call.down, _status_headers(grpc.StatusCode.UNAVAILABLE, reason), True)
             call.finish("UNAVAILABLE")
 
         self._with_upstream(addr.key, addr.ip, addr.grpc_port, start, fail)
+
+    def failover(self, call: Call, code: grpc.StatusCode) -> bool:
+        """The attempt failed before its first message: route again elsewhere. False: give up (caller answers)."""
+        planned = call.planned
+        if planned is None or call.ended:
+            return False
+        if call.up is not None and call.up_conn is not None:
+            call.up_conn.reset(call.up, f.CANCEL)
+        call.reset_attempt()
+        deadline_s = None
+        if call.deadline_at is not None:
+            deadline_s = time.monotonic() + (call.deadline_at - self.loop.time())
+        nxt = self.dispatcher.retry(planned, code, deadline_s)
+        if nxt is None:
+            return False
+        self._routed(call, nxt)
+        return True
+
+    def on_first_message_timeout(self, call: Call, planned: Planned) -> None:
+        """prefillGenerateTimeoutMs passed without a first message: cancel this attempt, fail over or give up."""
+        if call.ended or call.planned is not planned or call.messages:
+            return
+        call.first_timer = None
+        if self.failover(call, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return
+        call.down_conn.send_headers(call.down, _status_headers(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "no first token within prefillGenerateTimeoutMs"), True)
+        call.finish("DEADLINE_EXCEEDED")
 
     def _unframe(self, call: Call, body: bytes) -> bytes:
         if len(body) < 5:

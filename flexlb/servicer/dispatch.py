@@ -7,6 +7,7 @@ call is routed, rejected and counted the same way whichever engine carries it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,11 @@ GENERATE_STREAM = "GenerateStreamCall"
 BATCH_GENERATE = "BatchGenerateCall"
 # request headers that belong to this hop, not to the call (PITFALLS: grpc.aio metadata)
 HOP_HEADERS = frozenset({"user-agent", "te", "content-type"})
+# failures before the first response message that another worker may not have: fail over
+FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            grpc.StatusCode.DEADLINE_EXCEEDED})
+# of those, the ones that say the worker itself is sick (RESOURCE_EXHAUSTED is admission: busy, not sick)
+WORKER_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # FlexLB's per-role "no available worker" codes (flexlb-original.md §1.2)
 NO_WORKER_CODE = {"PREFILL": 8402, "DECODE": 8403, "PDFUSION": 8404}
 _ROLE_ENUM = {Role.PREFILL: pb.RoleAddrPB.PREFILL, Role.DECODE: pb.RoleAddrPB.DECODE}
@@ -68,6 +74,10 @@ class Planned:
     body: bytes
     method: str
     started_s: float
+    # what a failover needs: the routing request (its exclude set grows) and the attempt number
+    req: RouteRequest | None = None
+    prepared: _Prepared | None = None
+    attempt: int = 1
 
 
 def _role_addr(w: WorkerState) -> pb.RoleAddrPB:
@@ -86,6 +96,10 @@ class Dispatcher:
         # tokens per KV block for the prefix index (staticCacheBlockSize)
         self.block_size_tokens = block_size_tokens
         self._batcher: Batcher[_Waiting] | None = Batcher(batch) if batch is not None and batch.enabled else None
+        self.max_attempts = 3  # first try + failovers
+        # prefillGenerateTimeoutMs: a first response message later than this fails over (None: no bound)
+        self.first_message_timeout_s: float | None = None
+        self.min_retry_budget_s = 0.05  # a failover needs at least this much of the client's deadline left
         self._window_timer: asyncio.TimerHandle | None = None
 
     def is_draining(self) -> bool:
@@ -137,7 +151,7 @@ class Dispatcher:
                            block_keys=keys, block_size_tokens=self.block_size_tokens)
         return _Prepared(inp, body, req, started_s)
 
-    def _route_prepared(self, prepared: _Prepared) -> Planned:
+    def _route_prepared(self, prepared: _Prepared, attempt: int = 1) -> Planned:
         lease = self._route(GENERATE_STREAM, prepared.req, pair=True)
         d = lease.decision
         body = prepared.body
@@ -147,7 +161,7 @@ class Dispatcher:
             del inp.generate_config.role_addrs[:]
             inp.generate_config.role_addrs.extend([_role_addr(d.target), _role_addr(d.decode)])
             body = inp.SerializeToString()
-        return Planned(lease, body, GENERATE_STREAM, prepared.started_s)
+        return Planned(lease, body, GENERATE_STREAM, prepared.started_s, prepared.req, prepared, attempt)
 
     def plan_generate(self, body: bytes) -> Planned:
         """Route a GenerateStreamCall now; in PD mode the request gets role_addrs = [PREFILL, DECODE]."""
@@ -212,21 +226,44 @@ class Dispatcher:
                 "BatchGenerateInputPB needs at least one input, each with token_ids",
                 "no_tokens",
             )
-        lease = self._route(
-            BATCH_GENERATE,
-            RouteRequest(
-                batch.inputs[0].request_id,
-                sum(len(i.token_ids) for i in batch.inputs),
-                max(i.generate_config.max_new_tokens for i in batch.inputs),
-            ),
-            pair=False,
+        req = RouteRequest(
+            batch.inputs[0].request_id,
+            sum(len(i.token_ids) for i in batch.inputs),
+            max(i.generate_config.max_new_tokens for i in batch.inputs),
         )
-        return Planned(lease, body, BATCH_GENERATE, started_s)
+        lease = self._route(BATCH_GENERATE, req, pair=False)
+        return Planned(lease, body, BATCH_GENERATE, started_s, req)
+
+    def retry(self, planned: Planned, code: grpc.StatusCode, deadline_s: float | None) -> Planned | None:
+        """The attempt failed before any response message: end it, blame the worker, route again elsewhere.
+
+        Returns the next attempt, or None when attempts, time or workers are used up (the caller
+        then gives the client the last failure). `deadline_s` is the call's monotonic deadline.
+        """
+        self.finish(planned, code.name, 0)
+        target = planned.lease.decision.target
+        if code in WORKER_FAULTS:
+            self.router.worker_failed(target)
+        if planned.req is None or planned.attempt >= self.max_attempts:
+            return None
+        if deadline_s is not None and deadline_s - time.monotonic() < self.min_retry_budget_s:
+            return None
+        req = dataclasses.replace(planned.req, exclude=planned.req.exclude | {target.key})
+        self.metrics.failovers.labels(planned.method, code.name).inc()
+        try:
+            if planned.prepared is not None:
+                prepared = dataclasses.replace(planned.prepared, req=req)
+                return self._route_prepared(prepared, planned.attempt + 1)
+            lease = self._route(planned.method, req, pair=False)
+        except Rejection:
+            return None
+        return Planned(lease, planned.body, planned.method, planned.started_s, req, None, planned.attempt + 1)
 
     def first_message(self, planned: Planned, message: bytes | None) -> None:
         """The first response message arrived: record TTFT and feed the balancer what the worker said."""
         ttft_s = time.monotonic() - planned.started_s
         decision = planned.lease.decision
+        self.router.worker_succeeded(decision.target)
         self.metrics.ttft.labels(decision.target.key).observe(ttft_s)
         if decision.estimate_ms is not None:
             self.metrics.ttft_estimate_error.observe(abs(decision.estimate_ms / 1000.0 - ttft_s))

@@ -8,6 +8,7 @@ details and trailers (grpc-status-details-bin included) come back verbatim.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import grpc
@@ -15,7 +16,15 @@ import grpc
 from flexlb import wire
 from flexlb.balancer.router import Router
 from flexlb.pb import model_rpc_service_pb2 as pb
-from flexlb.servicer.dispatch import BATCH_GENERATE, GENERATE_STREAM, HOP_HEADERS, Dispatcher, Planned, Rejection
+from flexlb.servicer.dispatch import (
+    BATCH_GENERATE,
+    FAILOVER_CODES,
+    GENERATE_STREAM,
+    HOP_HEADERS,
+    Dispatcher,
+    Planned,
+    Rejection,
+)
 from flexlb.upstream.pool import UpstreamPool
 
 Metadata = tuple[tuple[str, str | bytes], ...]
@@ -82,35 +91,76 @@ class RpcRelay:
         return result
 
     async def generate_stream_call(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
-        """Route, forward the request bytes and relay the worker's stream message by message."""
+        """Route, forward the request bytes and relay the worker's stream message by message.
+
+        A failure before the first response message fails over to another worker (bounded by the
+        dispatcher); after it, the worker's status goes to the client unchanged.
+        """
         planned = await self._plan(context, GENERATE_STREAM, request)
+        remaining = context.time_remaining()
+        deadline_s = None if remaining is None else time.monotonic() + remaining
+        while True:
+            outcome = await self._attempt(planned, context, deadline_s)
+            if isinstance(outcome, Planned):
+                planned = outcome  # failed over: try the next worker
+                continue
+            return
+
+    async def _attempt(self, planned: Planned, context: grpc.aio.ServicerContext,
+                       deadline_s: float | None) -> Planned | None:
+        """One upstream call; returns the next attempt when it failed over, else None."""
         code = grpc.StatusCode.UNKNOWN
+        timeout = None if deadline_s is None else max(deadline_s - time.monotonic(), 0.001)
         call = self.pool.generate_stream(planned.lease.decision.target.addr)(
-            planned.body,
-            timeout=context.time_remaining(),
-            metadata=forwardable_metadata(context.invocation_metadata()),
+            planned.body, timeout=timeout, metadata=forwardable_metadata(context.invocation_metadata())
         )
         messages = 0
+        retry_with: Planned | None = None
         try:
+            first_timeout = self.dispatcher.first_message_timeout_s
+            try:
+                message = await asyncio.wait_for(call.read(), first_timeout) if first_timeout else await call.read()
+            except TimeoutError:
+                call.cancel()
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                retry_with = self.dispatcher.retry(planned, code, deadline_s)
+                if retry_with is not None:
+                    return retry_with
+                await context.abort(code, "no first token within prefillGenerateTimeoutMs")
+            # headers only now: a failed-over attempt must not have shown the client its metadata
             await context.send_initial_metadata(tuple(await call.initial_metadata()))
-            async for message in call:
+            while message is not grpc.aio.EOF:
                 if messages == 0:
                     self.dispatcher.first_message(planned, message)
                 messages += 1
                 await context.write(message)
-            code = grpc.StatusCode.OK
+                message = await call.read()
+            code = await call.code()
+            if code != grpc.StatusCode.OK:  # read() reports some failures as EOF: the status is final
+                await context.abort(code, await call.details() or "",
+                                    trailing_metadata=tuple(await call.trailing_metadata() or ()))
             context.set_trailing_metadata(tuple(await call.trailing_metadata()))
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            # worker's status, details and trailers verbatim (a tuple: grpc.aio.Metadata would turn into UNKNOWN)
-            await context.abort(code, exc.details() or "", trailing_metadata=tuple(exc.trailing_metadata() or ()))
+            if messages == 0 and code in FAILOVER_CODES and not context.cancelled():
+                retry_with = self.dispatcher.retry(planned, code, deadline_s)
+                if retry_with is not None:
+                    return retry_with
+            await self._abort_relayed(context, exc)
         except BaseException:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
             if not call.done():
                 call.cancel()
-            self.dispatcher.finish(planned, code.name, messages)
+            if retry_with is None:
+                self.dispatcher.finish(planned, code.name, messages)
+        return None
+
+    @staticmethod
+    async def _abort_relayed(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError) -> None:
+        """The worker's status, details and trailers, verbatim (a tuple: grpc.aio.Metadata turns into UNKNOWN)."""
+        await context.abort(exc.code(), exc.details() or "", trailing_metadata=tuple(exc.trailing_metadata() or ()))
 
     async def batch_generate_call(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Route the whole batch to one worker (local generation, no PD hand-off) and relay the reply."""

@@ -1,0 +1,91 @@
+"""Failover before the first byte, passive ejection and the time-to-first-token bound, on both engines."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from flexlb.sim.mock_worker import Faults
+from tests.conftest import generate_input, stream_stub, wait_for, worker_addr
+
+
+async def _dead_worker_addr(mock_workers):  # type: ignore[no-untyped-def]
+    """The address of a worker that was started and stopped: connections to it are refused."""
+    w = await mock_workers()
+    addr = worker_addr(w)
+    await w.stop(grace_s=0)
+    return addr
+
+
+async def test_calls_fail_over_from_a_dead_worker_which_gets_ejected(mock_workers, gateways, channels) -> None:
+    dead = await _dead_worker_addr(mock_workers)
+    live = await mock_workers()
+    gw = await gateways([dead, worker_addr(live)], strategy="ROUND_ROBIN")
+    stub = stream_stub(channels(gw.grpc_port))
+    for i in range(12):
+        assert len([m async for m in stub(generate_input(800 + i), timeout=10)]) == 8
+    assert live.calls_received == 12
+    state = gw.cluster.get(dead.key)
+    assert state is not None
+    # three consecutive failures eject it; until a probe succeeds it stays out (not flooded back)
+    assert state.probing and state.ejections == 1
+    failovers = {s.labels["code"]: s.value for s in gw.metrics.failovers.collect()[0].samples
+                 if s.name.endswith("_total")}
+    assert failovers.get("UNAVAILABLE", 0) == 3
+    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+
+
+async def test_every_worker_dead_ends_with_unavailable_promptly(mock_workers, gateways, channels) -> None:
+    dead = [await _dead_worker_addr(mock_workers) for _ in range(2)]
+    gw = await gateways(dead)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        async for _ in stream_stub(channels(gw.grpc_port))(generate_input(820), timeout=10):
+            pass
+    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert loop.time() - t0 < 5
+    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+
+
+async def test_hanging_worker_fails_over_after_the_first_token_bound(mock_workers, gateways, channels) -> None:
+    hung = await mock_workers(faults=Faults(hang=True))
+    live = await mock_workers()
+    gw = await gateways([worker_addr(hung), worker_addr(live)], strategy="ROUND_ROBIN",
+                        master={"prefill_generate_timeout_ms": 300})
+    stub = stream_stub(channels(gw.grpc_port))
+    loop = asyncio.get_running_loop()
+    for i in range(6):
+        t0 = loop.time()
+        assert len([m async for m in stub(generate_input(830 + i), timeout=10)]) == 8
+        assert loop.time() - t0 < 3
+    state = gw.cluster.get(worker_addr(hung).key)
+    assert state is not None and state.probing  # ejected after consecutive time-outs
+    # the hung worker saw its calls cancelled (nothing leaks there either)
+    await wait_for(lambda: len(hung.cancelled_ids) == hung.calls_received, what="hung calls cancelled")
+    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+
+
+async def test_first_token_bound_without_another_worker_is_deadline_exceeded(mock_workers, gateways,
+                                                                             channels) -> None:
+    hung = await mock_workers(faults=Faults(hang=True))
+    gw = await gateways([worker_addr(hung)], master={"prefill_generate_timeout_ms": 200})
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        async for _ in stream_stub(channels(gw.grpc_port))(generate_input(840), timeout=10):
+            pass
+    assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await wait_for(lambda: 840 in hung.cancelled_ids, what="the upstream call cancelled")
+    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+
+
+async def test_admission_rejection_fails_over_without_ejecting(mock_workers, gateways, channels) -> None:
+    flaky = await mock_workers(faults=Faults(error_rate=1.0, error_code=8429))
+    other = await mock_workers()
+    gw = await gateways([worker_addr(flaky), worker_addr(other)], strategy="ROUND_ROBIN")
+    # RESOURCE_EXHAUSTED before any message is admission: it fails over to the other worker
+    assert len([m async for m in stream_stub(channels(gw.grpc_port))(generate_input(850), timeout=10)]) == 8
+    assert flaky.calls_received == 1 and other.calls_received == 1
+    state = gw.cluster.get(worker_addr(flaky).key)
+    assert state is not None and state.consecutive_failures == 0  # busy is not sick: no ejection streak
