@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from flexlb import __version__, wire
 from flexlb.admin_http.server import AdminServer
 from flexlb.balancer.batcher import BatchConfig
+from flexlb.balancer.health import OutlierConfig, OutlierDetector
 from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
 from flexlb.balancer.router import Router
 from flexlb.balancer.strategies import make_strategy
@@ -30,6 +31,7 @@ from flexlb.servicer.dispatch import Dispatcher
 from flexlb.servicer.relay import RpcRelay
 from flexlb.servicer.scheduler import Scheduler
 from flexlb.upstream.cache_sync import CacheSync, CacheSyncConfig
+from flexlb.upstream.health_check import HealthCheckConfig, HealthChecker
 from flexlb.upstream.pool import UpstreamPool
 
 log = logging.getLogger("flexlb")
@@ -63,6 +65,11 @@ class Gateway:
             clock=time.monotonic,
             ttft=TtftModel(TtftPriors()),
             index=index,
+            outliers=OutlierDetector(OutlierConfig(
+                consecutive_failures=m.outlier_consecutive_failures,
+                base_ejection_s=m.outlier_base_ejection_ms / 1000.0,
+                max_ejected_share=m.outlier_max_ejected_percent / 100.0,
+            )),
         )
         self.metrics = Metrics()
         self.metrics.watch_cluster(self.cluster, self.is_draining, self.router.ttft)
@@ -77,6 +84,10 @@ class Gateway:
         self.scheduler = Scheduler(self.router, self.metrics)
         self.health = health.aio.HealthServicer()
         self.admin = AdminServer(self.metrics, self._health_view, self.info)
+        self.health_checker: HealthChecker | None = None
+        if m.health_check_interval_ms > 0:
+            self.health_checker = HealthChecker(self.cluster, self.router.outliers, HealthCheckConfig(
+                interval_s=m.health_check_interval_ms / 1000.0, timeout_s=m.health_check_timeout_ms / 1000.0))
         self.cache_sync: CacheSync | None = None
         if index is not None and m.kv_cache is KvCacheMode.LOCAL_SYNC:
             engines = [w.addr for w in self.cluster.all() if w.role in (Role.PREFILL, Role.PDFUSION)]
@@ -128,6 +139,8 @@ class Gateway:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self.cache_sync is not None:
             self.cache_sync.start()
+        if self.health_checker is not None:
+            self.health_checker.start()
         self.admin_port = await self.admin.start(s.host, s.admin_port)
         log.info(
             "flexlb %s serving gRPC on %s:%d (%s relay), admin on %s:%d, deploy %s, %d workers",
@@ -155,6 +168,8 @@ class Gateway:
         self._draining = True
         if self.cache_sync is not None:
             await self.cache_sync.stop()
+        if self.health_checker is not None:
+            await self.health_checker.stop()
         if self.edge is not None:
             await self.edge.stop()
             self.edge = None
@@ -191,6 +206,11 @@ class Gateway:
                     "group": w.addr.group,
                     "http_port": w.addr.http_port,
                     "healthy": w.healthy,
+                    "ejected": w.probing,
+                    "ejections": w.ejections,
+                    "reported_running": w.reported_running,
+                    "kv_available_tokens": w.kv_available_tokens,
+                    "kv_total_tokens": w.kv_total_tokens,
                     "in_flight": w.in_flight,
                     "dispatched_total": w.dispatched_total,
                 }

@@ -63,6 +63,13 @@ class MasterConfig:
     prefill_lb_timeout_ms: int = 5000
     prefix_index_capacity_blocks: int = 100_000  # per worker, LOCAL_STATIC record
     prefix_index_ttl_s: float = 600.0
+    health_check_interval_ms: int = 1000  # 0 disables active checks
+    health_check_timeout_ms: int = 500
+    outlier_consecutive_failures: int = 3
+    outlier_base_ejection_ms: int = 5000
+    outlier_max_ejected_percent: int = 50
+    max_in_flight: int = 0  # gateway-wide admission cap (0: none)
+    max_in_flight_per_worker: int = 0  # per-worker admission cap (0: none)
     prefill_generate_timeout_ms: int = 0
     enable_grpc_prefill_master: bool = False
 
@@ -195,6 +202,19 @@ def parse_master(raw: Mapping[str, Any], name: str = "WHALE_MASTER_CONFIG") -> M
         kw["prefix_index_capacity_blocks"] = _int(p + "prefixIndexCapacityBlocks", raw["prefixIndexCapacityBlocks"], 1)
     if "prefixIndexTtlS" in raw:
         kw["prefix_index_ttl_s"] = float(_int(p + "prefixIndexTtlS", raw["prefixIndexTtlS"], 1))
+    for key, attr, minimum in (
+        ("healthCheckIntervalMs", "health_check_interval_ms", 0),
+        ("healthCheckTimeoutMs", "health_check_timeout_ms", 1),
+        ("outlierConsecutiveFailures", "outlier_consecutive_failures", 1),
+        ("outlierBaseEjectionMs", "outlier_base_ejection_ms", 1),
+        ("outlierMaxEjectedPercent", "outlier_max_ejected_percent", 0),
+        ("maxInFlight", "max_in_flight", 0),
+        ("maxInFlightPerWorker", "max_in_flight_per_worker", 0),
+    ):
+        if key in raw:
+            kw[attr] = _int(p + key, raw[key], minimum)
+    if kw.get("outlier_max_ejected_percent", 0) > 100:
+        raise ConfigError(p + "outlierMaxEjectedPercent", f"must be <= 100, got {kw['outlier_max_ejected_percent']}")
     if "batchSize" in raw:
         kw["batch_size"] = _int(p + "batchSize", raw["batchSize"], 1)
     if "prefillLbTimeoutMs" in raw:

@@ -76,9 +76,10 @@ async def mock_workers() -> AsyncIterator[WorkerFactory]:
         time_scale: float = 1.0,
         faults: Faults | None = None,
         params: EngineParams = FAST,
+        port: int = 0,
     ) -> MockWorker:
         w = MockWorker(
-            MockWorkerConfig(role=role, port=0, time_scale=time_scale, params=params, faults=faults or Faults())
+            MockWorkerConfig(role=role, port=port, time_scale=time_scale, params=params, faults=faults or Faults())
         )
         await w.start()
         started.append(w)

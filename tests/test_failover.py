@@ -22,7 +22,8 @@ async def _dead_worker_addr(mock_workers):  # type: ignore[no-untyped-def]
 async def test_calls_fail_over_from_a_dead_worker_which_gets_ejected(mock_workers, gateways, channels) -> None:
     dead = await _dead_worker_addr(mock_workers)
     live = await mock_workers()
-    gw = await gateways([dead, worker_addr(live)], strategy="ROUND_ROBIN")
+    # active checks off: this is about what real traffic alone teaches the gateway
+    gw = await gateways([dead, worker_addr(live)], strategy="ROUND_ROBIN", master={"health_check_interval_ms": 0})
     stub = stream_stub(channels(gw.grpc_port))
     for i in range(12):
         assert len([m async for m in stub(generate_input(800 + i), timeout=10)]) == 8
@@ -54,7 +55,7 @@ async def test_hanging_worker_fails_over_after_the_first_token_bound(mock_worker
     hung = await mock_workers(faults=Faults(hang=True))
     live = await mock_workers()
     gw = await gateways([worker_addr(hung), worker_addr(live)], strategy="ROUND_ROBIN",
-                        master={"prefill_generate_timeout_ms": 300})
+                        master={"prefill_generate_timeout_ms": 300, "health_check_interval_ms": 0})
     stub = stream_stub(channels(gw.grpc_port))
     loop = asyncio.get_running_loop()
     for i in range(6):
@@ -83,9 +84,48 @@ async def test_first_token_bound_without_another_worker_is_deadline_exceeded(moc
 async def test_admission_rejection_fails_over_without_ejecting(mock_workers, gateways, channels) -> None:
     flaky = await mock_workers(faults=Faults(error_rate=1.0, error_code=8429))
     other = await mock_workers()
-    gw = await gateways([worker_addr(flaky), worker_addr(other)], strategy="ROUND_ROBIN")
+    gw = await gateways([worker_addr(flaky), worker_addr(other)], strategy="ROUND_ROBIN",
+                        master={"health_check_interval_ms": 0})
     # RESOURCE_EXHAUSTED before any message is admission: it fails over to the other worker
     assert len([m async for m in stream_stub(channels(gw.grpc_port))(generate_input(850), timeout=10)]) == 8
     assert flaky.calls_received == 1 and other.calls_received == 1
     state = gw.cluster.get(worker_addr(flaky).key)
     assert state is not None and state.consecutive_failures == 0  # busy is not sick: no ejection streak
+
+
+async def test_active_checks_take_a_dead_worker_out_and_a_restarted_one_back(mock_workers, gateways) -> None:
+    w = await mock_workers()
+    addr = worker_addr(w)
+    gw = await gateways([addr, worker_addr(await mock_workers())],
+                        master={"health_check_interval_ms": 200, "health_check_timeout_ms": 100})
+    state = gw.cluster.get(addr.key)
+    assert state is not None
+    await wait_for(lambda: state.last_probe_ok_s > 0, what="a first good probe")
+    assert state.kv_total_tokens > 0  # GetWorkerStatus fed the load view
+    await w.stop(grace_s=0)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await wait_for(lambda: not state.healthy, timeout_s=2, what="the dead worker out of rotation")
+    assert loop.time() - t0 <= 2 * 0.2 + 0.15  # within two intervals (plus a probe timeout)
+    # the same port comes back: one good probe returns it
+    restarted = await mock_workers(port=addr.grpc_port)
+    assert restarted.port == addr.grpc_port
+    t0 = loop.time()
+    await wait_for(lambda: state.healthy, timeout_s=2, what="the restarted worker back in rotation")
+    assert loop.time() - t0 <= 2 * 0.2 + 0.15
+
+
+async def test_probe_readmits_an_ejected_worker_only_after_its_ejection(mock_workers, gateways, channels) -> None:
+    dead = await _dead_worker_addr(mock_workers)
+    live = await mock_workers()
+    gw = await gateways([dead, worker_addr(live)], strategy="ROUND_ROBIN",
+                        master={"health_check_interval_ms": 0, "outlier_base_ejection_ms": 100})
+    stub = stream_stub(channels(gw.grpc_port))
+    for i in range(6):
+        assert len([m async for m in stub(generate_input(860 + i), timeout=10)]) == 8
+    state = gw.cluster.get(dead.key)
+    assert state is not None and state.probing
+    gw.router.outliers.probe_ok(state, state.ejected_until_s - 0.05)  # a probe during the ejection: stays out
+    assert state.probing
+    gw.router.outliers.probe_ok(state, state.ejected_until_s)
+    assert not state.probing

@@ -61,6 +61,13 @@ class WorkerState:
     ejected_until_s: float = 0.0
     ejections: int = 0
     probing: bool = False
+    # active checks (upstream/health_check.py): last good probe and the worker's own load report
+    last_probe_ok_s: float = 0.0
+    status_version: int = 0
+    finished_version: int = 0
+    reported_running: int = 0
+    kv_available_tokens: int = 0
+    kv_total_tokens: int = 0
     # free-form labels surfaced by /actuator/info (e.g. why a worker is out)
     notes: dict[str, str] = field(default_factory=dict)
     key: str = field(init=False)  # same as addr.key, a plain attribute because routing reads it constantly
