@@ -78,6 +78,8 @@ class Gateway:
         )
         self.dispatcher = Dispatcher(self.router, self.metrics, self.is_draining, m.static_cache_block_size,
                                      BatchConfig(m.prefill_batch_wait_time_ms, m.batch_size))
+        self.dispatcher.max_in_flight = m.max_in_flight
+        self.router.max_in_flight_per_worker = m.max_in_flight_per_worker
         if m.prefill_generate_timeout_ms > 0:
             self.dispatcher.first_message_timeout_s = m.prefill_generate_timeout_ms / 1000.0
         self.relay = RpcRelay(self.dispatcher, self.router, self.pool)

@@ -54,6 +54,8 @@ class Decision:
 class NoWorkerAvailable(Exception):
     """No worker of a needed role can take the call."""
 
-    def __init__(self, role: str, detail: str) -> None:
+    def __init__(self, role: str, detail: str, saturated: bool = False) -> None:
         super().__init__(f"no available {role} worker: {detail}")
         self.role = role
+        # every candidate is at its in-flight cap: busy, not broken (RESOURCE_EXHAUSTED, not UNAVAILABLE)
+        self.saturated = saturated

@@ -59,13 +59,16 @@ class Lease:
         return True
 
 
-def _available(workers: Sequence[WorkerState], exclude: frozenset[str], now_s: float) -> Sequence[WorkerState]:
-    """Drop excluded workers, then those out of rotation unless that would drop all (fail open)."""
+def _available(workers: Sequence[WorkerState], exclude: frozenset[str], now_s: float,
+               cap: int = 0) -> Sequence[WorkerState]:
+    """Drop excluded workers, then those out of rotation unless that would drop all (fail open),
+    then those at the per-worker in-flight cap (never fail open: that is admission control)."""
     allowed = [w for w in workers if w.key not in exclude] if exclude else workers
     healthy = [w for w in allowed if usable(w, now_s)]
-    if len(healthy) == len(allowed):
-        return allowed
-    return healthy or allowed
+    pool = allowed if len(healthy) == len(allowed) else (healthy or allowed)
+    if cap > 0:
+        pool = [w for w in pool if w.in_flight < cap]
+    return pool
 
 
 class Router:
@@ -91,6 +94,7 @@ class Router:
         # LOCAL_STATIC / LOCAL_SYNC prefix index; None when kvCache is NONE
         self.index = index
         self.outliers = outliers or OutlierDetector(OutlierConfig())
+        self.max_in_flight_per_worker = 0  # admission cap per worker (0: none)
         self._rng = rng
         self._clock = clock
         self._seq = 0
@@ -107,9 +111,9 @@ class Router:
         if self.deploy is Deploy.DISAGGREGATED and pair:
             return self._route_pd(req, ctx)
         role = Role.PDFUSION if self.deploy is Deploy.PD_FUSION else Role.PREFILL
-        candidates = _available(self.cluster.of_role(role), req.exclude, now)
+        candidates = _available(self.cluster.of_role(role), req.exclude, now, self.max_in_flight_per_worker)
         if not candidates:
-            raise NoWorkerAvailable(role.name, self._why_empty(role, req))
+            raise self._none_left(role, req, now)
         return self._commit(req, ctx, self.prefill_strategy.pick(candidates, req, ctx), None)
 
     def expected_uncached_tokens(self, req: RouteRequest) -> int:
@@ -126,16 +130,17 @@ class Router:
         return all(any(usable(w, now) for w in self.cluster.of_role(r)) for r in roles)
 
     def _route_pd(self, req: RouteRequest, ctx: PickContext) -> Lease:
-        decodes = _available(self.cluster.of_role(Role.DECODE), req.exclude, ctx.now_s)
+        decodes = _available(self.cluster.of_role(Role.DECODE), req.exclude, ctx.now_s, self.max_in_flight_per_worker)
         if not decodes:
-            raise NoWorkerAvailable("DECODE", self._why_empty(Role.DECODE, req))
+            raise self._none_left(Role.DECODE, req, ctx.now_s)
         # group affinity: a prefill can only hand its KV cache to a decode of its own group
         decode_groups = {w.addr.group for w in decodes}
-        prefills = _available(self.cluster.of_role(Role.PREFILL), req.exclude, ctx.now_s)
+        prefills = _available(self.cluster.of_role(Role.PREFILL), req.exclude, ctx.now_s,
+                              self.max_in_flight_per_worker)
         if decode_groups != {""}:
             prefills = [w for w in prefills if w.addr.group in decode_groups]
         if not prefills:
-            raise NoWorkerAvailable("PREFILL", self._why_empty(Role.PREFILL, req))
+            raise self._none_left(Role.PREFILL, req, ctx.now_s)
         prefill_pick = self.prefill_strategy.pick(prefills, req, ctx)
         group = prefill_pick.worker.addr.group
         same_group = decodes if decode_groups == {group} else [w for w in decodes if w.addr.group == group]
@@ -195,6 +200,12 @@ class Router:
     def worker_failed(self, worker: WorkerState) -> bool:
         """A call failed because of the worker (passive health); True if it was ejected."""
         return self.outliers.failure(worker, self.cluster.of_role(worker.role), self._clock())
+
+    def _none_left(self, role: Role, req: RouteRequest, now_s: float) -> NoWorkerAvailable:
+        cap = self.max_in_flight_per_worker
+        if cap > 0 and _available(self.cluster.of_role(role), req.exclude, now_s):
+            return NoWorkerAvailable(role.name, f"every worker is at its in-flight cap ({cap})", saturated=True)
+        return NoWorkerAvailable(role.name, self._why_empty(role, req))
 
     def _why_empty(self, role: Role, req: RouteRequest) -> str:
         total = len(self.cluster.of_role(role))

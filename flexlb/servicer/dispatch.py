@@ -97,6 +97,8 @@ class Dispatcher:
         self.block_size_tokens = block_size_tokens
         self._batcher: Batcher[_Waiting] | None = Batcher(batch) if batch is not None and batch.enabled else None
         self.max_attempts = 3  # first try + failovers
+        self.max_in_flight = 0  # admission cap for the whole gateway (0: none)
+        self.in_flight = 0
         # prefillGenerateTimeoutMs: a first response message later than this fails over (None: no bound)
         self.first_message_timeout_s: float | None = None
         self.min_retry_budget_s = 0.05  # a failover needs at least this much of the client's deadline left
@@ -115,12 +117,19 @@ class Dispatcher:
             raise Rejection(
                 grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; retry on another replica", "draining"
             )
+        if self.max_in_flight and self.in_flight >= self.max_in_flight:
+            raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"gateway at its in-flight cap ({self.max_in_flight} calls); retry later", "overloaded")
         try:
             lease = self.router.route(req, pair=pair)
         except NoWorkerAvailable as exc:
+            if exc.saturated:
+                raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "worker_cap",
+                                NO_WORKER_CODE.get(exc.role, 8402)) from None
             raise Rejection(
                 grpc.StatusCode.UNAVAILABLE, str(exc), "no_worker", NO_WORKER_CODE.get(exc.role, 8402)
             ) from None
+        self.in_flight += 1
         d = lease.decision
         self.metrics.decisions.labels(d.strategy, d.reason).inc()
         return lease
@@ -286,6 +295,7 @@ class Dispatcher:
         lease = planned.lease
         if not lease.release():
             return
+        self.in_flight -= 1
         t = lease.decision.target
         self.metrics.requests.labels(planned.method, t.key, t.role.name, lease.decision.strategy, code_name).inc()
         self.metrics.latency.labels(planned.method).observe(time.monotonic() - planned.started_s)
