@@ -142,3 +142,11 @@ async def channels() -> AsyncIterator[Callable[[int], grpc.aio.Channel]]:
     yield open_
     for ch in opened:
         await ch.close()
+
+
+@pytest.fixture
+async def fuzz_gateway(mock_workers, gateways, channels):  # type: ignore[no-untyped-def]
+    """A gateway (each engine) in front of one fast mock worker, shared by a fuzz test's examples."""
+    w = await mock_workers(time_scale=0.0)
+    gw = await gateways([worker_addr(w)], max_receive_message_bytes=1 << 20)
+    return gw, channels(gw.grpc_port)
