@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexlb.pb import model_rpc_service_pb2 as pb
-from tests.conftest import generate_input, stream_stub, wait_for, worker_addr
+from tests.conftest import generate_input, stream_stub, wait_for
 
 # a hang would show as DEADLINE_EXCEEDED at the client; UNKNOWN would mean an unhandled exception
 ACCEPTABLE = {
@@ -52,7 +52,7 @@ async def _status(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
 @SETTINGS
 @given(payload=st.binary(max_size=2000))
 async def test_random_bytes_get_a_status(payload: bytes, fuzz_gateway) -> None:
-    gw, ch = fuzz_gateway
+    _, ch = fuzz_gateway
     code = await _status(ch.unary_stream("/RpcService/GenerateStreamCall")(payload, timeout=10))
     assert code in ACCEPTABLE, code
     unary = ch.unary_unary("/RpcService/BatchGenerateCall")
@@ -65,7 +65,7 @@ async def test_random_bytes_get_a_status(payload: bytes, fuzz_gateway) -> None:
 @SETTINGS
 @given(message=odd_inputs)
 async def test_odd_but_valid_messages_get_a_status(message: pb.GenerateInputPB, fuzz_gateway) -> None:
-    gw, ch = fuzz_gateway
+    _, ch = fuzz_gateway
     code = await _status(stream_stub(ch)(message, timeout=10))
     assert code in ACCEPTABLE, code
 
@@ -73,7 +73,7 @@ async def test_odd_but_valid_messages_get_a_status(message: pb.GenerateInputPB, 
 @SETTINGS
 @given(path=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=60))
 async def test_any_method_path_gets_a_status(path: str, fuzz_gateway) -> None:
-    gw, ch = fuzz_gateway
+    _, ch = fuzz_gateway
     try:
         await ch.unary_unary("/" + path)(b"\x08\x01", timeout=10)
     except grpc.aio.AioRpcError as exc:
