@@ -76,8 +76,12 @@ class Gateway:
         self.pool = UpstreamPool(
             settings.server.max_receive_message_bytes, settings.server.upstream_channels_per_worker
         )
+        # prefillLbTimeoutMs bounds the time spent choosing: a batching window never waits longer
+        window_ms = m.prefill_batch_wait_time_ms
+        if m.prefill_lb_timeout_ms > 0:
+            window_ms = min(window_ms, m.prefill_lb_timeout_ms)
         self.dispatcher = Dispatcher(self.router, self.metrics, self.is_draining, m.static_cache_block_size,
-                                     BatchConfig(m.prefill_batch_wait_time_ms, m.batch_size))
+                                     BatchConfig(window_ms, m.batch_size))
         self.dispatcher.max_in_flight = m.max_in_flight
         self.router.max_in_flight_per_worker = m.max_in_flight_per_worker
         if m.prefill_generate_timeout_ms > 0:

@@ -129,3 +129,24 @@ async def test_probe_readmits_an_ejected_worker_only_after_its_ejection(mock_wor
     assert state.probing
     gw.router.outliers.probe_ok(state, state.ejected_until_s)
     assert not state.probing
+
+
+async def test_pd_decode_dying_mid_stream_surfaces_promptly(mock_workers, gateways, channels) -> None:
+    prefill, decode = await mock_workers("PREFILL", time_scale=5.0), await mock_workers("DECODE", time_scale=5.0)
+    gw = await gateways([worker_addr(prefill), worker_addr(decode)], master={"health_check_interval_ms": 0})
+    call = stream_stub(channels(gw.grpc_port))(generate_input(870, max_new_tokens=10_000), timeout=30)
+    assert (await call.read()).flatten_output.aux_info[0].pd_sep  # the prefill's first token
+    await call.read()  # and a decode token: the decode leg is streaming
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await decode.stop(grace_s=0)
+    code = None
+    try:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+        code = await call.code()
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+    assert code is not None and code != grpc.StatusCode.OK
+    assert loop.time() - t0 < 3  # no call waits for a peer that is gone
+    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
