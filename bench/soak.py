@@ -193,8 +193,8 @@ def main() -> None:
                 f"--kill-every {a.kill_every:g} --down-for {a.down_for:g} --out docs/reliability.md`.",
                 f"{a.workers} mock workers (`--time-scale {a.time_scale:g}`) behind one gateway (h2 engine, "
                 f"health checks every 500 ms, prefillGenerateTimeoutMs 5000); {a.concurrency} closed-loop "
-                f"streaming callers; a random worker "
-                f"SIGKILLed every {a.kill_every:g} s and restarted on its port {a.down_for:g} s later ({r['kills']} kills).",
+                f"streaming callers; a random worker SIGKILLed every {a.kill_every:g} s and restarted on its port "
+                f"{a.down_for:g} s later ({r['kills']} kills).",
                 "",
                 "| figure | value |",
                 "|---|---|",
