@@ -7,6 +7,7 @@ import asyncio
 import grpc
 import pytest
 
+from flexlb.pb import model_rpc_service_pb2 as pb
 from flexlb.sim.mock_worker import Faults
 from tests.conftest import generate_input, stream_stub, wait_for, worker_addr
 
@@ -149,4 +150,18 @@ async def test_pd_decode_dying_mid_stream_surfaces_promptly(mock_workers, gatewa
         code = exc.code()
     assert code is not None and code != grpc.StatusCode.OK
     assert loop.time() - t0 < 3  # no call waits for a peer that is gone
+    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+
+
+async def test_batch_generate_call_fails_over_too(mock_workers, gateways, channels) -> None:
+    dead = await _dead_worker_addr(mock_workers)
+    live = await mock_workers()
+    gw = await gateways([dead, worker_addr(live)], strategy="ROUND_ROBIN", master={"health_check_interval_ms": 0})
+    stub = channels(gw.grpc_port).unary_unary(
+        "/RpcService/BatchGenerateCall", request_serializer=pb.BatchGenerateInputPB.SerializeToString,
+        response_deserializer=pb.BatchGenerateOutputsPB.FromString,
+    )
+    for i in range(3):
+        reply = await stub(pb.BatchGenerateInputPB(inputs=[generate_input(880 + i, max_new_tokens=3)]), timeout=10)
+        assert len(reply.results) == 1
     await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")

@@ -55,7 +55,7 @@ class Call:
     """One client stream relayed to one upstream stream."""
 
     __slots__ = ("body", "body_end", "deadline_at", "deadline_timer", "down", "down_conn", "ended", "first",
-                 "first_timer", "message", "messages", "method", "msg_left", "path", "pending_initial", "planned",
+                 "first_timer", "messages", "method", "msg_left", "path", "pending_initial", "planned",
                  "prefix", "request_headers", "response_started", "up", "up_conn")
 
     def __init__(self, down_conn: DownstreamConnection, down: Stream, path: str, method: str | None,
@@ -78,7 +78,6 @@ class Call:
         self.deadline_at: float | None = None
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.ended = False
-        self.message = b""  # the unframed request message, kept for failover
         self.pending_initial: Headers | None = None  # worker headers held until its first message
         self.first_timer: asyncio.TimerHandle | None = None  # prefillGenerateTimeoutMs of this attempt
 

@@ -165,29 +165,38 @@ class RpcRelay:
     async def batch_generate_call(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Route the whole batch to one worker (local generation, no PD hand-off) and relay the reply."""
         planned = await self._plan(context, BATCH_GENERATE, request)
-        code = grpc.StatusCode.UNKNOWN
-        call = self.pool.batch_generate(planned.lease.decision.target.addr)(
-            planned.body,
-            timeout=context.time_remaining(),
-            metadata=forwardable_metadata(context.invocation_metadata()),
-        )
-        try:
-            reply: bytes = await call
-            code = grpc.StatusCode.OK
-            await context.send_initial_metadata(tuple(await call.initial_metadata()))
-            context.set_trailing_metadata(tuple(await call.trailing_metadata()))
-            return reply
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            await context.abort(code, exc.details() or "", trailing_metadata=tuple(exc.trailing_metadata() or ()))
-            raise
-        except BaseException:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            if not call.done():
-                call.cancel()
-            self.dispatcher.finish(planned, code.name, 1 if code == grpc.StatusCode.OK else 0)
+        remaining = context.time_remaining()
+        deadline_s = None if remaining is None else time.monotonic() + remaining
+        while True:
+            code = grpc.StatusCode.UNKNOWN
+            timeout = None if deadline_s is None else max(deadline_s - time.monotonic(), 0.001)
+            call = self.pool.batch_generate(planned.lease.decision.target.addr)(
+                planned.body, timeout=timeout, metadata=forwardable_metadata(context.invocation_metadata())
+            )
+            retry_with: Planned | None = None
+            try:
+                reply: bytes = await call
+                code = grpc.StatusCode.OK
+                self.dispatcher.router.worker_succeeded(planned.lease.decision.target)
+                await context.send_initial_metadata(tuple(await call.initial_metadata()))
+                context.set_trailing_metadata(tuple(await call.trailing_metadata()))
+                return reply
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code in FAILOVER_CODES and not context.cancelled():
+                    retry_with = self.dispatcher.retry(planned, code, deadline_s)
+                if retry_with is None:
+                    await self._abort_relayed(context, exc)
+                    raise
+            except BaseException:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                if not call.done():
+                    call.cancel()
+                if retry_with is None:
+                    self.dispatcher.finish(planned, code.name, 1 if code == grpc.StatusCode.OK else 0)
+            planned = retry_with
 
     async def check_health(self, request: pb.EmptyPB, context: grpc.aio.ServicerContext) -> pb.CheckHealthResponsePB:
         """OK while the gateway can route (not draining, every needed role has a worker in rotation)."""
