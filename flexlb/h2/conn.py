@@ -44,20 +44,45 @@ class ProtocolError(Exception):
     """The peer broke HTTP/2; the connection is closed with GOAWAY."""
 
 
+class WriteBatch:
+    """Connections with output waiting, written together: at the end of the read that produced the
+    output (no extra event-loop turn per relayed message), or once per turn for output made elsewhere."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._dirty: list[H2Connection] = []
+        self._scheduled = False
+        self.reading = 0  # > 0 while some connection's data_received runs
+
+    def mark(self, conn: H2Connection) -> None:
+        """`conn` has output; it goes out with the next flush."""
+        self._dirty.append(conn)
+        if not self.reading and not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every waiting connection's output, one transport write each."""
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn._write_out()
+
+
 class H2Connection(asyncio.Protocol):
     """HTTP/2 framing shared by the server side (clients) and the client side (workers)."""
 
     is_client = False
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stream_window: int, conn_window: int,
-                 max_concurrent_streams: int = 2**31 - 1) -> None:
+                 max_concurrent_streams: int = 2**31 - 1, batch: WriteBatch | None = None) -> None:
         self.loop = loop
+        self._batch = batch or WriteBatch(loop)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}
         self._in = bytearray()
         self._preface_pending = not self.is_client
         self._out: list[bytes] = []
-        self._flush_scheduled = False
         self._encoder = hpack.Encoder()
         self._decoder = hpack.Decoder()
         self._header_block: bytearray | None = None
@@ -91,7 +116,7 @@ class H2Connection(asyncio.Protocol):
 
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.is_client:
-            self._out.append(f.PREFACE)
+            self._send(f.PREFACE)
         self._send(f.settings_frame(self._local_settings))
         if self._local_conn_window > f.DEFAULT_WINDOW:
             self._send(f.window_update(0, self._local_conn_window - f.DEFAULT_WINDOW))
@@ -101,17 +126,20 @@ class H2Connection(asyncio.Protocol):
         self.on_connection_lost(exc)
 
     def _send(self, data: bytes) -> None:
+        if not self._out:
+            self._batch.mark(self)
         self._out.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
+    def _write_out(self) -> None:
         if self._out and self.transport is not None and not self.closed:
             out = self._out
             self._out = []
             self.transport.write(b"".join(out))
+        else:
+            self._out.clear()
+
+    def _flush(self) -> None:
+        self._write_out()
 
     def close(self, error_code: int = f.NO_ERROR, debug: str = "") -> None:
         """Send GOAWAY and close once written."""
@@ -127,6 +155,16 @@ class H2Connection(asyncio.Protocol):
     # ------------------------------------------------------------ reading
 
     def data_received(self, data: bytes) -> None:
+        batch = self._batch
+        batch.reading += 1
+        try:
+            self._receive(data)
+        finally:
+            batch.reading -= 1
+            if not batch.reading:
+                batch.flush()
+
+    def _receive(self, data: bytes) -> None:
         buf = self._in
         buf += data
         pos = 0

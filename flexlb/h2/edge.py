@@ -22,7 +22,7 @@ import grpc
 
 from flexlb.balancer.workers import WorkerAddr
 from flexlb.h2 import frames as f
-from flexlb.h2.conn import H2Connection, Headers, Stream
+from flexlb.h2.conn import H2Connection, Headers, Stream, WriteBatch
 from flexlb.servicer.dispatch import BATCH_GENERATE, FAILOVER_CODES, GENERATE_STREAM, Dispatcher, Planned, Rejection
 
 log = logging.getLogger("flexlb.h2")
@@ -158,7 +158,7 @@ class DownstreamConnection(H2Connection):
     """A client's connection to the gateway's gRPC port."""
 
     def __init__(self, edge: Edge) -> None:
-        super().__init__(edge.loop, _CLIENT_STREAM_WINDOW, _CONN_WINDOW)
+        super().__init__(edge.loop, _CLIENT_STREAM_WINDOW, _CONN_WINDOW, batch=edge.writes)
         self.edge = edge
         self._last_stream_id = 0
 
@@ -258,7 +258,7 @@ class UpstreamConnection(H2Connection):
     is_client = True
 
     def __init__(self, edge: Edge, key: str) -> None:
-        super().__init__(edge.loop, _UPSTREAM_STREAM_WINDOW, _CONN_WINDOW)
+        super().__init__(edge.loop, _UPSTREAM_STREAM_WINDOW, _CONN_WINDOW, batch=edge.writes)
         self.edge = edge
         self.key = key
         self._next_stream_id = 1
@@ -384,6 +384,7 @@ class Edge:
         self.limits = limits
         self._control_port = control_port
         self.loop: asyncio.AbstractEventLoop  # set by start(), on the serving loop
+        self.writes: WriteBatch  # one batch for all connections: output of one read goes out together
         self.server: asyncio.AbstractServer | None = None
         self.downstream: set[DownstreamConnection] = set()
         self.calls: set[Call] = set()
@@ -398,6 +399,7 @@ class Edge:
     async def start(self, host: str, port: int, warm: list[WorkerAddr]) -> int:
         """Bind and serve; returns the bound port. Connections to `warm` workers are opened at once."""
         self.loop = asyncio.get_running_loop()
+        self.writes = WriteBatch(self.loop)
         for addr in warm:
             self._with_upstream(addr.key, addr.ip, addr.grpc_port, lambda conn: None, lambda reason: None)
         self._with_upstream("control", "127.0.0.1", self._control_port(), lambda conn: None, lambda reason: None)

@@ -37,6 +37,9 @@ class UpstreamPool:
             ("grpc.http2.max_pings_without_data", 0),
             # fail fast instead of queueing calls on a dead worker; failover happens above
             ("grpc.enable_retries", 0),
+            # a fixed receive window: with BDP probing it grows to megabytes per stream, and a client
+            # that stops reading would let its worker run that far ahead into the gateway's memory
+            ("grpc.http2.bdp_probe", 0),
             # distinct args give each channel of a worker its own TCP connection
             ("grpc.channel_id", index),
             ("grpc.use_local_subchannel_pool", 1),
