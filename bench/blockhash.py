@@ -20,11 +20,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+# bench/ is the script's own directory, so its helpers import directly
+from docs_section import update_section
+
 from flexlb.balancer import prefix
 from flexlb.balancer.prefix import block_keys, rtp_block_keys
 from flexlb.pb import model_rpc_service_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
+
 BEGIN, END = "<!-- blockhash:begin -->", "<!-- blockhash:end -->"
 
 
@@ -103,13 +107,7 @@ def main() -> None:
     lines.append(END)
     block = "\n".join(lines)
     if a.out:
-        path = ROOT / a.out
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        if BEGIN in text and END in text:
-            text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-        else:
-            text = text.rstrip() + "\n\n## KV block-key hash\n\n" + block + "\n"
-        path.write_text(text)
+        update_section(ROOT / a.out, "blockhash", "KV block-key hash", block, "# Benchmarks")
     print(block)
 
 

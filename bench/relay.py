@@ -21,7 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# bench/ is the script's own directory, so its helpers import directly
+from docs_section import update_section
+
 ROOT = Path(__file__).resolve().parent.parent
+
 _PORT = re.compile(r"(?:listening on|grpc) [\d.]+:(\d+)")
 _TICKS = os.sysconf("SC_CLK_TCK")
 BEGIN, END = "<!-- relay-benchmark:begin -->", "<!-- relay-benchmark:end -->"
@@ -212,13 +216,7 @@ def main() -> None:
     block = "\n".join(lines)
     print(block)
     if a.out:
-        path = ROOT / a.out
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        if BEGIN in text and END in text:
-            text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-        else:
-            text = text.rstrip() + "\n\n## Relay: direct vs through the gateway\n\n" + block + "\n"
-        path.write_text(text)
+        update_section(ROOT / a.out, "relay-benchmark", "Relay: direct vs through the gateway", block, "# Benchmarks")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,13 @@ from typing import Any
 
 import grpc
 
+# bench/ is the script's own directory, so its helpers import directly
+from docs_section import update_section
+
 from flexlb.pb import model_rpc_service_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
+
 _PORTS = re.compile(r"(?:listening on [\d.]+:|grpc [\d.]+:)(\d+)(?:.*admin [\d.]+:(\d+))?")
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 
@@ -209,13 +213,7 @@ def main() -> None:
                 END,
             ]
         )
-        path = ROOT / a.out
-        text = path.read_text() if path.exists() else "# Reliability\n"
-        if BEGIN in text and END in text:
-            text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-        else:
-            text = text.rstrip() + "\n\n## Soak with worker kills\n\n" + block + "\n"
-        path.write_text(text)
+        update_section(ROOT / a.out, "soak", "Soak with worker kills", block, "# Reliability")
 
 
 if __name__ == "__main__":
