@@ -89,7 +89,7 @@ class Gateway:
         self.relay = RpcRelay(self.dispatcher, self.router, self.pool)
         self.scheduler = Scheduler(self.router, self.metrics)
         self.health = health.aio.HealthServicer()
-        self.admin = AdminServer(self.metrics, self._health_view, self.info)
+        self.admin = AdminServer(self.metrics, self._health_view, self.info, self.set_rotation)
         self.health_checker: HealthChecker | None = None
         if m.health_check_interval_ms > 0:
             self.health_checker = HealthChecker(self.cluster, self.router.outliers, HealthCheckConfig(
@@ -190,6 +190,19 @@ class Gateway:
         if self._server is not None:
             await self._server.wait_for_termination()
 
+    def set_rotation(self, worker: str, in_rotation: bool, reason: str) -> dict[str, Any] | None:
+        """An operator takes a worker out of rotation or puts it back; None for an unknown worker."""
+        state = self.cluster.get(worker)
+        if state is None:
+            return None
+        state.operator_out = not in_rotation
+        if in_rotation:
+            state.notes.pop("operator", None)
+        else:
+            state.notes["operator"] = reason or "taken out by an operator"
+        log.info("worker %s %s by an operator (%s)", worker, "back in rotation" if in_rotation else "out", reason)
+        return {"worker": worker, "in_rotation": in_rotation, "in_flight": state.in_flight}
+
     def _health_view(self) -> tuple[bool, dict[str, Any]]:
         can = self.router.can_route()
         up = can and not self._draining
@@ -213,6 +226,8 @@ class Gateway:
                     "http_port": w.addr.http_port,
                     "healthy": w.healthy,
                     "ejected": w.probing,
+                    "operator_out": w.operator_out,
+                    "notes": w.notes,
                     "ejections": w.ejections,
                     "reported_running": w.reported_running,
                     "kv_available_tokens": w.kv_available_tokens,

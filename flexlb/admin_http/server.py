@@ -19,10 +19,12 @@ class AdminServer:
         metrics: Metrics,
         health: Callable[[], tuple[bool, dict[str, Any]]],
         info: Callable[[], dict[str, Any]],
+        set_rotation: Callable[[str, bool, str], dict[str, Any] | None] | None = None,
     ) -> None:
         self._metrics = metrics
         self._health = health
         self._info = info
+        self._set_rotation = set_rotation
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -32,6 +34,7 @@ class AdminServer:
         app.router.add_get("/actuator/health", self._get_health)
         app.router.add_get("/actuator/prometheus", self._get_prometheus)
         app.router.add_get("/actuator/info", self._get_info)
+        app.router.add_post("/admin/workers/rotation", self._post_rotation)
         return app
 
     async def start(self, host: str, port: int) -> int:
@@ -61,3 +64,27 @@ class AdminServer:
 
     async def _get_info(self, request: web.Request) -> web.Response:
         return web.json_response(self._info())
+
+    async def _post_rotation(self, request: web.Request) -> web.Response:
+        """Take a worker out of rotation (or put it back) by hand: {"worker": "ip:port", "in_rotation": bool}."""
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            return _bad_request(f"body is not valid JSON: {exc}")
+        if not isinstance(body, dict):
+            return _bad_request("body must be a JSON object")
+        worker, in_rotation, reason = body.get("worker"), body.get("in_rotation"), body.get("reason", "")
+        if not isinstance(worker, str) or not worker:
+            return _bad_request("field 'worker' is required: a string 'ip:grpc_port'")
+        if not isinstance(in_rotation, bool):
+            return _bad_request("field 'in_rotation' is required: true or false")
+        if not isinstance(reason, str):
+            return _bad_request("field 'reason' must be a string")
+        result = self._set_rotation(worker, in_rotation, reason) if self._set_rotation else None
+        if result is None:
+            return web.json_response({"error": f"unknown worker {worker!r}"}, status=404)
+        return web.json_response(result)
+
+
+def _bad_request(reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=400)

@@ -24,8 +24,9 @@ class OutlierConfig:
 
 
 def usable(w: WorkerState, now_s: float) -> bool:
-    """In rotation: healthy by active checks, not ejected, not waiting for its re-admission probe."""
-    return w.healthy and not w.probing and w.ejected_until_s <= now_s
+    """In rotation: healthy by active checks, not ejected, not waiting for its re-admission probe,
+    not taken out by an operator."""
+    return w.healthy and not w.probing and not w.operator_out and w.ejected_until_s <= now_s
 
 
 class OutlierDetector:

@@ -61,6 +61,8 @@ class WorkerState:
     ejected_until_s: float = 0.0
     ejections: int = 0
     probing: bool = False
+    # taken out of rotation by an operator (admin HTTP); in-flight calls finish, no new ones arrive
+    operator_out: bool = False
     # active checks (upstream/health_check.py): last good probe and the worker's own load report
     last_probe_ok_s: float = 0.0
     status_version: int = 0
