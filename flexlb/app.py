@@ -7,7 +7,9 @@ import contextlib
 import logging
 import random
 import signal
+import socket
 import time
+import uuid
 from typing import Any
 
 import grpc
@@ -15,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flexlb import __version__, wire
+from flexlb.admin_http.consistency_routes import ConsistencyRoutes
 from flexlb.admin_http.server import AdminServer
 from flexlb.balancer.batcher import BatchConfig
 from flexlb.balancer.health import OutlierConfig, OutlierDetector
@@ -24,6 +27,8 @@ from flexlb.balancer.strategies import make_strategy
 from flexlb.balancer.ttft import TtftModel, TtftPriors
 from flexlb.balancer.workers import Cluster, Role
 from flexlb.config import NOT_ACTED_ON, KvCacheMode, Settings, masked
+from flexlb.consistency.election import ElectionConfig, Identity
+from flexlb.consistency.service import Consistency
 from flexlb.h2.edge import Edge, EdgeLimits
 from flexlb.metrics import Metrics
 from flexlb.pb import flexlb_schedule_service_pb2, model_rpc_service_pb2
@@ -50,6 +55,7 @@ class Gateway:
     def __init__(self, settings: Settings, seed: int | None = None) -> None:
         self.settings = settings
         self._draining = False
+        self.consistency: Consistency | None = None
         self.cluster = Cluster(list(settings.workers))
         m = settings.master
         index = None
@@ -65,14 +71,16 @@ class Gateway:
             clock=time.monotonic,
             ttft=TtftModel(TtftPriors()),
             index=index,
-            outliers=OutlierDetector(OutlierConfig(
-                consecutive_failures=m.outlier_consecutive_failures,
-                base_ejection_s=m.outlier_base_ejection_ms / 1000.0,
-                max_ejected_share=m.outlier_max_ejected_percent / 100.0,
-            )),
+            outliers=OutlierDetector(
+                OutlierConfig(
+                    consecutive_failures=m.outlier_consecutive_failures,
+                    base_ejection_s=m.outlier_base_ejection_ms / 1000.0,
+                    max_ejected_share=m.outlier_max_ejected_percent / 100.0,
+                )
+            ),
         )
         self.metrics = Metrics()
-        self.metrics.watch_cluster(self.cluster, self.is_draining, self.router.ttft)
+        self.metrics.watch_cluster(self.cluster, self.is_draining, self.router.ttft, self._ha_gauges)
         self.pool = UpstreamPool(
             settings.server.max_receive_message_bytes, settings.server.upstream_channels_per_worker
         )
@@ -80,20 +88,26 @@ class Gateway:
         window_ms = m.prefill_batch_wait_time_ms
         if m.prefill_lb_timeout_ms > 0:
             window_ms = min(window_ms, m.prefill_lb_timeout_ms)
-        self.dispatcher = Dispatcher(self.router, self.metrics, self.is_draining, m.static_cache_block_size,
-                                     BatchConfig(window_ms, m.batch_size))
+        self.dispatcher = Dispatcher(
+            self.router, self.metrics, self.is_draining, m.static_cache_block_size, BatchConfig(window_ms, m.batch_size)
+        )
         self.dispatcher.max_in_flight = m.max_in_flight
         self.router.max_in_flight_per_worker = m.max_in_flight_per_worker
         if m.prefill_generate_timeout_ms > 0:
             self.dispatcher.first_message_timeout_s = m.prefill_generate_timeout_ms / 1000.0
         self.relay = RpcRelay(self.dispatcher, self.router, self.pool)
-        self.scheduler = Scheduler(self.router, self.metrics)
+        self.scheduler = Scheduler(self.router, self.metrics, self._master_host)
         self.health = health.aio.HealthServicer()
         self.admin = AdminServer(self.metrics, self._health_view, self.info, self.set_rotation)
         self.health_checker: HealthChecker | None = None
         if m.health_check_interval_ms > 0:
-            self.health_checker = HealthChecker(self.cluster, self.router.outliers, HealthCheckConfig(
-                interval_s=m.health_check_interval_ms / 1000.0, timeout_s=m.health_check_timeout_ms / 1000.0))
+            self.health_checker = HealthChecker(
+                self.cluster,
+                self.router.outliers,
+                HealthCheckConfig(
+                    interval_s=m.health_check_interval_ms / 1000.0, timeout_s=m.health_check_timeout_ms / 1000.0
+                ),
+            )
         self.cache_sync: CacheSync | None = None
         if index is not None and m.kv_cache is KvCacheMode.LOCAL_SYNC:
             engines = [w.addr for w in self.cluster.all() if w.role in (Role.PREFILL, Role.PDFUSION)]
@@ -147,11 +161,19 @@ class Gateway:
             self.cache_sync.start()
         if self.health_checker is not None:
             self.health_checker.start()
-        self.admin_port = await self.admin.start(s.host, s.admin_port)
+        self.admin_port = self.admin.bind(s.host, s.admin_port)
+        self._start_consistency()
+        await self.admin.start(s.host, s.admin_port)
         log.info(
             "flexlb %s serving gRPC on %s:%d (%s relay), admin on %s:%d, deploy %s, %d workers",
-            __version__, s.host, self.grpc_port, s.relay_engine, s.host, self.admin_port,
-            self.settings.deploy.name, len(self.cluster.all()),
+            __version__,
+            s.host,
+            self.grpc_port,
+            s.relay_engine,
+            s.host,
+            self.admin_port,
+            self.settings.deploy.name,
+            len(self.cluster.all()),
         )
 
     async def _set_health(self, status: int) -> None:
@@ -172,6 +194,8 @@ class Gateway:
     async def stop(self, grace_s: float | None = 0.5) -> None:
         """Stop everything now (in-flight calls get `grace_s` to finish, then are cancelled)."""
         self._draining = True
+        if self.consistency is not None:
+            await self.consistency.stop()
         if self.cache_sync is not None:
             await self.cache_sync.stop()
         if self.health_checker is not None:
@@ -203,10 +227,129 @@ class Gateway:
         log.info("worker %s %s by an operator (%s)", worker, "back in rotation" if in_rotation else "out", reason)
         return {"worker": worker, "in_rotation": in_rotation, "in_flight": state.in_flight}
 
+    def _ha_gauges(self) -> tuple[bool, bool] | None:
+        if self.consistency is None:
+            return None
+        st = self.consistency.state
+        return st.is_master, st.zk_state == "CONNECTED"
+
+    def _master_host(self) -> str:
+        return self.consistency.master_http() if self.consistency is not None else ""
+
+    def _advertised_host(self) -> str:
+        s = self.settings.server
+        if s.advertise_host:
+            return s.advertise_host
+        if s.host not in ("0.0.0.0", "::", ""):
+            return s.host
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
+
+    def _start_consistency(self) -> None:
+        """Join the master election when WHALE_SYNC_LB_CONSISTENCY_CONFIG asks for it (ports are known now)."""
+        c = self.settings.consistency
+        if not c.need_consistency:
+            return
+        host = self._advertised_host()
+        identity = Identity(uuid.uuid4().hex[:12], f"{host}:{self.admin_port}", f"{host}:{self.grpc_port}")
+        self.consistency = Consistency(
+            ElectionConfig(c.zk_host, c.role_id, session_timeout_s=c.zk_timeout_ms / 1000.0),
+            identity,
+            c.admin_token or None,
+            self.snapshot,
+        )
+        self.admin.add_routes(ConsistencyRoutes(self.consistency, self.master_info).register)
+        if not c.admin_token:
+            log.warning(
+                "no admin token (FLEXLB_ADMIN_TOKEN / --admin-token): consistency endpoints accept "
+                "loopback callers only"
+            )
+        self.consistency.start()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The balancer's state as the master sees it (syncStatus)."""
+        state = self.consistency.state if self.consistency is not None else None
+        ttft = self.router.ttft.workers()
+        index = self.router.index
+        now = time.monotonic()
+        workers = []
+        for w in self.cluster.all():
+            m = ttft.get(w.key)
+            workers.append(
+                {
+                    "worker": w.key,
+                    "role": w.role.name,
+                    "group": w.addr.group,
+                    "healthy": w.healthy,
+                    "ejected": w.probing,
+                    "operator_out": w.operator_out,
+                    "in_flight": w.in_flight,
+                    "active_tokens": w.active_tokens,
+                    "dispatched_total": w.dispatched_total,
+                    "reported_running": w.reported_running,
+                    "kv_available_tokens": w.kv_available_tokens,
+                    "kv_total_tokens": w.kv_total_tokens,
+                    "ttft": None
+                    if m is None
+                    else {
+                        "prefill_coefficients": m.theta,
+                        "queue_wait_ms": m.queue_wait_ms(now),
+                        "abs_error_ms": m.abs_error_ms,
+                        "observations": m.observations,
+                    },
+                    "prefix_index_blocks": index.blocks_held(w.key) if index is not None else 0,
+                }
+            )
+        return {
+            "version": __version__,
+            "master": self.consistency.identity.http_host_port if self.consistency is not None else "",
+            "fencing_czxid": state.fencing_czxid if state is not None else 0,
+            "election_changes": state.changes if state is not None else 0,
+            "in_flight": self.dispatcher.in_flight,
+            "workers": workers,
+        }
+
+    def master_info(self) -> dict[str, Any]:
+        """/rtp_llm/master/info, in the original FlexLB's shape."""
+        summary: dict[str, dict[str, int]] = {}
+        for w in self.cluster.all():
+            role = summary.setdefault(w.role.name, {"discovered": 0, "alive": 0, "maxQueueTokens": 0})
+            role["discovered"] += 1
+            role["alive"] += 1 if w.healthy else 0
+        return {
+            "success": True,
+            "code": 200,
+            "real_master_host": self._master_host() or None,
+            "queue_length": 0,
+            "worker_summary": summary,
+            "ready": True,
+        }
+
     def _health_view(self) -> tuple[bool, dict[str, Any]]:
         can = self.router.can_route()
         up = can and not self._draining
-        return up, {"draining": self._draining, "can_route": can}
+        # ZooKeeper trouble never takes the gateway down: it is reported, and routing stays local
+        zk = self.consistency.state.zk_state if self.consistency is not None else "not configured"
+        return up, {"draining": self._draining, "can_route": can, "zookeeper": zk}
+
+    def _consistency_info(self) -> dict[str, Any]:
+        if self.consistency is None:
+            return {"enabled": False, "routing": "local (no election configured)"}
+        st = self.consistency.state
+        return {
+            "enabled": True,
+            "role_id": self.consistency.role_id,
+            "zookeeper": st.zk_state,
+            "is_master": st.is_master,
+            "master": self._master_host(),
+            "this_replica": self.consistency.identity.http_host_port,
+            "participants": [p.http_host_port for p in st.participants],
+            "routing": "local"
+            if st.zk_state != "CONNECTED"
+            else ("as master" if st.is_master else "local, master known"),
+        }
 
     def info(self) -> dict[str, Any]:
         """What /actuator/info shows: version, effective config (secrets masked), workers and their state."""
@@ -218,6 +361,7 @@ class Gateway:
             "draining": self._draining,
             "config": masked(self.settings),
             "not_acted_on_yet": NOT_ACTED_ON,
+            "consistency": self._consistency_info(),
             "workers": [
                 {
                     "worker": w.key,

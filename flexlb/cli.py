@@ -65,6 +65,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-message-bytes", type=int, default=None, help="max gRPC message size (default 64 MiB)")
     p.add_argument("--upstream-channels", type=int, default=None, help="channels per worker (default 1)")
     p.add_argument("--drain-timeout-s", type=float, default=None, help="SIGTERM drain bound (default 30)")
+    p.add_argument("--role-id", default=None, help="election role id (default: HIPPO_ROLE, else 'default')")
+    p.add_argument("--admin-token", default=None,
+                   help="Bearer token of the consistency endpoints (default: FLEXLB_ADMIN_TOKEN; none: loopback only)")
+    p.add_argument("--advertise-host", default=None, help="host other replicas dial (default: --host, or this host)")
     p.add_argument("--relay-engine", default=None, choices=["h2", "grpcio"],
                    help="h2: HTTP/2 frame relay (default, ~5x less CPU); grpcio: grpc.aio re-originates each call")
     p.add_argument("--log-level", default="INFO")
@@ -148,6 +152,9 @@ def _serve(args: argparse.Namespace) -> int:
                 upstream_channels=args.upstream_channels,
                 drain_timeout_s=args.drain_timeout_s,
                 relay_engine=args.relay_engine,
+                role_id=args.role_id,
+                admin_token=args.admin_token,
+                advertise_host=args.advertise_host,
             ),
         )
     except ConfigError as exc:

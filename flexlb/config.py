@@ -82,6 +82,8 @@ class ConsistencyConfig:
     master_elect_type: str = "ZOOKEEPER"
     zk_host: str = ""
     zk_timeout_ms: int = 3000
+    role_id: str = "default"  # HIPPO_ROLE or --role-id: the election path's last element
+    admin_token: str = ""  # FLEXLB_ADMIN_TOKEN or --admin-token; never shown
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     # h2: HTTP/2 frame relay (fast, default); grpcio: grpc.aio terminates and re-originates each call
     relay_engine: str = "h2"
+    advertise_host: str = ""  # what other replicas and clients should dial ("": derived from host)
 
 
 @dataclass(frozen=True)
@@ -358,6 +361,9 @@ class CliOverrides:
     upstream_channels: int | None = None
     drain_timeout_s: float | None = None
     relay_engine: str | None = None
+    role_id: str | None = None
+    admin_token: str | None = None
+    advertise_host: str | None = None
 
 
 def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None = None) -> Settings:
@@ -422,6 +428,11 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
 
     cons_name, cons_raw = _env_json(env, CONSISTENCY_ENV)
     consistency = parse_consistency(cons_raw or {}, cons_name)
+    role_id = cli.role_id or env.get("HIPPO_ROLE", "") or consistency.role_id
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", role_id):
+        raise ConfigError("--role-id / HIPPO_ROLE", f"letters, digits, '_', '.', '-' only; got {role_id!r}")
+    token = cli.admin_token if cli.admin_token is not None else env.get("FLEXLB_ADMIN_TOKEN", "")
+    consistency = ConsistencyConfig(**{**consistency.__dict__, "role_id": role_id, "admin_token": token})
 
     server = ServerConfig()
     updates: dict[str, Any] = {}
@@ -439,6 +450,8 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
         updates["upstream_channels_per_worker"] = _int("--upstream-channels", cli.upstream_channels, 1)
     if cli.relay_engine is not None:
         updates["relay_engine"] = _enum("--relay-engine", cli.relay_engine.upper(), ["H2", "GRPCIO"]).lower()
+    if cli.advertise_host is not None:
+        updates["advertise_host"] = cli.advertise_host
     if cli.drain_timeout_s is not None:
         if cli.drain_timeout_s < 0:
             raise ConfigError("--drain-timeout-s", "must be >= 0")
@@ -476,6 +489,8 @@ def masked(settings: Settings) -> dict[str, Any]:
 
     data = plain(settings)
     zk = data["consistency"]
+    if zk.get("admin_token"):
+        zk["admin_token"] = "***"
     if "@" in zk.get("zk_host", ""):
         # credentials embedded as user:password@host are never shown
         zk["zk_host"] = ",".join("***@" + h.split("@", 1)[1] if "@" in h else h for h in zk["zk_host"].split(","))

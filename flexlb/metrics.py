@@ -19,10 +19,12 @@ _TTFT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
 class _ClusterCollector(Collector):
     """In-flight and health gauges read from the balancer's state at scrape time (no hot-path cost)."""
 
-    def __init__(self, cluster: Cluster, draining: Callable[[], bool], ttft: TtftModel | None) -> None:
+    def __init__(self, cluster: Cluster, draining: Callable[[], bool], ttft: TtftModel | None,
+                 ha: Callable[[], tuple[bool, bool] | None]) -> None:
         self._cluster = cluster
         self._draining = draining
         self._ttft = ttft
+        self._ha = ha
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         in_flight = GaugeMetricFamily(
@@ -121,6 +123,7 @@ class Metrics:
             registry=r,
         )
 
-    def watch_cluster(self, cluster: Cluster, draining: Callable[[], bool], ttft: TtftModel | None = None) -> None:
-        """Export the cluster's live gauges (and the TTFT model's, when given)."""
-        self.registry.register(_ClusterCollector(cluster, draining, ttft))
+    def watch_cluster(self, cluster: Cluster, draining: Callable[[], bool], ttft: TtftModel | None = None,
+                      ha: Callable[[], tuple[bool, bool] | None] = lambda: None) -> None:
+        """Export the cluster's live gauges (and the TTFT model's and the election's, when given)."""
+        self.registry.register(_ClusterCollector(cluster, draining, ttft, ha))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,13 @@ class AdminServer:
         self._info = info
         self._set_rotation = set_rotation
         self._runner: web.AppRunner | None = None
+        self._sock: socket.socket | None = None
+        self._route_hooks: list[Callable[[web.Application], None]] = []
         self.port = 0
+
+    def add_routes(self, hook: Callable[[web.Application], None]) -> None:
+        """More routes (e.g. the consistency endpoints), registered when the app is built."""
+        self._route_hooks.append(hook)
 
     def app(self) -> web.Application:
         """The aiohttp application (also used directly by tests)."""
@@ -35,17 +42,33 @@ class AdminServer:
         app.router.add_get("/actuator/prometheus", self._get_prometheus)
         app.router.add_get("/actuator/info", self._get_info)
         app.router.add_post("/admin/workers/rotation", self._post_rotation)
+        for hook in self._route_hooks:
+            hook(app)
         return app
 
+    def bind(self, host: str, port: int) -> int:
+        """Take the port now (so replicas can advertise it before serving); returns it."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(128)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        return self.port
+
     async def start(self, host: str, port: int) -> int:
-        """Bind and serve; returns the bound port (useful with port 0)."""
+        """Serve (binding first unless bind() was called); returns the bound port (useful with port 0)."""
+        if self._sock is None:
+            self.bind(host, port)
+        assert self._sock is not None
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_port=False)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        await web.SockSite(self._runner, self._sock).start()
         return self.port
 
     async def stop(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from flexlb.balancer.request import NoWorkerAvailable, RouteRequest
@@ -23,10 +25,15 @@ def _server_status(w: WorkerState) -> fpb.FlexlbServerStatusPB:
 class Scheduler:
     """Serves /FlexlbService/Schedule, Cancel and GetRequestState."""
 
-    def __init__(self, router: Router, metrics: Metrics, master_host: str = "") -> None:
+    def __init__(self, router: Router, metrics: Metrics, master_host: Callable[[], str] = lambda: "") -> None:
         self.router = router
         self.metrics = metrics
-        self.master_host = master_host
+        self._master_host = master_host
+
+    @property
+    def master_host(self) -> str:
+        """`ip:port` of the master's admin HTTP port ('' without high availability or while unknown)."""
+        return self._master_host()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """Generic handler for service FlexlbService."""

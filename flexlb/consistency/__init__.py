@@ -1,0 +1,1 @@
+"""High availability: master election on ZooKeeper and what replicas tell each other."""
