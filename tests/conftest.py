@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -15,10 +15,11 @@ import pytest
 from flexlb.app import Gateway
 from flexlb.balancer.request import Deploy
 from flexlb.balancer.workers import Role, WorkerAddr
-from flexlb.config import MasterConfig, ServerConfig, Settings
+from flexlb.config import ConsistencyConfig, MasterConfig, ServerConfig, Settings
 from flexlb.pb import model_rpc_service_pb2 as pb
 from flexlb.sim.engine import EngineParams
 from flexlb.sim.mock_worker import Faults, MockWorker, MockWorkerConfig
+from tests.zookeeper import ZooKeeper
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -107,6 +108,7 @@ async def gateways(request: pytest.FixtureRequest) -> AsyncIterator[GatewayFacto
         strategy: str = "ROUND_ROBIN",
         decode_strategy: str = "ROUND_ROBIN",
         master: dict[str, Any] | None = None,
+        consistency: ConsistencyConfig | None = None,
         **server: Any,
     ) -> Gateway:
         if deploy is None:
@@ -118,6 +120,7 @@ async def gateways(request: pytest.FixtureRequest) -> AsyncIterator[GatewayFacto
             ),
             workers=tuple(workers),
             deploy=deploy,
+            consistency=consistency or ConsistencyConfig(),
         )
         gw = Gateway(settings, seed=1)
         await gw.start()
@@ -150,3 +153,12 @@ async def fuzz_gateway(mock_workers, gateways, channels):  # type: ignore[no-unt
     w = await mock_workers(time_scale=0.0)
     gw = await gateways([worker_addr(w)], max_receive_message_bytes=1 << 20)
     return gw, channels(gw.grpc_port)
+
+
+@pytest.fixture(scope="module")
+def zookeeper() -> Iterator[ZooKeeper]:
+    """A real ZooKeeper server for the module's tests (stopped and removed after)."""
+    zk = ZooKeeper()
+    zk.start()
+    yield zk
+    zk.destroy()

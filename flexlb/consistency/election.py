@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -211,7 +212,7 @@ class MasterElection:
         if loop is None or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # the loop is shutting down
-            loop.call_soon_threadsafe(self._set, **changes)
+            loop.call_soon_threadsafe(functools.partial(self._set, **changes))
 
     # ------------------------------------------------------------------ loop thread
 
