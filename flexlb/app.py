@@ -96,7 +96,8 @@ class Gateway:
         if m.prefill_generate_timeout_ms > 0:
             self.dispatcher.first_message_timeout_s = m.prefill_generate_timeout_ms / 1000.0
         self.relay = RpcRelay(self.dispatcher, self.router, self.pool)
-        self.scheduler = Scheduler(self.router, self.metrics, self._master_host)
+        self.scheduler = Scheduler(self.router, self.metrics, self._master_host,
+                                   lambda: self.dispatcher.block_size_tokens)
         self.health = health.aio.HealthServicer()
         self.admin = AdminServer(self.metrics, self._health_view, self.info, self.set_rotation)
         self.health_checker: HealthChecker | None = None
@@ -194,6 +195,8 @@ class Gateway:
     async def stop(self, grace_s: float | None = 0.5) -> None:
         """Stop everything now (in-flight calls get `grace_s` to finish, then are cancelled)."""
         self._draining = True
+        if self.dispatcher.forwarder is not None:
+            await self.dispatcher.forwarder.close()
         if self.consistency is not None:
             await self.consistency.stop()
         if self.cache_sync is not None:

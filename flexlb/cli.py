@@ -49,9 +49,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="run the gateway",
         description="Run the FlexLB gateway. Workers and balancing come from MODEL_SERVICE_CONFIG and "
         "WHALE_MASTER_CONFIG (or FLEXLB_CONFIG) in the environment; flags override them. "
-        "WHALE_SYNC_LB_CONSISTENCY_CONFIG is parsed and validated; election is not acted on yet.",
-        epilog=f"Parsed and validated but NOT ACTED ON YET: {not_yet}. "
-        "Spring-style --server.port=P and --management.server.port=Q are accepted as --port and --admin-port.",
+        "WHALE_SYNC_LB_CONSISTENCY_CONFIG turns on master election (ZooKeeper).",
+        epilog=(f"Parsed and validated but NOT ACTED ON YET: {not_yet}. " if not_yet else "")
+        + "Spring-style --server.port=P and --management.server.port=Q are accepted as --port and --admin-port.",
     )
     p.add_argument("--host", default=None, help="bind address for both ports (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=None, help="gRPC port (RpcService relay, FlexlbService; default 7003)")

@@ -43,10 +43,7 @@ class KvCacheMode(enum.Enum):
 
 
 # Fields of WHALE_MASTER_CONFIG that are parsed and validated but not acted on yet, with the reason.
-NOT_ACTED_ON = {
-    "prefillLbTimeoutMs": "master-routed decisions (high availability)",
-    "enableGrpcPrefillMaster": "master-routed decisions (high availability)",
-}
+NOT_ACTED_ON: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,9 @@ class Metrics:
             "flexlb_failovers", "Calls routed again after a failure before the first response message",
             ["method", "code"], registry=r,
         )
+        self.forwards = Counter(
+            "flexlb_master_forwards", "Decisions asked of the elected master, by outcome", ["result"], registry=r,
+        )
         self.batch_size = Histogram(
             "flexlb_prefill_batch_size", "Requests routed together per batching window",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,

@@ -116,6 +116,18 @@ class Router:
             raise self._none_left(role, req, now)
         return self._commit(req, ctx, self.prefill_strategy.pick(candidates, req, ctx), None)
 
+    def route_to(self, req: RouteRequest, target_key: str, decode_key: str | None) -> Lease:
+        """Reserve load for a choice made elsewhere (the elected master); raises NoWorkerAvailable if
+        the chosen workers are unknown here or out of rotation (the caller then decides itself)."""
+        now = self._clock()
+        target = self.cluster.get(target_key)
+        decode = self.cluster.get(decode_key) if decode_key else None
+        if target is None or not usable(target, now) or (decode_key and (decode is None or not usable(decode, now))):
+            raise NoWorkerAvailable(target.role.name if target else "PREFILL", "the master's choice is not usable here")
+        matched = self.index.match(req.block_keys) if self.index is not None and req.block_keys else {}
+        ctx = PickContext(rng=self._rng, now_s=now, matched_blocks=matched, ttft=self.ttft)
+        return self._commit(req, ctx, Pick(target, "master"), Pick(decode, "master") if decode else None)
+
     def expected_uncached_tokens(self, req: RouteRequest) -> int:
         """Prompt tokens no worker is known to hold: the prefill this request costs at best."""
         if self.index is None or not req.block_keys:

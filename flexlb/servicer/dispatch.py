@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -23,6 +24,9 @@ from flexlb.balancer.router import Lease, Router
 from flexlb.balancer.workers import Role, WorkerState
 from flexlb.metrics import Metrics
 from flexlb.pb import model_rpc_service_pb2 as pb
+
+if TYPE_CHECKING:  # the forwarder is plugged in by the composition root
+    from flexlb.consistency.forwarding import MasterChoice, MasterForwarder
 
 GENERATE_STREAM = "GenerateStreamCall"
 BATCH_GENERATE = "BatchGenerateCall"
@@ -78,6 +82,7 @@ class Planned:
     req: RouteRequest | None = None
     prepared: _Prepared | None = None
     attempt: int = 1
+    master_choice: MasterChoice | None = None  # the decision came from the master: release it there too
 
 
 def _role_addr(w: WorkerState) -> pb.RoleAddrPB:
@@ -98,6 +103,8 @@ class Dispatcher:
         self._batcher: Batcher[_Waiting] | None = Batcher(batch) if batch is not None and batch.enabled else None
         self.max_attempts = 3  # first try + failovers
         self.max_in_flight = 0  # admission cap for the whole gateway (0: none)
+        self.forwarder: MasterForwarder | None = None  # enableGrpcPrefillMaster on a replica
+        self._tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         # prefillGenerateTimeoutMs: a first response message later than this fails over (None: no bound)
         self.first_message_timeout_s: float | None = None
@@ -160,8 +167,17 @@ class Dispatcher:
                            block_keys=keys, block_size_tokens=self.block_size_tokens)
         return _Prepared(inp, body, req, started_s)
 
-    def _route_prepared(self, prepared: _Prepared, attempt: int = 1) -> Planned:
-        lease = self._route(GENERATE_STREAM, prepared.req, pair=True)
+    def _route_prepared(self, prepared: _Prepared, attempt: int = 1,
+                        master_choice: MasterChoice | None = None) -> Planned:
+        if master_choice is not None:
+            try:
+                lease = self.router.route_to(prepared.req, master_choice.target, master_choice.decode)
+            except NoWorkerAvailable as exc:
+                raise Rejection(grpc.StatusCode.UNAVAILABLE, str(exc), "no_worker") from None
+            self.in_flight += 1
+            self.metrics.decisions.labels(lease.decision.strategy, "master").inc()
+        else:
+            lease = self._route(GENERATE_STREAM, prepared.req, pair=True)
         d = lease.decision
         body = prepared.body
         if d.decode is not None:
@@ -170,7 +186,7 @@ class Dispatcher:
             del inp.generate_config.role_addrs[:]
             inp.generate_config.role_addrs.extend([_role_addr(d.target), _role_addr(d.decode)])
             body = inp.SerializeToString()
-        return Planned(lease, body, GENERATE_STREAM, prepared.started_s, prepared.req, prepared, attempt)
+        return Planned(lease, body, GENERATE_STREAM, prepared.started_s, prepared.req, prepared, attempt, master_choice)
 
     def plan_generate(self, body: bytes) -> Planned:
         """Route a GenerateStreamCall now; in PD mode the request gets role_addrs = [PREFILL, DECODE]."""
@@ -188,6 +204,11 @@ class Dispatcher:
         except Rejection as rejection:
             done(rejection)
             return
+        if self.forwarder is not None and self.forwarder.should_forward():
+            task = asyncio.get_running_loop().create_task(self._forwarded(prepared, done, alive))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         if self._batcher is None:
             try:
                 done(self._route_prepared(prepared))
@@ -201,6 +222,29 @@ class Dispatcher:
         elif opening:
             loop = asyncio.get_running_loop()
             self._window_timer = loop.call_later(self._batcher.config.wait_ms / 1000.0, self._flush_window)
+
+    async def _forwarded(self, prepared: _Prepared, done: Callable[[Planned | Rejection], None],
+                         alive: Callable[[], bool]) -> None:
+        """Ask the master; on its answer reserve the same workers here, otherwise decide locally."""
+        assert self.forwarder is not None
+        choice = await self.forwarder.schedule(prepared.req.request_id, prepared.body)
+        if not alive():
+            if choice is not None:
+                self.forwarder.release(choice)
+            return
+        try:
+            if choice is not None:
+                try:
+                    planned = self._route_prepared(prepared, master_choice=choice)
+                except Rejection:
+                    self.forwarder.release(choice)
+                    planned = self._route_prepared(prepared)
+            else:
+                planned = self._route_prepared(prepared)
+        except Rejection as rejection:
+            done(rejection)
+            return
+        done(planned)
 
     def _flush_window(self) -> None:
         self._window_timer = None
@@ -296,6 +340,8 @@ class Dispatcher:
         if not lease.release():
             return
         self.in_flight -= 1
+        if planned.master_choice is not None and self.forwarder is not None:
+            self.forwarder.release(planned.master_choice)
         t = lease.decision.target
         self.metrics.requests.labels(planned.method, t.key, t.role.name, lease.decision.strategy, code_name).inc()
         self.metrics.latency.labels(planned.method).observe(time.monotonic() - planned.started_s)

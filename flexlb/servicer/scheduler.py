@@ -1,13 +1,24 @@
-"""FlexlbService: the routing decision alone, for callers that call the worker themselves."""
+"""FlexlbService: routing decisions for callers that talk to the worker themselves, and for replicas.
+
+A client's Schedule (forward_hop 0) is decision only: the worker is called directly, so the load
+is not held here. A replica's Schedule (forward_hop >= 1, see consistency/forwarding.py) keeps
+the load reserved on the master until the replica's Cancel says the relayed call ended (or a TTL
+passes), so the master's load view counts calls routed for other replicas. Those reservations are
+what Cancel and GetRequestState report on.
+"""
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 
+from flexlb.balancer.prefix import prompt_block_keys
 from flexlb.balancer.request import NoWorkerAvailable, RouteRequest
-from flexlb.balancer.router import Router
+from flexlb.balancer.router import Lease, Router
 from flexlb.balancer.workers import WorkerState
 from flexlb.metrics import Metrics
 from flexlb.pb import flexlb_schedule_service_pb2 as fpb
@@ -22,13 +33,24 @@ def _server_status(w: WorkerState) -> fpb.FlexlbServerStatusPB:
     return fpb.FlexlbServerStatusPB(role=a.role.name, server_ip=a.ip, http_port=a.http_port, grpc_port=a.grpc_port)
 
 
+@dataclass
+class _Reservation:
+    lease: Lease
+    request_id: int
+    expires_s: float
+
+
 class Scheduler:
     """Serves /FlexlbService/Schedule, Cancel and GetRequestState."""
 
-    def __init__(self, router: Router, metrics: Metrics, master_host: Callable[[], str] = lambda: "") -> None:
+    def __init__(self, router: Router, metrics: Metrics, master_host: Callable[[], str] = lambda: "",
+                 block_size_tokens: Callable[[], int] = lambda: 64, reservation_ttl_s: float = 600.0) -> None:
         self.router = router
         self.metrics = metrics
         self._master_host = master_host
+        self._block_size_tokens = block_size_tokens
+        self.reservation_ttl_s = reservation_ttl_s
+        self._reservations: OrderedDict[int, _Reservation] = OrderedDict()  # batch_id (lease seq) → load held
 
     @property
     def master_host(self) -> str:
@@ -58,60 +80,104 @@ class Scheduler:
             },
         )
 
-    async def schedule(
-        self, req: fpb.FlexlbScheduleRequestPB, context: grpc.aio.ServicerContext
-    ) -> fpb.FlexlbScheduleResponsePB:
-        """Choose worker(s) for a request described by seq_len / block keys / generate_input."""
+    def _fail(self, code: int, message: str) -> fpb.FlexlbScheduleResponsePB:
+        return fpb.FlexlbScheduleResponsePB(success=False, code=code, error_message=message,
+                                            real_master_host=self.master_host)
+
+    def route_request(self, req: fpb.FlexlbScheduleRequestPB) -> RouteRequest | fpb.FlexlbScheduleResponsePB:
+        """What to route, from client block keys or the serialized GenerateInputPB; or the error reply."""
         seq_len = req.seq_len
         max_new = req.max_new_tokens
+        block = self._block_size_tokens()
+        keys: tuple[int, ...] = ()
         if req.generate_input:
             try:
                 inp = pb.GenerateInputPB.FromString(req.generate_input)
+                n_tokens, key_list = prompt_block_keys(req.generate_input, block)
             except Exception:
-                return fpb.FlexlbScheduleResponsePB(
-                    success=False,
-                    code=INVALID_REQUEST,
-                    error_message="generate_input is not a GenerateInputPB",
-                    real_master_host=self.master_host,
-                )
-            seq_len = seq_len or len(inp.token_ids)
+                return self._fail(INVALID_REQUEST, "generate_input is not a serialized GenerateInputPB")
+            seq_len = seq_len or n_tokens
             max_new = max_new or inp.generate_config.max_new_tokens
+            keys = tuple(key_list)
+        if req.block_cache_keys and req.cache_key_block_size == block:
+            # the frontend's keys (RTP-LLM hash) are only comparable when cut with our block size
+            keys = tuple(req.block_cache_keys)
         if seq_len <= 0:
-            return fpb.FlexlbScheduleResponsePB(
-                success=False,
-                code=INVALID_REQUEST,
-                real_master_host=self.master_host,
-                error_message="seq_len (or generate_input.token_ids) is required",
-            )
+            return self._fail(INVALID_REQUEST, "seq_len (or generate_input.token_ids) is required")
+        return RouteRequest(req.request_id, seq_len, max_new, block_keys=keys, block_size_tokens=block)
+
+    async def schedule(
+        self, req: fpb.FlexlbScheduleRequestPB, context: grpc.aio.ServicerContext
+    ) -> fpb.FlexlbScheduleResponsePB:
+        """Choose worker(s); keep the load reserved when a replica asks (it relays the call itself)."""
+        route = self.route_request(req)
+        if isinstance(route, fpb.FlexlbScheduleResponsePB):
+            return route
         try:
-            lease = self.router.route(RouteRequest(req.request_id, seq_len, max_new))
+            lease = self.router.route(route)
         except NoWorkerAvailable as exc:
-            return fpb.FlexlbScheduleResponsePB(
-                success=False,
-                code=_NO_WORKER_CODE.get(exc.role, 8402),
-                error_message=str(exc),
-                real_master_host=self.master_host,
-            )
-        # decision only: the caller talks to the worker itself, so no load stays reserved here
-        lease.release()
+            return self._fail(_NO_WORKER_CODE.get(exc.role, 8402), str(exc))
         d = lease.decision
         self.metrics.decisions.labels(d.strategy, d.reason).inc()
+        lifecycle = fpb.RequestLifecyclePB(request_id=req.request_id, batch_id=lease.seq)
+        if req.forward_hop >= 1:
+            self._expire()
+            expires = time.monotonic() + self.reservation_ttl_s
+            self._reservations[lease.seq] = _Reservation(lease, req.request_id, expires)
+            lifecycle.state = fpb.REQUEST_STATE_DISPATCHING
+        else:
+            lease.release()  # decision only: the caller talks to the worker itself
+            lifecycle.state = fpb.REQUEST_STATE_COMPLETED
         chosen = [d.target] if d.decode is None else [d.target, d.decode]
         return fpb.FlexlbScheduleResponsePB(
-            success=True,
-            code=200,
-            server_status=[_server_status(w) for w in chosen],
-            real_master_host=self.master_host,
+            success=True, code=200, server_status=[_server_status(w) for w in chosen],
+            real_master_host=self.master_host, lifecycle=lifecycle,
         )
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._reservations:
+            seq, r = next(iter(self._reservations.items()))
+            if r.expires_s > now:
+                break
+            del self._reservations[seq]
+            r.lease.release()
+
+    def _find(self, request_id: int, batch_id: int) -> tuple[int, _Reservation] | None:
+        if batch_id and batch_id in self._reservations:
+            r = self._reservations[batch_id]
+            return (batch_id, r) if r.request_id == request_id or not request_id else None
+        for seq, r in self._reservations.items():
+            if r.request_id == request_id:
+                return seq, r
+        return None
 
     async def cancel(
         self, req: fpb.FlexlbCancelRequestPB, context: grpc.aio.ServicerContext
     ) -> fpb.FlexlbCancelResponsePB:
-        """Nothing is queued by a decision-only Schedule, so there is never anything to cancel."""
-        return fpb.FlexlbCancelResponsePB(found=False)
+        """The call a reservation was for has ended (or was abandoned): give its load back."""
+        self._expire()
+        found = self._find(req.request_id, req.batch_id)
+        if found is None:
+            return fpb.FlexlbCancelResponsePB(found=False)
+        seq, r = found
+        del self._reservations[seq]
+        r.lease.release()
+        return fpb.FlexlbCancelResponsePB(found=True, lifecycle=fpb.RequestLifecyclePB(
+            request_id=r.request_id, batch_id=seq, state=fpb.REQUEST_STATE_CANCELLED))
 
     async def get_request_state(
         self, req: fpb.GetRequestStateRequestPB, context: grpc.aio.ServicerContext
     ) -> fpb.GetRequestStateResponsePB:
-        """Decision-only scheduling keeps no per-request state."""
-        return fpb.GetRequestStateResponsePB(found=False)
+        """Whether a reserved decision is still held here."""
+        self._expire()
+        found = self._find(req.request_id, req.batch_id)
+        if found is None:
+            return fpb.GetRequestStateResponsePB(found=False)
+        seq, r = found
+        return fpb.GetRequestStateResponsePB(found=True, lifecycle=fpb.RequestLifecyclePB(
+            request_id=r.request_id, batch_id=seq, state=fpb.REQUEST_STATE_DISPATCHING))
+
+    def reserved(self) -> int:
+        """Decisions held for replicas right now."""
+        return len(self._reservations)
