@@ -28,6 +28,7 @@ from flexlb.balancer.ttft import TtftModel, TtftPriors
 from flexlb.balancer.workers import Cluster, Role
 from flexlb.config import NOT_ACTED_ON, KvCacheMode, Settings, masked
 from flexlb.consistency.election import ElectionConfig, Identity
+from flexlb.consistency.forwarding import MasterForwarder
 from flexlb.consistency.service import Consistency
 from flexlb.h2.edge import Edge, EdgeLimits
 from flexlb.metrics import Metrics
@@ -264,6 +265,9 @@ class Gateway:
             self.snapshot,
         )
         self.admin.add_routes(ConsistencyRoutes(self.consistency, self.master_info).register)
+        if self.settings.master.enable_grpc_prefill_master:
+            timeout_s = max(self.settings.master.prefill_lb_timeout_ms, 1) / 1000.0
+            self.dispatcher.forwarder = MasterForwarder(self.consistency, timeout_s, self.metrics)
         if not c.admin_token:
             log.warning(
                 "no admin token (FLEXLB_ADMIN_TOKEN / --admin-token): consistency endpoints accept "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import aiohttp
 import pytest
 
@@ -130,3 +132,51 @@ async def test_zookeeper_outage_never_stops_traffic(gateways, mock_workers, chan
         await wait_for(lambda: gw.consistency.is_master, timeout_s=15, what="the election resuming")
     finally:
         zk.destroy()
+
+
+async def test_replicas_route_through_the_master(zookeeper, gateways, mock_workers, channels) -> None:
+    workers = [await mock_workers() for _ in range(4)]
+    addrs = [worker_addr(w) for w in workers]
+    forwarding = {"enable_grpc_prefill_master": True, "prefill_lb_timeout_ms": 2000, "health_check_interval_ms": 0}
+    replicas = [await gateways(addrs, strategy="ROUND_ROBIN", master=forwarding, consistency=_ha(zookeeper, "fwd"))
+                for _ in range(3)]
+    await wait_for(lambda: _agreed(replicas), timeout_s=10, what="a master")
+    master = _masters(replicas)[0]
+    stubs = [stream_stub(channels(gw.grpc_port)) for gw in replicas]
+    for i in range(60):  # spread over the three replicas: the master's one round-robin decides for all
+        assert len([m async for m in stubs[i % 3](generate_input(4200 + i), timeout=10)]) == 8
+    counts = [w.calls_received for w in workers]
+    assert max(counts) <= 1.2 * min(counts), counts  # as even as one gateway alone (15 each)
+    forwarded = sum(s.value for gw in replicas if gw is not master
+                    for s in gw.metrics.forwards.collect()[0].samples
+                    if s.name.endswith("_total") and s.labels["result"] == "ok")
+    assert forwarded == 40  # every call on the two non-masters was decided by the master
+    await wait_for(lambda: master.scheduler.reserved() == 0, what="the master's reservations released by Cancel")
+    assert all(w.in_flight == 0 for gw in replicas for w in gw.cluster.all())
+
+
+async def test_forwarding_falls_back_locally_in_time(zookeeper, gateways, mock_workers, channels) -> None:
+    import asyncio
+
+    # a master that accepts connections but never answers: forwarding must give up after prefillLbTimeoutMs
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    silent_port = silent.sockets[0].getsockname()[1]
+    try:
+        workers = [worker_addr(await mock_workers())]
+        forwarding = {"enable_grpc_prefill_master": True, "prefill_lb_timeout_ms": 300}
+        replicas = [await gateways(workers, master=forwarding, consistency=_ha(zookeeper, "fallback"))
+                    for _ in range(2)]
+        await wait_for(lambda: _agreed(replicas), timeout_s=10, what="a master")
+        follower = next(gw for gw in replicas if not gw.consistency.is_master)
+        st = follower.consistency.state
+        assert st.master is not None
+        st.master = dataclasses.replace(st.master, grpc_host_port=f"127.0.0.1:{silent_port}")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert len([m async for m in stream_stub(channels(follower.grpc_port))(generate_input(4300), timeout=10)]) == 8
+        assert 0.3 <= loop.time() - t0 < 2.0  # waited for the master up to its bound, then routed locally
+        results = {s.labels["result"]: s.value for s in follower.metrics.forwards.collect()[0].samples
+                   if s.name.endswith("_total")}
+        assert results.get("deadline_exceeded") == 1
+    finally:
+        silent.close()
