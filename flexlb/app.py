@@ -70,7 +70,8 @@ class Gateway:
             make_strategy(m.decode_load_balance_strategy),
             rng=random.Random(seed),
             clock=time.monotonic,
-            ttft=TtftModel(TtftPriors()),
+            ttft=TtftModel(TtftPriors(base_ms=m.ttft_prior_base_ms,
+                                      ms_per_uncached_token=m.ttft_prior_us_per_token / 1000.0)),
             index=index,
             outliers=OutlierDetector(
                 OutlierConfig(

@@ -60,6 +60,8 @@ class MasterConfig:
     prefill_lb_timeout_ms: int = 5000
     prefix_index_capacity_blocks: int = 100_000  # per worker, LOCAL_STATIC record
     prefix_index_ttl_s: float = 600.0
+    ttft_prior_base_ms: float = 20.0  # TTFT model's starting prefill cost per request
+    ttft_prior_us_per_token: float = 100.0  # and per uncached prompt token (microseconds)
     health_check_interval_ms: int = 1000  # 0 disables active checks
     health_check_timeout_ms: int = 500
     outlier_consecutive_failures: int = 3
@@ -210,6 +212,8 @@ def parse_master(raw: Mapping[str, Any], name: str = "WHALE_MASTER_CONFIG") -> M
         ("outlierMaxEjectedPercent", "outlier_max_ejected_percent", 0),
         ("maxInFlight", "max_in_flight", 0),
         ("maxInFlightPerWorker", "max_in_flight_per_worker", 0),
+        ("ttftPriorBaseMs", "ttft_prior_base_ms", 0),
+        ("ttftPriorUsPerToken", "ttft_prior_us_per_token", 0),
     ):
         if key in raw:
             kw[attr] = _int(p + key, raw[key], minimum)

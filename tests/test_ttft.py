@@ -211,3 +211,17 @@ def test_coefficients_never_negative_and_finite(obs: list[tuple[int, int, float]
         theta = m.worker("w").theta
         assert all(v >= 0.0 and math.isfinite(v) for v in theta)
         assert m.worker("w").prefill_ms(u, x) >= 0.0
+
+
+def test_learns_a_much_faster_worker_after_only_tiny_prompts_first() -> None:
+    # priors 10x too slow (a worker 10x faster than assumed); the first calls carry tiny prompts
+    model = TtftModel(TtftPriors(base_ms=20.0, ms_per_uncached_token=0.1))
+    truth = (2.0, 0.01)
+    for u in (5, 8, 3, 10, 6):
+        model.observe("w", u, 0, truth[0] + truth[1] * u, None, 0.0)
+    rng = random.Random(9)
+    for _ in range(60):
+        u = rng.randint(2_000, 40_000)
+        model.observe("w", u, 0, truth[0] + truth[1] * u, None, 0.0)
+    b = model.worker("w").theta[1]
+    assert b == pytest.approx(truth[1], rel=0.2), b

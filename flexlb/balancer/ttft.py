@@ -139,14 +139,20 @@ class TtftModel:
         px = [sum(p[i][j] * x[j] for j in range(3)) for i in range(3)]
         denom = lam + sum(x[i] * px[i] for i in range(3))
         residual = prefill_ms - sum(th[i] * x[i] for i in range(3))
-        # robust (Huber): a surprise larger than 3x the typical residual moves the fit only that far
-        limit = max(self.priors.huber_ms, 3.0 * w.residual_scale_ms) if w.residual_scale_ms else math.inf
+        # robust (Huber): a surprise larger than 3x the typical residual moves the fit only that far.
+        # The bound never drops below half the observation itself, so a model that first saw only tiny
+        # prompts can still learn from the first long one instead of clipping it to a few ms.
+        limit = math.inf
+        if w.residual_scale_ms:
+            limit = max(self.priors.huber_ms, 3.0 * w.residual_scale_ms, 0.5 * prefill_ms)
         clipped = max(-limit, min(limit, residual))
         w.residual_scale_ms += (0.05 if w.residual_scale_ms else 1.0) * (abs(clipped) - w.residual_scale_ms)
-        residual = clipped
         gain = [v / denom for v in px]
-        w.theta = [th[i] + gain[i] * residual for i in range(3)]
-        w.p = [[(p[i][j] - gain[i] * px[j]) / lam for j in range(3)] for i in range(3)]
+        w.theta = [th[i] + gain[i] * clipped for i in range(3)]
+        if clipped == residual:
+            # only an observation taken at face value makes the fit surer of itself; a clipped one
+            # leaves the covariance alone, or the model would lock onto a wrong slope
+            w.p = [[(p[i][j] - gain[i] * px[j]) / lam for j in range(3)] for i in range(3)]
         if any(w.p[i][i] > self._p_cap[i] for i in range(3)):
             # forgetting inflates directions the data never excites (e.g. no cache hits): start over there
             w.p = [row[:] for row in self._p0]
