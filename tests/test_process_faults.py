@@ -107,3 +107,73 @@ async def test_sigterm_drains_in_flight_streams_and_exits_zero(channels) -> None
     finally:
         for p in procs:
             await stop(p, signal.SIGKILL)
+
+
+async def test_master_sigkill_new_master_in_time_and_no_failed_calls(zookeeper, channels) -> None:
+    import aiohttp
+
+    zk_timeout_ms = 2000
+    env = {
+        "WHALE_SYNC_LB_CONSISTENCY_CONFIG": json.dumps({"needConsistency": True, "masterElectType": "ZOOKEEPER",
+                                                        "zookeeperConfig": {"zkHost": zookeeper.hosts,
+                                                                            "zkTimeoutMs": zk_timeout_ms}}),
+        "HIPPO_ROLE": "sigkill", "FLEXLB_ADMIN_TOKEN": "t0ken",
+    }
+    procs: list[Proc] = []
+    try:
+        worker = await spawn("mock-worker", "--port", "0")
+        procs.append(worker)
+        replicas = [await spawn("serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+                                "--worker", f"127.0.0.1:{worker.port}", "--log-level", "WARNING", env=env)
+                    for _ in range(3)]
+        procs += replicas
+
+        async def masters_named(http: aiohttp.ClientSession, who: list[Proc]) -> set[str | None]:
+            names = set()
+            for r in who:
+                async with http.post(f"http://127.0.0.1:{r.admin_port}/rtp_llm/master/info", json={}) as resp:
+                    names.add((await resp.json())["real_master_host"])
+            return names
+
+        async with aiohttp.ClientSession() as http:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 15
+            while True:
+                names = await masters_named(http, replicas)
+                if len(names) == 1 and None not in names:
+                    break
+                assert loop.time() < deadline, f"replicas never agreed on a master: {names}"
+                await asyncio.sleep(0.1)  # polling interval while waiting for agreement
+            master_host = names.pop()
+            master = next(r for r in replicas if master_host == f"127.0.0.1:{r.admin_port}")
+            survivors = [r for r in replicas if r is not master]
+            failures: list[str] = []
+            stop_calls = asyncio.Event()
+
+            async def client(r: Proc, n: int) -> None:
+                stub = stream_stub(channels(r.port, **{"grpc.channel_id": n}))
+                i = 0
+                while not stop_calls.is_set():
+                    i += 1
+                    try:
+                        assert len([m async for m in stub(generate_input(6000 + n * 10000 + i), timeout=10)]) == 8
+                    except (grpc.aio.AioRpcError, AssertionError) as exc:
+                        failures.append(repr(exc))
+
+            clients = [asyncio.create_task(client(r, n)) for n, r in enumerate(survivors)]
+            master.proc.kill()
+            killed_at = loop.time()
+            while True:
+                names = await masters_named(http, survivors)
+                if len(names) == 1 and None not in names and master_host not in names:
+                    break
+                assert loop.time() - killed_at < zk_timeout_ms / 1000 + 2, f"no new master in time: {names}"
+                await asyncio.sleep(0.05)
+            switched_after = loop.time() - killed_at
+            stop_calls.set()
+            await asyncio.gather(*clients)
+        assert switched_after <= zk_timeout_ms / 1000 + 2
+        assert failures == []
+    finally:
+        for p in procs:
+            await stop(p, signal.SIGKILL)
