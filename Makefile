@@ -7,7 +7,7 @@ BUF    := .tools/node_modules/.bin/buf
 ZK_JAR := /usr/share/java/zookeeper.jar
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: venv tools zookeeper proto lint test test-fast demo bench-relay clean
+.PHONY: venv tools zookeeper proto lint test test-fast demo demo-ha bench-relay clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml setup.py flexlb/balancer/_blockhash.c
@@ -44,6 +44,9 @@ test-fast: venv
 
 demo: venv
 	$(BIN)/flexlb demo
+
+demo-ha: venv zookeeper
+	$(BIN)/flexlb demo-ha
 
 bench-relay: venv
 	$(BIN)/python bench/relay.py --seconds 5 --repeat 3 --out docs/benchmarks.md

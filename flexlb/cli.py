@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--noise", type=float, default=0.0, help="lognormal sigma on prefill times")
     sim.add_argument("--json", action="store_true", help="print one JSON object (per strategy: one per line)")
     sim.add_argument("--plot", default=None, help="write TTFT CDFs to this PNG (needs matplotlib)")
+    sub.add_parser("demo-ha", help="three replicas on a local ZooKeeper: traffic, master SIGKILL, new master")
     demo = sub.add_parser("demo", help="start a PD set of mock workers and a gateway, send traffic, report")
     demo.add_argument("--requests", type=int, default=400)
     demo.add_argument("--concurrency", type=int, default=32)
@@ -205,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from flexlb.sim.report import run_sim_cli
 
         return run_sim_cli(args)
+    if args.command == "demo-ha":
+        from flexlb.demo_ha import run_demo_ha
+
+        return run_demo_ha()
     from flexlb.demo import run_demo
 
     return run_demo(args.requests, args.concurrency)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import re
 import signal
@@ -19,7 +20,7 @@ import grpc
 from flexlb.pb import model_rpc_service_pb2 as pb
 
 _READY = re.compile(r"listening on [\d.]+:(\d+)")
-_GATEWAY_READY = re.compile(r"grpc [\d.]+:(\d+) admin [\d.]+:(\d+)")
+GATEWAY_READY = re.compile(r"grpc [\d.]+:(\d+) admin [\d.]+:(\d+)")
 
 
 @dataclass
@@ -31,13 +32,14 @@ class Proc:
     ready_line: str
 
 
-async def spawn(name: str, *args: str, timeout_s: float = 20.0) -> Proc:
+async def spawn(name: str, *args: str, timeout_s: float = 20.0, env: dict[str, str] | None = None) -> Proc:
     """Start `python -m flexlb ARGS` and wait for its readiness line on stdout."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "flexlb",
         *args,
+        env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -177,7 +179,7 @@ async def demo(requests: int, concurrency: int) -> int:
             args += ["--decode", f"127.0.0.1:{port}"]
         gw = await spawn("gateway", *args)
         procs.append(gw)
-        m = _GATEWAY_READY.search(gw.ready_line)
+        m = GATEWAY_READY.search(gw.ready_line)
         assert m, gw.ready_line
         grpc_port, admin_port = int(m.group(1)), int(m.group(2))
         print(f"gateway: gRPC 127.0.0.1:{grpc_port}  admin http://127.0.0.1:{admin_port}/actuator/info")

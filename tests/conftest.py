@@ -16,10 +16,10 @@ from flexlb.app import Gateway
 from flexlb.balancer.request import Deploy
 from flexlb.balancer.workers import Role, WorkerAddr
 from flexlb.config import ConsistencyConfig, MasterConfig, ServerConfig, Settings
+from flexlb.consistency.local_zookeeper import ZooKeeper
 from flexlb.pb import model_rpc_service_pb2 as pb
 from flexlb.sim.engine import EngineParams
 from flexlb.sim.mock_worker import Faults, MockWorker, MockWorkerConfig
-from tests.zookeeper import ZooKeeper
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 

@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 
 from flexlb.config import ConsistencyConfig
+from flexlb.consistency.local_zookeeper import ZooKeeper
 from tests.conftest import generate_input, stream_stub, wait_for, worker_addr
-from tests.zookeeper import ZooKeeper
 
 # HA does not depend on the relay engine: one engine is enough here
 pytestmark = pytest.mark.parametrize("gateways", ["h2"], indirect=True)

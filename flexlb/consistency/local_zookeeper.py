@@ -1,4 +1,4 @@
-"""A real ZooKeeper server (Debian's package) for tests: free loopback port, temp data dir, stopped after."""
+"""A standalone ZooKeeper (Debian's package) on a free loopback port with its own data dir: for tests and demo-ha."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class ZooKeeper:
 
     def __init__(self) -> None:
         if not ZK_JAR.exists() or shutil.which("java") is None:
-            raise AssertionError("ZooKeeper is not installed: `make zookeeper` installs Debian's package")
+            raise RuntimeError("ZooKeeper is not installed: `make zookeeper` installs Debian's package")
         self.dir = Path(tempfile.mkdtemp(prefix="flexlb-zk-"))
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -62,7 +62,7 @@ class ZooKeeper:
         while four_letter(self.port, "ruok") != "imok":
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise AssertionError(f"ZooKeeper did not start on port {self.port}")
+                raise RuntimeError(f"ZooKeeper did not start on port {self.port}")
             time.sleep(0.05)
 
     def stop(self) -> None:
