@@ -196,3 +196,38 @@ async def test_schedule_returns_a_pd_pair(mock_workers, gateways, channels) -> N
     bad = await schedule(fpb.FlexlbScheduleRequestPB(request_id=10), timeout=5)
     assert not bad.success and bad.code == 8406
     await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="decision-only leaves no load")
+
+
+async def test_schedule_reservations_for_replicas_and_client_block_keys(mock_workers, gateways, channels) -> None:
+    from flexlb.balancer.prefix import block_keys
+
+    ws = [await mock_workers() for _ in range(3)]
+    gw = await gateways([worker_addr(w) for w in ws], strategy="COST_BASED_PREFILL",
+                        master={"static_cache_block_size": 16})
+    ch = channels(gw.grpc_port)
+
+    def unary(method: str, req_cls, resp_cls):  # type: ignore[no-untyped-def]
+        return ch.unary_unary(f"/FlexlbService/{method}", request_serializer=req_cls.SerializeToString,
+                              response_deserializer=resp_cls.FromString)
+
+    schedule = unary("Schedule", fpb.FlexlbScheduleRequestPB, fpb.FlexlbScheduleResponsePB)
+    state = unary("GetRequestState", fpb.GetRequestStateRequestPB, fpb.GetRequestStateResponsePB)
+    cancel = unary("Cancel", fpb.FlexlbCancelRequestPB, fpb.FlexlbCancelResponsePB)
+    # a replica's request (forward_hop 1): the load stays reserved until its Cancel
+    reply = await schedule(fpb.FlexlbScheduleRequestPB(request_id=77, seq_len=500, forward_hop=1), timeout=5)
+    assert reply.success and reply.lifecycle.state == fpb.REQUEST_STATE_DISPATCHING
+    assert gw.cluster.total_in_flight() == 1
+    found = await state(fpb.GetRequestStateRequestPB(request_id=77), timeout=5)
+    assert found.found and found.lifecycle.batch_id == reply.lifecycle.batch_id
+    done = await cancel(fpb.FlexlbCancelRequestPB(request_id=77, batch_id=reply.lifecycle.batch_id), timeout=5)
+    assert done.found and done.lifecycle.state == fpb.REQUEST_STATE_CANCELLED
+    assert gw.cluster.total_in_flight() == 0
+    assert not (await state(fpb.GetRequestStateRequestPB(request_id=77), timeout=5)).found
+    # client-computed block keys (RTP-LLM hash, our block size): the same prefix goes where it went before
+    tokens = list(range(1, 2001))
+    keys = block_keys(tokens, 16)
+    first = await schedule(fpb.FlexlbScheduleRequestPB(request_id=78, seq_len=2000, block_cache_keys=keys,
+                                                       cache_key_block_size=16), timeout=5)
+    again = await schedule(fpb.FlexlbScheduleRequestPB(request_id=79, seq_len=2000, block_cache_keys=keys,
+                                                       cache_key_block_size=16), timeout=5)
+    assert first.server_status[0].grpc_port == again.server_status[0].grpc_port

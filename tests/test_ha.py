@@ -61,7 +61,12 @@ async def test_master_leaving_hands_over_quickly(zookeeper, gateways, mock_worke
     rest = [gw for gw in replicas if gw is not old]
     await old.stop(grace_s=0)  # its session closes with it: the node goes at once
     await wait_for(lambda: _agreed(rest), timeout_s=2 + 2, what="a new master named by both survivors")
-    assert _masters(rest)[0] is not old
+    new = _masters(rest)[0]
+    assert new is not old
+    # the new master told the other survivor at once (notifyMaster), not only through the watch
+    await wait_for(lambda: new.consistency.notifications_sent >= 1, what="the take-over notification")
+    other = next(gw for gw in rest if gw is not new)
+    assert other.consistency.notifications_received >= 1
 
 
 async def test_consistency_endpoints_guard_and_answer(zookeeper, gateways, mock_workers, channels) -> None:
