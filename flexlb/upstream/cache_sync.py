@@ -8,7 +8,6 @@ CACHE_STATUS_MIN/MAX_INTERVAL_MS defaults: 50 ms and 3 s). Only a changed versio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from flexlb import wire
 from flexlb.balancer.prefix_index import PrefixIndex
 from flexlb.balancer.workers import WorkerAddr
 from flexlb.pb import model_rpc_service_pb2 as pb
+from flexlb.upstream.pollers import WorkerPollers
 
 log = logging.getLogger("flexlb.cache_sync")
 
@@ -55,29 +55,18 @@ class CacheSync:
         self.config = config
         self.views = {w.key: WorkerCacheView() for w in workers}
         self._on_block_size = on_block_size
-        self._tasks: list[asyncio.Task[None]] = []
-        self._channels: list[grpc.aio.Channel] = []
+        self._pollers = WorkerPollers("cache-sync")
 
     def start(self) -> None:
         """One named polling task per worker."""
-        for w in self.workers:
-            ch = grpc.aio.insecure_channel(w.key)
-            self._channels.append(ch)
-            call = ch.unary_unary(wire.GET_CACHE_STATUS, request_serializer=pb.CacheVersionPB.SerializeToString,
-                                  response_deserializer=pb.CacheStatusPB.FromString)
-            self._tasks.append(asyncio.create_task(self._poll(w, call), name=f"cache-sync {w.key}"))
+        by_key = {w.key: w for w in self.workers}
+        self._pollers.start(list(by_key), lambda key, ch: self._poll(by_key[key], ch.unary_unary(
+            wire.GET_CACHE_STATUS, request_serializer=pb.CacheVersionPB.SerializeToString,
+            response_deserializer=pb.CacheStatusPB.FromString)))
 
     async def stop(self) -> None:
         """Cancel the pollers and close their channels."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        for ch in self._channels:
-            await ch.close()
-        self._tasks.clear()
-        self._channels.clear()
+        await self._pollers.stop()
 
     async def _poll(self, worker: WorkerAddr, call: grpc.aio.UnaryUnaryMultiCallable) -> None:
         view = self.views[worker.key]

@@ -10,7 +10,6 @@ answer whose status_version went backwards is ignored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from flexlb import wire
 from flexlb.balancer.health import OutlierDetector
 from flexlb.balancer.workers import Cluster, WorkerState
 from flexlb.pb import model_rpc_service_pb2 as pb
+from flexlb.upstream.pollers import WorkerPollers
 
 log = logging.getLogger("flexlb.health")
 
@@ -57,28 +57,18 @@ class HealthChecker:
         self.cluster = cluster
         self.outliers = outliers
         self.config = config
-        self._tasks: list[asyncio.Task[None]] = []
-        self._channels: list[grpc.aio.Channel] = []
+        self._pollers = WorkerPollers("health")
         self.probes = 0
 
     def start(self) -> None:
         """One named probing task per worker."""
-        for w in self.cluster.all():
-            ch = grpc.aio.insecure_channel(w.key, options=channel_options(self.config.interval_s))
-            self._channels.append(ch)
-            self._tasks.append(asyncio.create_task(self._run(w, ch), name=f"health {w.key}"))
+        by_key = {w.key: w for w in self.cluster.all()}
+        self._pollers.start(list(by_key), lambda key, ch: self._run(by_key[key], ch),
+                            channel_options(self.config.interval_s))
 
     async def stop(self) -> None:
         """Cancel the probes and close their channels."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        for ch in self._channels:
-            await ch.close()
-        self._tasks.clear()
-        self._channels.clear()
+        await self._pollers.stop()
 
     async def _run(self, w: WorkerState, ch: grpc.aio.Channel) -> None:
         check = ch.unary_unary(_HEALTH_CHECK, request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
