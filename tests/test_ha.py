@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import aiohttp
 import pytest
 
@@ -171,25 +169,33 @@ async def test_replicas_route_through_the_master(zookeeper, gateways, mock_worke
 async def test_forwarding_falls_back_locally_in_time(zookeeper, gateways, mock_workers, channels) -> None:
     import asyncio
 
-    # a master that accepts connections but never answers: forwarding must give up after prefillLbTimeoutMs
+    from kazoo.client import KazooClient
+
+    from flexlb.consistency.election import Identity
+
+    # a hung master: it holds the lowest election node and accepts connections but never answers
     silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     silent_port = silent.sockets[0].getsockname()[1]
+    zk = KazooClient(hosts=zookeeper.hosts)
+    zk.start(timeout=10)
     try:
+        hung = Identity("hung-master", "127.0.0.1:1", f"127.0.0.1:{silent_port}")
+        zk.create("/whale-master/master_lb_leader/fallback/n_", hung.to_json(), ephemeral=True, sequence=True,
+                  makepath=True)
         workers = [worker_addr(await mock_workers())]
         forwarding = {"enable_grpc_prefill_master": True, "prefill_lb_timeout_ms": 300}
-        replicas = [await gateways(workers, master=forwarding, consistency=_ha(zookeeper, "fallback"))
-                    for _ in range(2)]
-        await wait_for(lambda: _agreed(replicas), timeout_s=10, what="a master")
-        follower = next(gw for gw in replicas if not gw.consistency.is_master)
-        st = follower.consistency.state
-        assert st.master is not None
-        st.master = dataclasses.replace(st.master, grpc_host_port=f"127.0.0.1:{silent_port}")
+        replica = await gateways(workers, master=forwarding, consistency=_ha(zookeeper, "fallback"))
+        st = replica.consistency.state
+        await wait_for(lambda: st.master == hung and len(st.participants) == 2, timeout_s=10,
+                       what="the hung master seen as master")
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        assert len([m async for m in stream_stub(channels(follower.grpc_port))(generate_input(4300), timeout=10)]) == 8
+        assert len([m async for m in stream_stub(channels(replica.grpc_port))(generate_input(4300), timeout=10)]) == 8
         assert 0.3 <= loop.time() - t0 < 2.0  # waited for the master up to its bound, then routed locally
-        results = {s.labels["result"]: s.value for s in follower.metrics.forwards.collect()[0].samples
+        results = {s.labels["result"]: s.value for s in replica.metrics.forwards.collect()[0].samples
                    if s.name.endswith("_total")}
         assert results.get("deadline_exceeded") == 1
     finally:
+        zk.stop()
+        zk.close()
         silent.close()
