@@ -15,9 +15,7 @@ import json
 import os
 import platform
 import random
-import re
 import signal
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -28,32 +26,12 @@ import grpc
 # bench/ is the script's own directory, so its helpers import directly
 from docs_section import update_section
 
+from flexlb.launch import Proc, spawn, stop, stop_all
 from flexlb.pb import model_rpc_service_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_PORTS = re.compile(r"(?:listening on [\d.]+:|grpc [\d.]+:)(\d+)(?:.*admin [\d.]+:(\d+))?")
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
-
-
-async def spawn(*args: str, env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process, int, int | None]:
-    """Start `python -m flexlb ARGS` and read its ports from the readiness line."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "flexlb",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "GRPC_VERBOSITY": "ERROR", **(env or {})},
-    )
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-    m = _PORTS.search(line)
-    if not m:
-        proc.kill()
-        raise RuntimeError(f"no readiness line: {line!r}")
-    return proc, int(m.group(1)), int(m.group(2)) if m.group(2) else None
 
 
 def rss_mib(pid: int) -> float:
@@ -74,20 +52,20 @@ def info(admin_port: int) -> dict[str, Any]:
 async def soak(a: argparse.Namespace) -> dict[str, Any]:
     """Run the soak and return its figures."""
     rng = random.Random(a.seed)
-    workers: list[tuple[asyncio.subprocess.Process, int]] = []
-    gateway = None
+    workers: list[Proc] = []
+    gateway: Proc | None = None
     counts = {"ok": 0, "failed_before_first_message": 0, "cut_mid_stream": 0}
     codes: dict[str, int] = {}
     kills = 0
     try:
         for _ in range(a.workers):
-            proc, port, _ = await spawn("mock-worker", "--port", "0", "--time-scale", str(a.time_scale))
-            workers.append((proc, port))
+            workers.append(await spawn("mock-worker", "--port", "0", "--time-scale", str(a.time_scale)))
         args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--log-level", "WARNING"]
-        for _, port in workers:
-            args += ["--worker", f"127.0.0.1:{port}"]
+        for w in workers:
+            args += ["--worker", f"127.0.0.1:{w.port}"]
         cfg = {"healthCheckIntervalMs": 500, "healthCheckTimeoutMs": 200, "prefillGenerateTimeoutMs": 5000}
-        gateway, gw_port, admin_port = await spawn(*args, env={"WHALE_MASTER_CONFIG": json.dumps(cfg)})
+        gateway = await spawn(*args, env={"WHALE_MASTER_CONFIG": json.dumps(cfg)})
+        gw_port, admin_port = gateway.port, gateway.admin_port
         assert admin_port is not None
         stop_at = time.monotonic() + a.seconds
         channels = [
@@ -127,18 +105,16 @@ async def soak(a: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(min(a.kill_every, a.seconds / 3))
             while time.monotonic() < stop_at - a.down_for - 5:
                 idx = rng.randrange(len(workers))
-                proc, port = workers[idx]
-                proc.kill()
-                await proc.wait()
+                port = workers[idx].port
+                await stop(workers[idx], signal.SIGKILL)
                 kills += 1
                 await asyncio.sleep(a.down_for)
-                new_proc, _, _ = await spawn("mock-worker", "--port", str(port), "--time-scale", str(a.time_scale))
-                workers[idx] = (new_proc, port)
+                workers[idx] = await spawn("mock-worker", "--port", str(port), "--time-scale", str(a.time_scale))
                 await asyncio.sleep(a.kill_every)
 
         callers = [asyncio.create_task(caller(i)) for i in range(a.concurrency)]
         await asyncio.sleep(min(10.0, a.seconds / 6))  # warm-up before the first RSS reading
-        rss_start = rss_mib(gateway.pid)
+        rss_start = rss_mib(gateway.proc.pid)
         await asyncio.gather(chaos(), *callers)
         for c in channels:
             await c.close()
@@ -147,7 +123,7 @@ async def soak(a: argparse.Namespace) -> dict[str, Any]:
         while in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
             in_flight = sum(w["in_flight"] for w in info(admin_port)["workers"])
-        rss_end = rss_mib(gateway.pid)
+        rss_end = rss_mib(gateway.proc.pid)
         return {
             "seconds": a.seconds,
             "concurrency": a.concurrency,
@@ -160,17 +136,9 @@ async def soak(a: argparse.Namespace) -> dict[str, Any]:
             "in_flight_end": in_flight,
         }
     finally:
-        for proc, _ in workers:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        if gateway is not None and gateway.returncode is None:
-            gateway.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(gateway.wait(), 30)
-            except TimeoutError:
-                gateway.kill()
-                await gateway.wait()
+        await stop_all(workers, signal.SIGKILL)
+        if gateway is not None:
+            await stop(gateway, timeout_s=30)
 
 
 def main() -> None:

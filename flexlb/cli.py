@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start a PD set of mock workers and a gateway, send traffic, report")
     demo.add_argument("--requests", type=int, default=400)
     demo.add_argument("--concurrency", type=int, default=32)
+    demo.add_argument("--strategy", default=None, help="prefill strategy (default: the gateway's default)")
     return parser
 
 
@@ -212,4 +213,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo_ha()
     from flexlb.demo import run_demo
 
-    return run_demo(args.requests, args.concurrency)
+    return run_demo(args.requests, args.concurrency, args.strategy)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import random
-import re
-import signal
 import statistics
 import sys
 import time
@@ -17,55 +13,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from flexlb.launch import Proc, spawn, stop_all
 from flexlb.pb import model_rpc_service_pb2 as pb
-
-_READY = re.compile(r"listening on [\d.]+:(\d+)")
-GATEWAY_READY = re.compile(r"grpc [\d.]+:(\d+) admin [\d.]+:(\d+)")
-
-
-@dataclass
-class Proc:
-    """A child process and what it printed when it became ready."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    ready_line: str
-
-
-async def spawn(name: str, *args: str, timeout_s: float = 20.0, env: dict[str, str] | None = None) -> Proc:
-    """Start `python -m flexlb ARGS` and wait for its readiness line on stdout."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "flexlb",
-        *args,
-        env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
-    except TimeoutError:
-        proc.kill()
-        raise RuntimeError(f"{name} did not become ready in {timeout_s}s") from None
-    if not line:
-        raise RuntimeError(f"{name} exited before becoming ready (code {await proc.wait()})")
-    return Proc(name, proc, line.decode().strip())
-
-
-async def stop_all(procs: list[Proc]) -> None:
-    """SIGTERM every child, wait a little, then SIGKILL what is left."""
-    for p in procs:
-        if p.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                p.proc.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            await asyncio.wait_for(p.proc.wait(), 10)
-        except TimeoutError:
-            p.proc.kill()
-            await p.proc.wait()
 
 
 def _bar(done: int, total: int, errors: int, width: int = 40) -> str:
@@ -138,7 +87,7 @@ async def _traffic(port: int, requests: int, concurrency: int) -> Traffic:
     return out
 
 
-async def demo(requests: int, concurrency: int) -> int:
+async def demo(requests: int, concurrency: int, strategy: str | None = None) -> int:
     """Run the whole demo; returns 0 when every call succeeded."""
     procs: list[Proc] = []
     try:
@@ -146,7 +95,6 @@ async def demo(requests: int, concurrency: int) -> int:
         ports: dict[str, list[int]] = {"PREFILL": [], "DECODE": []}
         for role in ("PREFILL", "PREFILL", "DECODE", "DECODE"):
             p = await spawn(
-                f"{role.lower()}-{len(ports[role])}",
                 "mock-worker",
                 "--role",
                 role,
@@ -154,12 +102,11 @@ async def demo(requests: int, concurrency: int) -> int:
                 "0",
                 "--time-scale",
                 "0.2",
+                name=f"{role.lower()}-{len(ports[role])}",
             )
             procs.append(p)
-            m = _READY.search(p.ready_line)
-            assert m, p.ready_line
-            ports[role].append(int(m.group(1)))
-            print(f"  {p.name:10s} 127.0.0.1:{m.group(1)}")
+            ports[role].append(p.port)
+            print(f"  {p.name:10s} 127.0.0.1:{p.port}")
         args = [
             "serve",
             "--host",
@@ -168,8 +115,7 @@ async def demo(requests: int, concurrency: int) -> int:
             "0",
             "--admin-port",
             "0",
-            "--strategy",
-            "ROUND_ROBIN_LOWEST_CONCURRENCY",
+            *(["--strategy", strategy] if strategy else []),
             "--log-level",
             "WARNING",
         ]
@@ -177,11 +123,9 @@ async def demo(requests: int, concurrency: int) -> int:
             args += ["--prefill", f"127.0.0.1:{port}"]
         for port in ports["DECODE"]:
             args += ["--decode", f"127.0.0.1:{port}"]
-        gw = await spawn("gateway", *args)
+        gw = await spawn(*args, name="gateway")
         procs.append(gw)
-        m = GATEWAY_READY.search(gw.ready_line)
-        assert m, gw.ready_line
-        grpc_port, admin_port = int(m.group(1)), int(m.group(2))
+        grpc_port, admin_port = gw.port, gw.admin_port
         print(f"gateway: gRPC 127.0.0.1:{grpc_port}  admin http://127.0.0.1:{admin_port}/actuator/info")
         print(f"sending {requests} streamed GenerateStreamCall requests, {concurrency} at a time ...")
         t0 = time.monotonic()
@@ -201,13 +145,13 @@ async def demo(requests: int, concurrency: int) -> int:
             )
             print(f"E2E   p50 {percentile(e2e_ms, 50):7.1f} ms   p99 {percentile(e2e_ms, 99):7.1f} ms")
             print(f"prompt tokens served from the workers' KV cache: "
-                  f"{traffic.reused_tokens / max(traffic.prompt_tokens, 1):.0%} (prefix-aware routing)")
+                  f"{traffic.reused_tokens / max(traffic.prompt_tokens, 1):.0%}")
         print("stopping everything ...")
         return 0 if errors == 0 else 1
     finally:
         await stop_all(procs)
 
 
-def run_demo(requests: int, concurrency: int) -> int:
-    """Entry point of `flexlb demo`."""
-    return asyncio.run(demo(requests, concurrency))
+def run_demo(requests: int, concurrency: int, strategy: str | None = None) -> int:
+    """Entry point of `flexlb demo` (the gateway's default strategy unless one is named)."""
+    return asyncio.run(demo(requests, concurrency, strategy))

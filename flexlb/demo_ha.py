@@ -10,7 +10,7 @@ import urllib.request
 import grpc
 
 from flexlb.consistency.local_zookeeper import ZooKeeper
-from flexlb.demo import GATEWAY_READY, Proc, spawn, stop_all
+from flexlb.launch import Proc, spawn, stop_all
 from flexlb.pb import model_rpc_service_pb2 as pb
 
 ZK_TIMEOUT_MS = 2000
@@ -66,9 +66,11 @@ async def demo_ha() -> int:
     try:
         zk.start()
         print(f"ZooKeeper on {zk.hosts}")
-        workers = [await spawn(f"worker-{i}", "mock-worker", "--port", "0", "--time-scale", "0.2") for i in range(2)]
+        workers = [
+            await spawn("mock-worker", "--port", "0", "--time-scale", "0.2", name=f"worker-{i}") for i in range(2)
+        ]
         procs += workers
-        ports = [int(w.ready_line.rsplit(":", 1)[1]) for w in workers]
+        ports = [w.port for w in workers]
         env = {
             "WHALE_SYNC_LB_CONSISTENCY_CONFIG": json.dumps(
                 {
@@ -86,11 +88,10 @@ async def demo_ha() -> int:
             args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--log-level", "WARNING"]
             for port in ports:
                 args += ["--worker", f"127.0.0.1:{port}"]
-            p = await spawn(f"replica-{i}", *args, env=env)
+            p = await spawn(*args, name=f"replica-{i}", env=env)
             procs.append(p)
-            m = GATEWAY_READY.search(p.ready_line)
-            assert m, p.ready_line
-            grpc_port, admin_port = int(m.group(1)), int(m.group(2))
+            assert p.admin_port is not None
+            grpc_port, admin_port = p.port, p.admin_port
             replicas.append((p, grpc_port, admin_port))
             print(f"  replica-{i}: gRPC 127.0.0.1:{grpc_port}  admin 127.0.0.1:{admin_port}")
         master = await _agreed(replicas, 15)

@@ -8,8 +8,8 @@ import signal
 
 import grpc
 
+from flexlb.launch import Proc, spawn, stop
 from tests.conftest import generate_input, stream_stub, wait_for
-from tests.procs import Proc, spawn, stop
 
 HEALTH_INTERVAL_S = 0.5
 
