@@ -119,7 +119,8 @@ class Dispatcher:
         """Count a rejection (the engine sends it)."""
         self.metrics.rejected.labels(method, rejection.code.name, rejection.reason).inc()
 
-    def _route(self, method: str, req: RouteRequest, pair: bool) -> Lease:
+    def _route(self, method: str, req: RouteRequest, pair: bool, master_choice: MasterChoice | None = None) -> Lease:
+        """Admission checks, then the router's choice (or the master's, reserved here too)."""
         if self._is_draining():
             raise Rejection(
                 grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; retry on another replica", "draining"
@@ -128,7 +129,10 @@ class Dispatcher:
             raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"gateway at its in-flight cap ({self.max_in_flight} calls); retry later", "overloaded")
         try:
-            lease = self.router.route(req, pair=pair)
+            if master_choice is not None:
+                lease = self.router.route_to(req, master_choice.target, master_choice.decode)
+            else:
+                lease = self.router.route(req, pair=pair)
         except NoWorkerAvailable as exc:
             if exc.saturated:
                 raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "worker_cap",
@@ -169,15 +173,7 @@ class Dispatcher:
 
     def _route_prepared(self, prepared: _Prepared, attempt: int = 1,
                         master_choice: MasterChoice | None = None) -> Planned:
-        if master_choice is not None:
-            try:
-                lease = self.router.route_to(prepared.req, master_choice.target, master_choice.decode)
-            except NoWorkerAvailable as exc:
-                raise Rejection(grpc.StatusCode.UNAVAILABLE, str(exc), "no_worker") from None
-            self.in_flight += 1
-            self.metrics.decisions.labels(lease.decision.strategy, "master").inc()
-        else:
-            lease = self._route(GENERATE_STREAM, prepared.req, pair=True)
+        lease = self._route(GENERATE_STREAM, prepared.req, pair=True, master_choice=master_choice)
         d = lease.decision
         body = prepared.body
         if d.decode is not None:
