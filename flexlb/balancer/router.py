@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from flexlb.balancer.health import OutlierConfig, OutlierDetector, usable
+from flexlb.balancer.prefill_queue import PrefillQueue, PrefillQueueConfig
 from flexlb.balancer.prefix_index import PrefixIndex
 from flexlb.balancer.request import Decision, Deploy, NoWorkerAvailable, Pick, RouteRequest
 from flexlb.balancer.strategies.base import PickContext, Strategy
@@ -16,7 +18,8 @@ from flexlb.balancer.workers import Cluster, Role, WorkerState
 class Lease:
     """Load reserved for one call; `release()` gives it back exactly once, however often it is called."""
 
-    __slots__ = ("_first_token_seen", "_released", "_router", "_workers", "active_tokens", "decision", "seq")
+    __slots__ = ("_first_token_seen", "_released", "_router", "_workers", "active_tokens", "decision", "evicted",
+                 "held", "seq")
 
     def __init__(self, decision: Decision, router: Router, seq: int, active_tokens: int) -> None:
         self.decision = decision
@@ -32,6 +35,10 @@ class Lease:
             w.dispatched_total += 1
         self._released = False
         self._first_token_seen = False
+        # in the gateway's prefill queue: routed, not yet sent (the router calls on_release when it may go)
+        self.held = False
+        # taken out of the queue because its worker went away: release it and route the call again
+        self.evicted = False
 
     @property
     def released(self) -> bool:
@@ -85,6 +92,7 @@ class Router:
         ttft: TtftModel | None = None,
         index: PrefixIndex | None = None,
         outliers: OutlierDetector | None = None,
+        queue: PrefillQueueConfig | None = None,
     ) -> None:
         self.cluster = cluster
         self.deploy = deploy
@@ -98,23 +106,36 @@ class Router:
         self._rng = rng
         self._clock = clock
         self._seq = 0
+        # prefillQueueDepth: calls wait here for a free prefill slot on their worker (depth 0: off)
+        self.queue = PrefillQueue(queue or PrefillQueueConfig(depth=0))
+        self._held: dict[int, Lease] = {}
+        # set by the owner (gateway or simulator): a held call may now go to its worker / must be re-routed
+        self.on_release: Callable[[Lease], None] | None = None
+        self.on_evict: Callable[[Lease], None] | None = None
+        self._notices: deque[Lease] = deque()
+        self._notifying = False
 
-    def route(self, req: RouteRequest, pair: bool = True) -> Lease:
+    def _context(self, req: RouteRequest, now: float) -> PickContext:
+        matched = self.index.match(req.block_keys) if self.index is not None and req.block_keys else {}
+        return PickContext(rng=self._rng, now_s=now, matched_blocks=matched, ttft=self.ttft,
+                           queue=self.queue if self.queue.config.enabled else None)
+
+    def route(self, req: RouteRequest, pair: bool = True, hold: bool = False) -> Lease:
         """Decide and reserve load; raises NoWorkerAvailable when a needed role has no candidate.
 
         In a disaggregated deployment `pair=False` picks a lone PREFILL worker (calls the
-        engine serves without PD hand-off, e.g. BatchGenerateCall).
+        engine serves without PD hand-off, e.g. BatchGenerateCall). With `hold` and the prefill
+        queue on, the lease may come back `held`: send the call only once on_release has it.
         """
         now = self._clock()
-        matched = self.index.match(req.block_keys) if self.index is not None and req.block_keys else {}
-        ctx = PickContext(rng=self._rng, now_s=now, matched_blocks=matched, ttft=self.ttft)
+        ctx = self._context(req, now)
         if self.deploy is Deploy.DISAGGREGATED and pair:
-            return self._route_pd(req, ctx)
+            return self._route_pd(req, ctx, hold)
         role = Role.PDFUSION if self.deploy is Deploy.PD_FUSION else Role.PREFILL
         candidates = _available(self.cluster.of_role(role), req.exclude, now, self.max_in_flight_per_worker)
         if not candidates:
             raise self._none_left(role, req, now)
-        return self._commit(req, ctx, self.prefill_strategy.pick(candidates, req, ctx), None)
+        return self._commit(req, ctx, self.prefill_strategy.pick(candidates, req, ctx), None, hold)
 
     def route_to(self, req: RouteRequest, target_key: str, decode_key: str | None) -> Lease:
         """Reserve load for a choice made elsewhere (the elected master); raises NoWorkerAvailable if
@@ -124,8 +145,7 @@ class Router:
         decode = self.cluster.get(decode_key) if decode_key else None
         if target is None or not usable(target, now) or (decode_key and (decode is None or not usable(decode, now))):
             raise NoWorkerAvailable(target.role.name if target else "PREFILL", "the master's choice is not usable here")
-        matched = self.index.match(req.block_keys) if self.index is not None and req.block_keys else {}
-        ctx = PickContext(rng=self._rng, now_s=now, matched_blocks=matched, ttft=self.ttft)
+        ctx = self._context(req, now)
         return self._commit(req, ctx, Pick(target, "master"), Pick(decode, "master") if decode else None)
 
     def expected_uncached_tokens(self, req: RouteRequest) -> int:
@@ -141,7 +161,7 @@ class Router:
         now = self._clock()
         return all(any(usable(w, now) for w in self.cluster.of_role(r)) for r in roles)
 
-    def _route_pd(self, req: RouteRequest, ctx: PickContext) -> Lease:
+    def _route_pd(self, req: RouteRequest, ctx: PickContext, hold: bool) -> Lease:
         decodes = _available(self.cluster.of_role(Role.DECODE), req.exclude, ctx.now_s, self.max_in_flight_per_worker)
         if not decodes:
             raise self._none_left(Role.DECODE, req, ctx.now_s)
@@ -157,9 +177,10 @@ class Router:
         group = prefill_pick.worker.addr.group
         same_group = decodes if decode_groups == {group} else [w for w in decodes if w.addr.group == group]
         decode_pick = self.decode_strategy.pick(same_group, req, ctx)
-        return self._commit(req, ctx, prefill_pick, decode_pick)
+        return self._commit(req, ctx, prefill_pick, decode_pick, hold)
 
-    def _commit(self, req: RouteRequest, ctx: PickContext, pick: Pick, decode_pick: Pick | None) -> Lease:
+    def _commit(self, req: RouteRequest, ctx: PickContext, pick: Pick, decode_pick: Pick | None,
+                hold: bool = False) -> Lease:
         self._seq += 1
         target = pick.worker
         target.last_chosen_seq = self._seq
@@ -172,6 +193,9 @@ class Router:
         cached = ctx.cached_tokens(req, target)
         # the prefill worker's backlog holds its own compute only; a PD KV transfer runs beside it
         ttft_ms, _, prefill_ms = self.ttft.estimate_ms(target.key, req.prompt_tokens - cached, cached, ctx.now_s)
+        held = hold and self._must_hold(target.key)
+        if held:
+            ttft_ms += self.queue.ahead(target.key, prefill_ms, ctx.now_s)[0]
         if decode_pick is not None:
             ttft_ms += self.ttft.priors.kv_transfer_ms_per_token * req.prompt_tokens
         decision = Decision(
@@ -183,11 +207,81 @@ class Router:
             cached_tokens=cached,
             prefill_ms=prefill_ms,
         )
-        self.ttft.dispatched(target.key, self._seq, prefill_ms, ctx.now_s)
         if self.index is not None and req.block_keys:
             # speculative insert: the worker will hold these blocks once it has prefilled them
             self.index.record(target.key, req.block_keys, ctx.now_s)
-        return Lease(decision, self, self._seq, req.prompt_tokens)
+        lease = Lease(decision, self, self._seq, req.prompt_tokens)
+        if held:
+            lease.held = True
+            self._held[lease.seq] = lease
+            self.queue.push(target.key, lease.seq, prefill_ms, ctx.now_s)
+        else:
+            self.ttft.dispatched(target.key, self._seq, prefill_ms, ctx.now_s)
+        return lease
+
+    # ------------------------------------------------------------ prefill queue
+
+    def _must_hold(self, key: str) -> bool:
+        """Hold when the worker's prefill slots are taken, or others already wait for them (keep order)."""
+        cfg = self.queue.config
+        return cfg.enabled and (len(self.ttft.worker(key).pending) >= cfg.depth or self.queue.held(key) > 0)
+
+    def held_calls(self) -> int:
+        """Calls waiting in the prefill queue."""
+        return len(self.queue)
+
+    def _release_next(self, key: str, now_s: float) -> None:
+        """Fill the worker's free prefill slots from its queue (or hand them back if it is unusable)."""
+        w = self.cluster.get(key)
+        if w is None or not usable(w, now_s):
+            self._evict(key)
+            return
+        depth = self.queue.config.depth
+        model = self.ttft.worker(key)
+        while len(model.pending) < depth and (call := self.queue.pop(key)) is not None:
+            self._release(call.seq, call.prefill_ms, now_s)
+
+    def _release(self, seq: int, prefill_ms: float, now_s: float) -> None:
+        lease = self._held.pop(seq)
+        lease.held = False
+        self.ttft.dispatched(lease.decision.target.key, seq, prefill_ms, now_s)
+        self._notify(lease)
+
+    def _evict(self, key: str) -> None:
+        for call in self.queue.take_all(key):
+            lease = self._held.pop(call.seq)
+            lease.held = False
+            lease.evicted = True
+            self._notify(lease)
+
+    def _notify(self, lease: Lease) -> None:
+        # callbacks may end calls, which frees slots and releases more: queue them, never recurse
+        self._notices.append(lease)
+        if self._notifying:
+            return
+        self._notifying = True
+        try:
+            while self._notices:
+                item = self._notices.popleft()
+                callback = self.on_evict if item.evicted else self.on_release
+                if callback is not None:
+                    callback(item)
+        finally:
+            self._notifying = False
+
+    def maintain(self) -> None:
+        """Periodic upkeep: release calls held past max_hold_ms, hand back those of unusable workers,
+        and fill any free slot (a safety net; releases normally happen on first tokens)."""
+        now = self._clock()
+        for key in self.queue.workers():
+            self._release_next(key, now)
+        for call in self.queue.overdue(now):
+            self.queue.remove(call.seq)
+            self._release(call.seq, call.prefill_ms, now)
+
+    def evict_held(self, key: str) -> None:
+        """The worker was ejected or removed: every call held for it goes back for re-routing."""
+        self._evict(key)
 
     def on_first_token(self, lease: Lease, observed_ttft_ms: float, prefill_ms: float | None,
                        uncached_tokens: int | None, cached_tokens: int | None) -> None:
@@ -200,10 +294,21 @@ class Router:
                               observed_ttft_ms)
         else:
             self.ttft.observe(d.target.key, 0, 0, float("nan"), d.estimate_ms, observed_ttft_ms)
+        if self.queue.held(d.target.key):
+            self._release_next(d.target.key, now)
 
     def on_gone(self, lease: Lease) -> None:
-        """A call ended before its first token: its prefill leaves the backlog."""
-        self.ttft.started_or_gone(lease.decision.target.key, lease.seq, self._clock())
+        """A call ended before its first token: its prefill leaves the backlog (or the queue)."""
+        key = lease.decision.target.key
+        if lease.held:
+            lease.held = False
+            self._held.pop(lease.seq, None)
+            self.queue.remove(lease.seq)
+            return
+        now = self._clock()
+        self.ttft.started_or_gone(key, lease.seq, now)
+        if self.queue.held(key):
+            self._release_next(key, now)
 
     def worker_succeeded(self, worker: WorkerState) -> None:
         """A call reached the worker and got a response (passive health)."""

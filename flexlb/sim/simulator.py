@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from flexlb.balancer.batcher import BatchConfig, Batcher, dispatch_order
+from flexlb.balancer.prefill_queue import PrefillQueueConfig
 from flexlb.balancer.prefix import block_keys
 from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
 from flexlb.balancer.request import Deploy, RouteRequest
@@ -110,6 +111,7 @@ class SimConfig:
     index_ttl_s: float = 3600.0
     noise_sigma: float = 0.0  # lognormal noise on prefill durations (the router does not know it)
     batch: BatchConfig = field(default_factory=BatchConfig)  # prefillBatchWaitTimeMs / batchSize
+    queue: PrefillQueueConfig = field(default_factory=PrefillQueueConfig)  # prefillQueueDepth / Aging
 
 
 @dataclass
@@ -167,6 +169,7 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
                                   ms_per_uncached_token=params.prefill_ms_per_uncached_token,
                                   ms_per_cached_token=params.prefill_ms_per_cached_token)),
         index=PrefixIndex(PrefixIndexConfig(cfg.index_capacity_blocks, cfg.index_ttl_s)),
+        queue=cfg.queue,
     )
     prefill_role = Role.PREFILL if pd else Role.PDFUSION
     workers = {w.key: _Worker(w.key, PrefixCache(params.cache_capacity_blocks)) for w in cluster.of_role(prefill_role)}
@@ -208,9 +211,18 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
     batcher: Batcher[tuple[np.ndarray, float, float]] | None = Batcher(cfg.batch) if cfg.batch.enabled else None
     window_seq = [0]
 
+    held: dict[int, _Job] = {}  # lease seq → job waiting in the gateway's prefill queue
+
+    def released(lease: Lease) -> None:
+        job = held.pop(lease.seq)
+        workers[job.worker].queue.append(job)
+        start_next(workers[job.worker])
+
+    router.on_release = released
+
     def dispatch(req: RouteRequest, prompt: np.ndarray, arrival_s: float, keying_us: float) -> None:
         t0 = time.perf_counter()
-        lease = router.route(req)
+        lease = router.route(req, hold=True)
         decision_us.append(keying_us + (time.perf_counter() - t0) * 1e6)
         target = lease.decision.target.key
         worker_keys = req.block_keys if params.block_size_tokens == cfg.router_block_tokens else tuple(
@@ -220,6 +232,9 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
         job = _Job(req.request_id, arrival_s, len(prompt), worker_keys, max(r.output_length, 1), lease, target,
                    decode_key)
         share[target] += 1
+        if lease.held:
+            held[lease.seq] = job
+            return
         workers[target].queue.append(job)
         start_next(workers[target])
 

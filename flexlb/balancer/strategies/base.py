@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from flexlb.balancer.prefill_queue import PrefillQueue
 from flexlb.balancer.request import Pick, RouteRequest
 from flexlb.balancer.ttft import TtftModel
 from flexlb.balancer.workers import WorkerState
@@ -14,12 +15,14 @@ from flexlb.balancer.workers import WorkerState
 
 @dataclass
 class PickContext:
-    """What a strategy may use besides the candidates: randomness, time, cache matches, TTFT model."""
+    """What a strategy may use besides the candidates: randomness, time, cache matches, TTFT model,
+    and the gateway's prefill queue (None when it is off)."""
 
     rng: random.Random
     now_s: float
     matched_blocks: dict[str, int] = field(default_factory=dict)  # worker key → leading blocks held
     ttft: TtftModel | None = None
+    queue: PrefillQueue | None = None
 
     def cached_tokens(self, req: RouteRequest, worker: WorkerState) -> int:
         """Prompt tokens the worker is expected to reuse (the last token is always computed)."""

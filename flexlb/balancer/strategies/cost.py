@@ -1,7 +1,10 @@
 """Cost strategies for the prefill (or fused) choice: estimated TTFT, cache affinity, and both.
 
-All of them read the same two facts per worker: the prefix the index expects it to reuse and
-the TTFT model's backlog and prefill estimate. Near-ties are broken by least recently chosen,
+All of them read the same facts per worker: the prefix the index expects it to reuse, the TTFT
+model's prefill estimate, and the wait: the prefills already sent there and not yet done, plus,
+with the gateway's prefill queue on, the held calls that would leave before this one (the queue
+lets short prefills overtake long ones, so a short call waits less than the whole backlog).
+Near-ties are broken by least recently chosen,
 with the band measured on the prefill part in absolute ms (a band relative to long queues
 would make overload worse).
 """
@@ -26,6 +29,7 @@ class _Option:
     cached_tokens: int
     wait_ms: float
     prefill_ms: float
+    overtakes: int = 0  # held calls this one would leave before (each then waits its prefill longer)
 
     @property
     def ttft_ms(self) -> float:
@@ -48,6 +52,7 @@ def _shortlist(candidates: Sequence[WorkerState], ctx: PickContext, model: TtftM
     matched = ctx.matched_blocks
     workers = model.workers()
     now = ctx.now_s
+    queue = ctx.queue
     waits = []
     holders = []
     for i, w in enumerate(candidates):
@@ -55,7 +60,10 @@ def _shortlist(candidates: Sequence[WorkerState], ctx: PickContext, model: TtftM
             holders.append(w)
             continue
         m = workers.get(w.key)
-        waits.append((m.queue_wait_ms(now) if m is not None and m.pending else 0.0, w.last_chosen_seq, i))
+        wait = m.queue_wait_ms(now) if m is not None and m.pending else 0.0
+        if queue is not None and queue.held(w.key):
+            wait += queue.held_ms(w.key)
+        waits.append((wait, w.last_chosen_seq, i))
     least = heapq.nsmallest(_SHORTLIST_LEAST_WAIT, waits)
     return holders + [candidates[i] for _, _, i in least]
 
@@ -63,11 +71,18 @@ def _shortlist(candidates: Sequence[WorkerState], ctx: PickContext, model: TtftM
 def _options(candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> list[_Option]:
     model = ctx.ttft or _FALLBACK_MODEL
     candidates = _shortlist(candidates, ctx, model)
+    queue = ctx.queue
     out = []
     for w in candidates:
         cached = ctx.cached_tokens(req, w)
         m = model.worker(w.key)
-        out.append(_Option(w, cached, m.queue_wait_ms(ctx.now_s), m.prefill_ms(req.prompt_tokens - cached, cached)))
+        wait = m.queue_wait_ms(ctx.now_s)
+        prefill = m.prefill_ms(req.prompt_tokens - cached, cached)
+        overtakes = 0
+        if queue is not None and (len(m.pending) >= queue.config.depth or queue.held(w.key)):
+            ahead_ms, overtakes = queue.ahead(w.key, prefill, ctx.now_s)
+            wait += ahead_ms
+        out.append(_Option(w, cached, wait, prefill, overtakes))
     return out
 
 
@@ -101,10 +116,11 @@ class ShortestTtft:
 class CostBasedPrefill:
     """TTFT plus the delay this request's prefill imposes on the calls queued behind it.
 
-    cost = wait + prefill · (1 + k), k = calls waiting per worker right now. Idle cluster: k = 0,
-    the fastest first token wins. Under load every ms of prefill is paid again by whoever
-    queues behind it, so work saved by a cache hit counts more and affinity is kept instead of
-    spreading prompts away from the workers that hold their prefix.
+    cost = wait + prefill · (1 + k + overtaken), k = calls waiting per worker right now, overtaken =
+    held calls this one would leave before. Idle cluster: k = 0, the fastest first token wins.
+    Under load every ms of prefill is paid again by whoever queues behind it, so work saved by
+    a cache hit counts more and affinity is kept instead of spreading prompts away from the
+    workers that hold their prefix.
     """
 
     name = "COST_BASED_PREFILL"
@@ -117,8 +133,9 @@ class CostBasedPrefill:
         """The worker with the lowest load-weighted TTFT cost."""
         options = _options(candidates, req, ctx)
         model = ctx.ttft or _FALLBACK_MODEL
-        k = min(self.max_k, model.total_pending / max(len(candidates), 1))
-        cost = [o.wait_ms + o.prefill_ms * (1.0 + k) for o in options]
+        waiting = model.total_pending + (len(ctx.queue) if ctx.queue is not None else 0)
+        k = min(self.max_k, waiting / max(len(candidates), 1))
+        cost = [o.wait_ms + o.prefill_ms * (1.0 + k + o.overtakes) for o in options]
         return _pick_min(options, cost, self.tie_band_ms, "cost")
 
 

@@ -1,0 +1,122 @@
+"""The gateway's prefill queue: per worker, calls held until the worker has a free prefill slot.
+
+A worker gets at most `depth` prefills at a time from the gateway (released and not yet past
+their first token). The rest wait here, not in the engine's FIFO, and leave shortest estimated
+prefill first, with aging: a call's priority improves by `aging` ms for every ms it has waited,
+so a long prompt is overtaken only by calls that arrive within about its own prefill time of it
+and cannot starve. Because aging is linear and the same for everyone, the order is fixed when
+a call is held: key = prefill_ms + aging x arrival_ms (lowest leaves first).
+
+Pure: no clock, no asyncio; the router passes the time and owns the leases.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PrefillQueueConfig:
+    """prefillQueueDepth / prefillQueueAging / prefillQueueMaxHoldMs."""
+
+    depth: int = 1  # prefills released to one worker at a time; 0 turns the queue off
+    aging: float = 1.0  # priority gained per ms held, in ms of prefill
+    max_hold_ms: float = 30_000.0  # a call held this long is released regardless of depth (0: never)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether calls can be held at all."""
+        return self.depth > 0
+
+
+@dataclass(frozen=True)
+class HeldCall:
+    """One held call: its lease sequence number, estimated prefill and when it was held."""
+
+    seq: int
+    worker: str
+    prefill_ms: float
+    held_s: float
+    key: float
+
+
+class PrefillQueue:
+    """Held calls per worker, ordered by aged estimated prefill."""
+
+    def __init__(self, config: PrefillQueueConfig) -> None:
+        self.config = config
+        # per worker: keys sorted ascending, and the calls and prefill times in the same order
+        self._keys: dict[str, list[tuple[float, int]]] = {}
+        self._prefill: dict[str, list[float]] = {}
+        self._calls: dict[int, HeldCall] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def held(self, worker: str) -> int:
+        """Calls held for one worker."""
+        return len(self._keys.get(worker, ()))
+
+    def order_key(self, prefill_ms: float, now_s: float) -> float:
+        """Where a call of this estimated prefill, held now, sorts (lower leaves first)."""
+        return prefill_ms + self.config.aging * now_s * 1000.0
+
+    def push(self, worker: str, seq: int, prefill_ms: float, now_s: float) -> HeldCall:
+        """Hold a call for `worker`."""
+        call = HeldCall(seq, worker, prefill_ms, now_s, self.order_key(prefill_ms, now_s))
+        keys = self._keys.setdefault(worker, [])
+        i = bisect.bisect_right(keys, (call.key, seq))
+        keys.insert(i, (call.key, seq))
+        self._prefill.setdefault(worker, []).insert(i, prefill_ms)
+        self._calls[seq] = call
+        return call
+
+    def remove(self, seq: int) -> HeldCall | None:
+        """Take one call out (cancelled, or released out of order); None if it is not held."""
+        call = self._calls.pop(seq, None)
+        if call is None:
+            return None
+        keys = self._keys[call.worker]
+        i = bisect.bisect_left(keys, (call.key, seq))
+        del keys[i]
+        del self._prefill[call.worker][i]
+        return call
+
+    def pop(self, worker: str) -> HeldCall | None:
+        """The next call to release to `worker`, or None."""
+        keys = self._keys.get(worker)
+        if not keys:
+            return None
+        return self.remove(keys[0][1])
+
+    def take_all(self, worker: str) -> list[HeldCall]:
+        """Every call held for `worker`, in release order (the worker went away)."""
+        out = []
+        while (call := self.pop(worker)) is not None:
+            out.append(call)
+        return out
+
+    def overdue(self, now_s: float) -> list[HeldCall]:
+        """Calls held longer than max_hold_ms."""
+        limit = self.config.max_hold_ms
+        if limit <= 0:
+            return []
+        return [c for c in self._calls.values() if (now_s - c.held_s) * 1000.0 >= limit]
+
+    def workers(self) -> list[str]:
+        """Workers with at least one held call."""
+        return [w for w, keys in self._keys.items() if keys]
+
+    def ahead(self, worker: str, prefill_ms: float, now_s: float) -> tuple[float, int]:
+        """For a call that would be held for `worker` now: the held prefill work that leaves before
+        it (ms), and how many held calls it would overtake (each waits its prefill longer)."""
+        keys = self._keys.get(worker)
+        if not keys:
+            return 0.0, 0
+        i = bisect.bisect_right(keys, (self.order_key(prefill_ms, now_s), float("inf")))
+        return sum(self._prefill[worker][:i]), len(keys) - i
+
+    def held_ms(self, worker: str) -> float:
+        """All the prefill work held for one worker."""
+        return sum(self._prefill.get(worker, ()))
