@@ -21,6 +21,7 @@ from flexlb.admin_http.consistency_routes import ConsistencyRoutes
 from flexlb.admin_http.server import AdminServer
 from flexlb.balancer.batcher import BatchConfig
 from flexlb.balancer.health import OutlierConfig, OutlierDetector
+from flexlb.balancer.prefill_queue import PrefillQueueConfig
 from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
 from flexlb.balancer.router import Router
 from flexlb.balancer.strategies import make_strategy
@@ -80,6 +81,7 @@ class Gateway:
                     max_ejected_share=m.outlier_max_ejected_percent / 100.0,
                 )
             ),
+            queue=PrefillQueueConfig(m.prefill_queue_depth, m.prefill_queue_aging, m.prefill_queue_max_hold_ms),
         )
         self.metrics = Metrics()
         self.metrics.watch_cluster(self.cluster, self.is_draining, self.router.ttft, self._ha_gauges)

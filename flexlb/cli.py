@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from flexlb import __version__
+from flexlb.balancer.prefill_queue import PrefillQueueConfig
 from flexlb.balancer.strategies import strategy_names
 from flexlb.config import NOT_ACTED_ON, CliOverrides, ConfigError, load_settings
 from flexlb.sim.engine import EngineParams
@@ -123,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--limit", type=int, default=None, help="only the first N requests")
     sim.add_argument("--noise", type=float, default=0.0, help="lognormal sigma on prefill times")
+    sim.add_argument("--queue-depth", type=int, default=PrefillQueueConfig.depth,
+                     help="prefillQueueDepth: prefills sent to a worker at a time, the rest wait at the gateway "
+                     "(0: off, every call goes straight to its worker's FIFO)")
+    sim.add_argument("--queue-aging", type=float, default=PrefillQueueConfig.aging,
+                     help="prefillQueueAging: priority gained per ms held, in ms of estimated prefill")
     sim.add_argument("--json", action="store_true", help="print one JSON object (per strategy: one per line)")
     sim.add_argument("--plot", default=None, help="write TTFT CDFs to this PNG (needs matplotlib)")
     sub.add_parser("demo-ha", help="three replicas on a local ZooKeeper: traffic, master SIGKILL, new master")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -71,6 +72,9 @@ class MasterConfig:
     max_in_flight_per_worker: int = 0  # per-worker admission cap (0: none)
     prefill_generate_timeout_ms: int = 0
     enable_grpc_prefill_master: bool = False
+    prefill_queue_depth: int = 1  # prefills sent to one worker at a time; the rest wait at the gateway (0: off)
+    prefill_queue_aging: float = 1.0  # priority gained per ms held, in ms of estimated prefill
+    prefill_queue_max_hold_ms: int = 30_000  # held this long: sent regardless of depth (0: no bound)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,16 @@ _TRUE = {"true", "1", "yes", "on", "enabled"}
 _FALSE = {"false", "0", "no", "off", "disabled"}
 
 
+def _float(path: str, value: Any, minimum: float | None = None) -> float:
+    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+(\.[0-9]*)?\s*", value):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(path, f"expected a number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(path, f"must be >= {minimum}, got {value}")
+    return float(value)
+
+
 def _bool(path: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -214,11 +228,15 @@ def parse_master(raw: Mapping[str, Any], name: str = "WHALE_MASTER_CONFIG") -> M
         ("maxInFlightPerWorker", "max_in_flight_per_worker", 0),
         ("ttftPriorBaseMs", "ttft_prior_base_ms", 0),
         ("ttftPriorUsPerToken", "ttft_prior_us_per_token", 0),
+        ("prefillQueueDepth", "prefill_queue_depth", 0),
+        ("prefillQueueMaxHoldMs", "prefill_queue_max_hold_ms", 0),
     ):
         if key in raw:
             kw[attr] = _int(p + key, raw[key], minimum)
     if kw.get("outlier_max_ejected_percent", 0) > 100:
         raise ConfigError(p + "outlierMaxEjectedPercent", f"must be <= 100, got {kw['outlier_max_ejected_percent']}")
+    if "prefillQueueAging" in raw:
+        kw["prefill_queue_aging"] = _float(p + "prefillQueueAging", raw["prefillQueueAging"], 0.0)
     if "batchSize" in raw:
         kw["batch_size"] = _int(p + "batchSize", raw["batchSize"], 1)
     if "prefillLbTimeoutMs" in raw:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -113,6 +113,13 @@ class Metrics:
         self.batch_size = Histogram(
             "flexlb_prefill_batch_size", "Requests routed together per batching window",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )
+        self.prefill_queue_held = Gauge(
+            "flexlb_prefill_queue_held", "Calls waiting in the gateway's prefill queue for a worker slot", registry=r,
+        )
+        self.prefill_queue_wait = Histogram(
+            "flexlb_prefill_queue_wait_seconds", "Time a call waited in the prefill queue before it was sent",
+            buckets=_TTFT_BUCKETS_S, registry=r,
         )
         self.ttft_estimate_error = Histogram(
             "flexlb_ttft_estimate_abs_error_seconds", "|estimated TTFT - TTFT seen by the gateway| per call",

@@ -52,9 +52,9 @@ async def test_gateway_dispatches_a_burst_shortest_first(mock_workers, gateways,
     routed: list[int] = []
     route = gw.router.route
 
-    def recording_route(req, pair=True):  # type: ignore[no-untyped-def]
+    def recording_route(req, pair=True, hold=False):  # type: ignore[no-untyped-def]
         routed.append(req.request_id)
-        return route(req, pair=pair)
+        return route(req, pair=pair, hold=hold)
 
     gw.router.route = recording_route  # type: ignore[method-assign]
 

@@ -110,6 +110,13 @@ class Dispatcher:
         self.first_message_timeout_s: float | None = None
         self.min_retry_budget_s = 0.05  # a failover needs at least this much of the client's deadline left
         self._window_timer: asyncio.TimerHandle | None = None
+        # calls routed into the prefill queue, waiting for their worker's free slot
+        self._held: dict[int, tuple[Planned, Callable[[Planned | Rejection], None], Callable[[], bool]]] = {}
+        self._held_since: dict[int, float] = {}
+        self._upkeep: asyncio.TimerHandle | None = None
+        self.upkeep_interval_s = 0.1  # sweep of the prefill queue: dead callers, overdue calls, lost workers
+        router.on_release = self._released
+        router.on_evict = self._evicted
 
     def is_draining(self) -> bool:
         """True once the gateway stopped taking new calls."""
@@ -119,7 +126,8 @@ class Dispatcher:
         """Count a rejection (the engine sends it)."""
         self.metrics.rejected.labels(method, rejection.code.name, rejection.reason).inc()
 
-    def _route(self, method: str, req: RouteRequest, pair: bool, master_choice: MasterChoice | None = None) -> Lease:
+    def _route(self, method: str, req: RouteRequest, pair: bool, master_choice: MasterChoice | None = None,
+               hold: bool = False) -> Lease:
         """Admission checks, then the router's choice (or the master's, reserved here too)."""
         if self._is_draining():
             raise Rejection(
@@ -132,7 +140,7 @@ class Dispatcher:
             if master_choice is not None:
                 lease = self.router.route_to(req, master_choice.target, master_choice.decode)
             else:
-                lease = self.router.route(req, pair=pair)
+                lease = self.router.route(req, pair=pair, hold=hold)
         except NoWorkerAvailable as exc:
             if exc.saturated:
                 raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "worker_cap",
@@ -172,8 +180,8 @@ class Dispatcher:
         return _Prepared(inp, body, req, started_s)
 
     def _route_prepared(self, prepared: _Prepared, attempt: int = 1,
-                        master_choice: MasterChoice | None = None) -> Planned:
-        lease = self._route(GENERATE_STREAM, prepared.req, pair=True, master_choice=master_choice)
+                        master_choice: MasterChoice | None = None, hold: bool = False) -> Planned:
+        lease = self._route(GENERATE_STREAM, prepared.req, pair=True, master_choice=master_choice, hold=hold)
         d = lease.decision
         body = prepared.body
         if d.decode is not None:
@@ -206,10 +214,7 @@ class Dispatcher:
             task.add_done_callback(self._tasks.discard)
             return
         if self._batcher is None:
-            try:
-                done(self._route_prepared(prepared))
-            except Rejection as rejection:
-                done(rejection)
+            self._deliver(prepared, done, alive)
             return
         opening = len(self._batcher) == 0
         full = self._batcher.add(prepared.req, (prepared, done, alive), time.monotonic())
@@ -228,19 +233,15 @@ class Dispatcher:
             if choice is not None:
                 self.forwarder.release(choice)
             return
-        try:
-            if choice is not None:
-                try:
-                    planned = self._route_prepared(prepared, master_choice=choice)
-                except Rejection:
-                    self.forwarder.release(choice)
-                    planned = self._route_prepared(prepared)
+        if choice is not None:
+            try:
+                planned = self._route_prepared(prepared, master_choice=choice)
+            except Rejection:
+                self.forwarder.release(choice)
             else:
-                planned = self._route_prepared(prepared)
-        except Rejection as rejection:
-            done(rejection)
-            return
-        done(planned)
+                done(planned)
+                return
+        self._deliver(prepared, done, alive)
 
     def _flush_window(self) -> None:
         self._window_timer = None
@@ -253,12 +254,75 @@ class Dispatcher:
             self._window_timer = None
         self.metrics.batch_size.observe(len(batch))
         for _, (prepared, done, alive) in dispatch_order(batch, self.router.expected_uncached_tokens):
-            if not alive():
-                continue
-            try:
-                done(self._route_prepared(prepared))
-            except Rejection as rejection:
-                done(rejection)
+            if alive():
+                self._deliver(prepared, done, alive)
+
+    # ------------------------------------------------------------ prefill queue
+
+    def _deliver(self, prepared: _Prepared, done: Callable[[Planned | Rejection], None],
+                 alive: Callable[[], bool]) -> None:
+        """Route a call; hand it to `done` now, or once the prefill queue releases it."""
+        try:
+            planned = self._route_prepared(prepared, hold=True)
+        except Rejection as rejection:
+            done(rejection)
+            return
+        if not planned.lease.held:
+            done(planned)
+            return
+        seq = planned.lease.seq
+        self._held[seq] = (planned, done, alive)
+        self._held_since[seq] = time.monotonic()
+        self.metrics.prefill_queue_held.inc()
+        if self._upkeep is None:
+            self._upkeep = asyncio.get_running_loop().call_later(self.upkeep_interval_s, self._sweep)
+
+    def _unhold(self, lease: Lease) -> tuple[Planned, Callable[[Planned | Rejection], None],
+                                             Callable[[], bool]] | None:
+        entry = self._held.pop(lease.seq, None)
+        if entry is not None:
+            self.metrics.prefill_queue_held.dec()
+            self.metrics.prefill_queue_wait.observe(time.monotonic() - self._held_since.pop(lease.seq))
+        return entry
+
+    def _released(self, lease: Lease) -> None:
+        """The router gave a held call its worker's free slot: send it (or free the slot if the caller left)."""
+        entry = self._unhold(lease)
+        if entry is None:
+            return
+        planned, done, alive = entry
+        if alive():
+            done(planned)
+        else:
+            self.finish(planned, "CANCELLED", 0)
+
+    def _evicted(self, lease: Lease) -> None:
+        """The held call's worker went away: give its reservation back and route it again elsewhere."""
+        entry = self._unhold(lease)
+        if entry is None:
+            return
+        planned, done, alive = entry
+        if lease.release():
+            self.in_flight -= 1
+        prepared = planned.prepared
+        if not alive() or prepared is None:
+            return
+        req = dataclasses.replace(prepared.req, exclude=prepared.req.exclude | {lease.decision.target.key})
+        self._deliver(dataclasses.replace(prepared, req=req), done, alive)
+
+    def _sweep(self) -> None:
+        """Periodic upkeep while calls are held: drop callers that left, let the router release what is due."""
+        self._upkeep = None
+        for planned, _, alive in list(self._held.values()):
+            if not alive() and self._unhold(planned.lease) is not None:
+                self.finish(planned, "CANCELLED", 0)
+        self.router.maintain()
+        if self._held:
+            self._upkeep = asyncio.get_running_loop().call_later(self.upkeep_interval_s, self._sweep)
+
+    def held_calls(self) -> int:
+        """Calls waiting in the prefill queue."""
+        return len(self._held)
 
     def plan_batch(self, body: bytes) -> Planned:
         """Route a BatchGenerateCall to one worker (the engine generates each input locally)."""
@@ -291,8 +355,8 @@ class Dispatcher:
         """
         self.finish(planned, code.name, 0)
         target = planned.lease.decision.target
-        if code in WORKER_FAULTS:
-            self.router.worker_failed(target)
+        if code in WORKER_FAULTS and self.router.worker_failed(target):
+            self.router.evict_held(target.key)
         if planned.req is None or planned.attempt >= self.max_attempts:
             return None
         if deadline_s is not None and deadline_s - time.monotonic() < self.min_retry_budget_s:

@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from flexlb.balancer.prefill_queue import PrefillQueueConfig
 from flexlb.balancer.strategies import strategy_names
 from flexlb.sim.simulator import SimConfig, TokenSource, load_trace, simulate, summary_rows
 
@@ -46,8 +47,12 @@ def run_sim_cli(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"flexlb sim: {exc}", file=sys.stderr)
         return 2
+    if args.queue_depth < 0 or args.queue_aging < 0:
+        print("flexlb sim: --queue-depth and --queue-aging must be >= 0", file=sys.stderr)
+        return 2
+    queue = PrefillQueueConfig(args.queue_depth, args.queue_aging)
     base = SimConfig(decode_strategy=args.decode_strategy, workers=args.workers, prefill=args.prefill,
-                     decode=args.decode, speed=args.speed, seed=args.seed, noise_sigma=args.noise)
+                     decode=args.decode, speed=args.speed, seed=args.seed, noise_sigma=args.noise, queue=queue)
     tokens = TokenSource(args.seed)
     results = [simulate(trace, replace(base, strategy=n), tokens) for n in names]
     if args.json:
