@@ -193,7 +193,7 @@ class Router:
         cached = ctx.cached_tokens(req, target)
         # the prefill worker's backlog holds its own compute only; a PD KV transfer runs beside it
         ttft_ms, _, prefill_ms = self.ttft.estimate_ms(target.key, req.prompt_tokens - cached, cached, ctx.now_s)
-        held = hold and self._must_hold(target.key)
+        held = hold and self.prefill_strategy.holds and self._must_hold(target.key)
         if held:
             ttft_ms += self.queue.ahead(target.key, prefill_ms, ctx.now_s)[0]
         if decode_pick is not None:

@@ -36,6 +36,9 @@ class Strategy(Protocol):
     """A strategy scores candidates and picks one; it must not mutate worker state."""
 
     name: str
+    # whether its calls go through the gateway's prefill queue: the TTFT-aware strategies, whose
+    # estimates order the queue; the simple ones and the peer baselines route straight through
+    holds: bool
 
     def pick(self, candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Pick:
         """Choose one of `candidates` (never empty)."""

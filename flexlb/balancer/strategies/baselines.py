@@ -24,6 +24,7 @@ class SGLangCacheAware:
     """
 
     name = "SGLANG_CACHE_AWARE"
+    holds = False
 
     def __init__(self, cache_threshold: float = 0.3, balance_abs_threshold: int = 64,
                  balance_rel_threshold: float = 1.5, max_tree_size_tokens: int = 2**26) -> None:
@@ -65,6 +66,7 @@ class DynamoKv:
     """
 
     name = "DYNAMO_KV"
+    holds = False
 
     def __init__(self, overlap_score_weight: float = 1.0, ttl_s: float = 120.0) -> None:
         self.overlap_score_weight = overlap_score_weight

@@ -103,6 +103,7 @@ class ShortestTtft:
     """Lowest estimated TTFT (queue wait + prefill of the uncached part)."""
 
     name = "SHORTEST_TTFT"
+    holds = True
 
     def __init__(self, tie_band_ms: float = 5.0) -> None:
         self.tie_band_ms = tie_band_ms
@@ -116,25 +117,28 @@ class ShortestTtft:
 class CostBasedPrefill:
     """TTFT plus the delay this request's prefill imposes on the calls queued behind it.
 
-    cost = wait + prefill · (1 + k + overtaken), k = calls waiting per worker right now, overtaken =
-    held calls this one would leave before. Idle cluster: k = 0, the fastest first token wins.
-    Under load every ms of prefill is paid again by whoever queues behind it, so work saved by
-    a cache hit counts more and affinity is kept instead of spreading prompts away from the
-    workers that hold their prefix.
+    cost = wait + prefill · (1 + k + overtaken), k = half the calls waiting per worker right now,
+    overtaken = held calls this one would leave before. Idle cluster: k = 0, the fastest first
+    token wins. Under load, prefill time is paid again by the calls that queue behind it, so work
+    saved by a cache hit counts more and affinity is kept instead of spreading prompts away from
+    the workers that hold their prefix. Half, because with the prefill queue later shorter calls
+    overtake this one instead of waiting behind it (the ones it overtakes are counted exactly).
     """
 
     name = "COST_BASED_PREFILL"
+    holds = True
 
-    def __init__(self, tie_band_ms: float = 5.0, max_k: float = 16.0) -> None:
+    def __init__(self, tie_band_ms: float = 5.0, max_k: float = 16.0, waiting_weight: float = 0.5) -> None:
         self.tie_band_ms = tie_band_ms
         self.max_k = max_k
+        self.waiting_weight = waiting_weight
 
     def pick(self, candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Pick:
         """The worker with the lowest load-weighted TTFT cost."""
         options = _options(candidates, req, ctx)
         model = ctx.ttft or _FALLBACK_MODEL
         waiting = model.total_pending + (len(ctx.queue) if ctx.queue is not None else 0)
-        k = min(self.max_k, waiting / max(len(candidates), 1))
+        k = min(self.max_k, self.waiting_weight * waiting / max(len(candidates), 1))
         cost = [o.wait_ms + o.prefill_ms * (1.0 + k + o.overtakes) for o in options]
         return _pick_min(options, cost, self.tie_band_ms, "cost")
 
@@ -147,6 +151,7 @@ class CacheAware:
     """
 
     name = "CACHE_AWARE"
+    holds = True
 
     def __init__(self, guard_ms: float = 2_000.0) -> None:
         self.guard_ms = guard_ms

@@ -25,6 +25,7 @@ class WeightedCache:
     """
 
     name = "WEIGHTED_CACHE"
+    holds = False
 
     def __init__(self, decay_per_token: float = 0.001) -> None:
         self.decay_per_token = decay_per_token

@@ -13,6 +13,7 @@ class RandomPick:
     """Uniformly random among candidates."""
 
     name = "RANDOM"
+    holds = False
 
     def pick(self, candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Pick:
         """Any candidate, uniformly."""
@@ -23,6 +24,7 @@ class RoundRobin:
     """Each candidate in turn (least recently chosen first)."""
 
     name = "ROUND_ROBIN"
+    holds = False
 
     def pick(self, candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Pick:
         """The candidate chosen longest ago."""
@@ -38,6 +40,7 @@ class LowestConcurrency:
     """Fewest in-flight calls; ties broken at random so that replicas do not herd."""
 
     name = "LOWEST_CONCURRENCY"
+    holds = False
 
     def pick(self, candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Pick:
         """A random one of the workers tied at the lowest in-flight count."""
@@ -49,6 +52,7 @@ class RoundRobinLowestConcurrency:
     """Round-robin among the workers tied at the lowest in-flight count."""
 
     name = "ROUND_ROBIN_LOWEST_CONCURRENCY"
+    holds = False
 
     def pick(self, candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Pick:
         """The least recently chosen of the workers tied at the lowest in-flight count."""
