@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--speed", type=float, default=1.0, help="multiplies the arrival rate")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--limit", type=int, default=None, help="only the first N requests")
+    sim.add_argument("--skip", type=int, default=0, help="drop the first N requests (the clock starts at the next)")
     sim.add_argument("--noise", type=float, default=0.0, help="lognormal sigma on prefill times")
     sim.add_argument("--queue-depth", type=int, default=PrefillQueueConfig.depth,
                      help="prefillQueueDepth: prefills sent to a worker at a time, the rest wait at the gateway "

@@ -43,12 +43,12 @@ def run_sim_cli(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        trace = load_trace(args.trace, args.limit)
+        trace = load_trace(args.trace, args.limit, args.skip)
     except (OSError, ValueError) as exc:
         print(f"flexlb sim: {exc}", file=sys.stderr)
         return 2
-    if args.queue_depth < 0 or args.queue_aging < 0:
-        print("flexlb sim: --queue-depth and --queue-aging must be >= 0", file=sys.stderr)
+    if min(args.queue_depth, args.queue_aging, args.skip) < 0:
+        print("flexlb sim: --queue-depth, --queue-aging and --skip must be >= 0", file=sys.stderr)
         return 2
     queue = PrefillQueueConfig(args.queue_depth, args.queue_aging)
     base = SimConfig(decode_strategy=args.decode_strategy, workers=args.workers, prefill=args.prefill,

@@ -8,6 +8,7 @@ TTFT model), fed the same feedback (first token, end of call).
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import math
@@ -46,14 +47,21 @@ class TraceRequest:
     hash_ids: tuple[int, ...]
 
 
-def load_trace(path: str | Path, limit: int | None = None) -> list[TraceRequest]:
-    """Read JSONL rows (timestamp, input_length, output_length, hash_ids); bad rows name their line."""
+def load_trace(path: str | Path, limit: int | None = None, skip: int = 0) -> list[TraceRequest]:
+    """Read JSONL rows (timestamp, input_length, output_length, hash_ids); bad rows name their line.
+
+    `skip` drops the first rows and starts the clock at the first row kept (another slice of a trace).
+    """
     rows: list[TraceRequest] = []
+    skipped = 0
     with open(path) as fh:
         for n, line in enumerate(fh, 1):
             if limit is not None and len(rows) >= limit:
                 break
             if not line.strip():
+                continue
+            if skipped < skip:
+                skipped += 1
                 continue
             try:
                 d = json.loads(line)
@@ -62,6 +70,9 @@ def load_trace(path: str | Path, limit: int | None = None) -> list[TraceRequest]
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{n}: not a Mooncake trace row ({exc})") from None
     rows.sort(key=lambda r: r.arrival_ms)
+    if skip and rows:
+        t0 = rows[0].arrival_ms
+        rows = [dataclasses.replace(r, arrival_ms=r.arrival_ms - t0) for r in rows]
     return rows
 
 
