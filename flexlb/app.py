@@ -199,6 +199,7 @@ class Gateway:
     async def stop(self, grace_s: float | None = 0.5) -> None:
         """Stop everything now (in-flight calls get `grace_s` to finish, then are cancelled)."""
         self._draining = True
+        self.dispatcher.close()
         if self.dispatcher.forwarder is not None:
             await self.dispatcher.forwarder.close()
         if self.consistency is not None:

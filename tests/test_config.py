@@ -610,3 +610,80 @@ def test_spring_style_flags() -> None:
         "7001",
         "--port=5",
     ]
+
+
+# ---------------------------------------------------------------------------------------------- prefill queue
+
+
+def test_prefill_queue_defaults() -> None:
+    m = load_settings(env_of(README_MASTER, README_SERVICE), CliOverrides()).master
+    assert (m.prefill_queue_depth, m.prefill_queue_aging, m.prefill_queue_max_hold_ms) == (1, 1.0, 30_000)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"prefillQueueDepth": 4, "prefillQueueAging": 0.25, "prefillQueueMaxHoldMs": 2500}, (4, 0.25, 2500)),
+        ({"prefillQueueDepth": 0, "prefillQueueAging": 0, "prefillQueueMaxHoldMs": 0}, (0, 0.0, 0)),
+        ({"prefillQueueAging": 2}, (1, 2.0, 30_000)),
+        # the same string spellings every other numeric field accepts
+        ({"prefillQueueDepth": "3", "prefillQueueAging": "1.5", "prefillQueueMaxHoldMs": "100"}, (3, 1.5, 100)),
+    ],
+)
+def test_prefill_queue_fields_parsed(raw: dict[str, Any], expected: tuple[int, float, int]) -> None:
+    m = load_settings(env_of({**README_MASTER, **raw}, README_SERVICE), CliOverrides()).master
+    got = (m.prefill_queue_depth, m.prefill_queue_aging, m.prefill_queue_max_hold_ms)
+    assert got == expected
+    assert isinstance(m.prefill_queue_aging, float)
+    assert isinstance(m.prefill_queue_depth, int) and isinstance(m.prefill_queue_max_hold_ms, int)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("prefillQueueDepth", -1, [">= 0"]),
+        ("prefillQueueDepth", "deep", ["integer"]),
+        ("prefillQueueDepth", True, ["integer"]),
+        ("prefillQueueDepth", 1.5, ["integer"]),
+        ("prefillQueueDepth", None, ["integer"]),
+        ("prefillQueueAging", -0.5, [">= 0"]),
+        ("prefillQueueAging", "fast", ["number"]),
+        ("prefillQueueAging", False, ["number"]),
+        ("prefillQueueAging", [1], ["number"]),
+        ("prefillQueueAging", float("inf"), ["number"]),
+        ("prefillQueueMaxHoldMs", -1, [">= 0"]),
+        ("prefillQueueMaxHoldMs", "soon", ["integer"]),
+        ("prefillQueueMaxHoldMs", True, ["integer"]),
+    ],
+)
+def test_prefill_queue_bad_values_name_the_field(key: str, value: Any, words: list[str]) -> None:
+    err = config_error(env_of({**README_MASTER, key: value}, README_SERVICE))
+    assert err.field_path == f"WHALE_MASTER_CONFIG.{key}"
+    assert str(err).startswith(f"WHALE_MASTER_CONFIG.{key}: ")
+    for word in words:
+        assert word in str(err), str(err)
+
+
+def test_prefill_queue_error_names_the_alias_variable() -> None:
+    env = {"FLEXLB_CONFIG": json.dumps({"prefillQueueDepth": -2}), "MODEL_SERVICE_CONFIG": json.dumps(README_SERVICE)}
+    assert config_error(env).field_path == "FLEXLB_CONFIG.prefillQueueDepth"
+
+
+def test_serve_with_bad_prefill_queue_depth_exits_2_naming_the_field() -> None:
+    env = _cli_env(
+        WHALE_MASTER_CONFIG=json.dumps({**README_MASTER, "prefillQueueDepth": -1}),
+        MODEL_SERVICE_CONFIG=json.dumps(README_SERVICE),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "flexlb", "serve", "--port", "0", "--admin-port", "0", "--host", "127.0.0.1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert "WHALE_MASTER_CONFIG.prefillQueueDepth" in lines[0]

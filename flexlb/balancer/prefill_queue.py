@@ -15,6 +15,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+UPKEEP_INTERVAL_S = 0.1  # while calls are held, the owner calls Router.maintain() this often
+
 
 @dataclass(frozen=True)
 class PrefillQueueConfig:

@@ -233,13 +233,17 @@ class Router:
     def _release_next(self, key: str, now_s: float) -> None:
         """Fill the worker's free prefill slots from its queue (or hand them back if it is unusable)."""
         w = self.cluster.get(key)
-        if w is None or not usable(w, now_s):
+        if w is None or (not usable(w, now_s) and self._others_usable(w, now_s)):
             self._evict(key)
             return
         depth = self.queue.config.depth
         model = self.ttft.worker(key)
         while len(model.pending) < depth and (call := self.queue.pop(key)) is not None:
             self._release(call.seq, call.prefill_ms, now_s)
+
+    def _others_usable(self, w: WorkerState, now_s: float) -> bool:
+        """Whether a call held for `w` could go elsewhere (routing fails open when none can)."""
+        return any(x is not w and usable(x, now_s) for x in self.cluster.of_role(w.role))
 
     def _release(self, seq: int, prefill_ms: float, now_s: float) -> None:
         lease = self._held.pop(seq)
@@ -280,8 +284,11 @@ class Router:
             self._release(call.seq, call.prefill_ms, now)
 
     def evict_held(self, key: str) -> None:
-        """The worker was ejected or removed: every call held for it goes back for re-routing."""
-        self._evict(key)
+        """The worker was ejected or removed: every call held for it goes back for re-routing
+        (unless no other worker could take them: routing fails open then, and so does the queue)."""
+        w = self.cluster.get(key)
+        if w is None or self._others_usable(w, self._clock()):
+            self._evict(key)
 
     def on_first_token(self, lease: Lease, observed_ttft_ms: float, prefill_ms: float | None,
                        uncached_tokens: int | None, cached_tokens: int | None) -> None:

@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from flexlb import wire
 from flexlb.balancer.batcher import BatchConfig, Batcher, dispatch_order
+from flexlb.balancer.prefill_queue import UPKEEP_INTERVAL_S
 from flexlb.balancer.prefix import prompt_block_keys
 from flexlb.balancer.request import NoWorkerAvailable, RouteRequest
 from flexlb.balancer.router import Lease, Router
@@ -114,7 +115,8 @@ class Dispatcher:
         self._held: dict[int, tuple[Planned, Callable[[Planned | Rejection], None], Callable[[], bool]]] = {}
         self._held_since: dict[int, float] = {}
         self._upkeep: asyncio.TimerHandle | None = None
-        self.upkeep_interval_s = 0.1  # sweep of the prefill queue: dead callers, overdue calls, lost workers
+        # sweep of the prefill queue: dead callers, overdue calls, lost workers
+        self.upkeep_interval_s = UPKEEP_INTERVAL_S
         router.on_release = self._released
         router.on_evict = self._evicted
 
@@ -282,7 +284,10 @@ class Dispatcher:
         entry = self._held.pop(lease.seq, None)
         if entry is not None:
             self.metrics.prefill_queue_held.dec()
-            self.metrics.prefill_queue_wait.observe(time.monotonic() - self._held_since.pop(lease.seq))
+            held_since = self._held_since.pop(lease.seq)
+            if lease.held is False and not lease.evicted and entry[2]():
+                # counted only for calls that go to their worker now
+                self.metrics.prefill_queue_wait.observe(time.monotonic() - held_since)
         return entry
 
     def _released(self, lease: Lease) -> None:
@@ -317,8 +322,15 @@ class Dispatcher:
             if not alive() and self._unhold(planned.lease) is not None:
                 self.finish(planned, "CANCELLED", 0)
         self.router.maintain()
-        if self._held:
+        if self._held and self._upkeep is None:  # a call held again during the sweep may have set it
             self._upkeep = asyncio.get_running_loop().call_later(self.upkeep_interval_s, self._sweep)
+
+    def close(self) -> None:
+        """Stop the timers (the gateway is stopping)."""
+        for timer in (self._upkeep, self._window_timer):
+            if timer is not None:
+                timer.cancel()
+        self._upkeep = self._window_timer = None
 
     def held_calls(self) -> int:
         """Calls waiting in the prefill queue."""
@@ -353,9 +365,11 @@ class Dispatcher:
         Returns the next attempt, or None when attempts, time or workers are used up (the caller
         then gives the client the last failure). `deadline_s` is the call's monotonic deadline.
         """
-        self.finish(planned, code.name, 0)
         target = planned.lease.decision.target
-        if code in WORKER_FAULTS and self.router.worker_failed(target):
+        # blame first: if that ejects the worker, the slot this attempt frees is not refilled there
+        ejected = code in WORKER_FAULTS and self.router.worker_failed(target)
+        self.finish(planned, code.name, 0)
+        if ejected:
             self.router.evict_held(target.key)
         if planned.req is None or planned.attempt >= self.max_attempts:
             return None

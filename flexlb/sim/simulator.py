@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from flexlb.balancer.batcher import BatchConfig, Batcher, dispatch_order
-from flexlb.balancer.prefill_queue import PrefillQueueConfig
+from flexlb.balancer.prefill_queue import UPKEEP_INTERVAL_S, PrefillQueueConfig
 from flexlb.balancer.prefix import block_keys
 from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
 from flexlb.balancer.request import Deploy, RouteRequest
@@ -223,6 +223,7 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
     window_seq = [0]
 
     held: dict[int, _Job] = {}  # lease seq → job waiting in the gateway's prefill queue
+    upkeep = [False]  # an upkeep event is pending (the gateway sweeps its queue while calls are held)
 
     def released(lease: Lease) -> None:
         job = held.pop(lease.seq)
@@ -245,6 +246,9 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
         share[target] += 1
         if lease.held:
             held[lease.seq] = job
+            if not upkeep[0]:
+                upkeep[0] = True
+                push(now[0] + UPKEEP_INTERVAL_S, "upkeep", None)
             return
         workers[target].queue.append(job)
         start_next(workers[target])
@@ -276,6 +280,11 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
                     deadline = batcher.deadline_s()
                     assert deadline is not None
                     push(deadline, "flush", window_seq[0])
+        elif kind == "upkeep":
+            router.maintain()  # prefillQueueMaxHoldMs, as the gateway's sweep
+            upkeep[0] = bool(held)
+            if held:
+                push(t + UPKEEP_INTERVAL_S, "upkeep", None)
         elif kind == "flush":
             if batcher is not None and payload == window_seq[0] and len(batcher):
                 dispatch_batch(batcher.take())
