@@ -4,9 +4,8 @@ All of them read the same facts per worker: the prefix the index expects it to r
 model's prefill estimate, and the wait: the prefills already sent there and not yet done, plus,
 with the gateway's prefill queue on, the held calls that would leave before this one (the queue
 lets short prefills overtake long ones, so a short call waits less than the whole backlog).
-Near-ties are broken by least recently chosen,
-with the band measured on the prefill part in absolute ms (a band relative to long queues
-would make overload worse).
+Near-ties are broken by least recently chosen, with the band measured on the prefill part in
+absolute ms (a band relative to long queues would make overload worse).
 """
 
 from __future__ import annotations
