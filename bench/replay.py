@@ -614,7 +614,8 @@ def markdown(results: Sequence[dict[str, Any]], a: argparse.Namespace, command: 
                      f"| {d['ttft_outside_worker_mean_ms']:.1f} ms | {r['decode_step_mean_ms']:.1f} ms |")
     lines += ["", "TTFT outside the worker = client TTFT minus the worker's own `first_token_cost_time_us` "
               "(gateway, loopback and client, and, for the TTFT-aware strategies, the time a call is held in "
-              "the gateway's prefill queue instead of waiting in the worker's); mean decode step = time between first and last message per "
+              "the gateway's prefill queue instead of waiting in the worker's); mean decode step = time between "
+              "first and last message per "
               f"output token (the engine's step is {ENGINE.decode_step_base_ms:g} ms + "
               f"{ENGINE.decode_step_ms_per_running:g} ms x running)."]
     lines += ["", *comparison_sentences(results), END]
@@ -637,9 +638,9 @@ def comparison_sentences(results: Sequence[dict[str, Any]]) -> list[str]:
         real = "" if scale == 1 else f": {_span(min(outside) * scale, max(outside) * scale, '.1f')} real ms"
         hits = f"cache-hit ratios within {hit_d:.3f}" if hit_d >= 0.0005 else "the same cache-hit ratios"
         text = (f"At time scale {scale:g} the live TTFT means are {_span(min(mean_x), max(mean_x), '.2f')}x the "
-                f"simulator's, p50 {_span(min(p50_d), max(p50_d), '+,.0f', ' to ')} ms off it (gateway, loopback, client "
-                f"and prefill queue add {_span(min(outside), max(outside), '.0f')} simulated ms per call{real}), "
-                f"{hits}, and "
+                f"simulator's, p50 {_span(min(p50_d), max(p50_d), '+,.0f', ' to ')} ms off it (gateway, loopback, "
+                f"client and prefill queue add {_span(min(outside), max(outside), '.0f')} simulated ms per call"
+                f"{real}), {hits}, and "
                 f"e2e means {_span(min(e2e_x), max(e2e_x), '.2f')}x (mean decode steps of "
                 f"{_span(min(step), max(step), '.1f')} ms; the engine's are {ENGINE.decode_step_base_ms:g} ms + "
                 f"{ENGINE.decode_step_ms_per_running:g} ms x running).")
