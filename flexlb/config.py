@@ -72,7 +72,7 @@ class MasterConfig:
     max_in_flight_per_worker: int = 0  # per-worker admission cap (0: none)
     prefill_generate_timeout_ms: int = 0
     enable_grpc_prefill_master: bool = False
-    prefill_queue_depth: int = 1  # prefills sent to one worker at a time; the rest wait at the gateway (0: off)
+    prefill_queue_depth: int = 2  # prefills sent to one worker at a time; the rest wait at the gateway (0: off)
     prefill_queue_aging: float = 1.0  # priority gained per ms held, in ms of estimated prefill
     prefill_queue_max_hold_ms: int = 30_000  # held this long: sent regardless of depth (0: no bound)
 

@@ -117,6 +117,10 @@ class Metrics:
         self.prefill_queue_held = Gauge(
             "flexlb_prefill_queue_held", "Calls waiting in the gateway's prefill queue for a worker slot", registry=r,
         )
+        self.prefill_queue_moved = Counter(
+            "flexlb_prefill_queue_moved", "Held calls an idle worker took over from a busier worker's queue",
+            registry=r,
+        )
         self.prefill_queue_wait = Histogram(
             "flexlb_prefill_queue_wait_seconds", "Time a call waited in the prefill queue before it was sent",
             buckets=_TTFT_BUCKETS_S, registry=r,

@@ -617,7 +617,7 @@ def test_spring_style_flags() -> None:
 
 def test_prefill_queue_defaults() -> None:
     m = load_settings(env_of(README_MASTER, README_SERVICE), CliOverrides()).master
-    assert (m.prefill_queue_depth, m.prefill_queue_aging, m.prefill_queue_max_hold_ms) == (1, 1.0, 30_000)
+    assert (m.prefill_queue_depth, m.prefill_queue_aging, m.prefill_queue_max_hold_ms) == (2, 1.0, 30_000)
 
 
 @pytest.mark.parametrize(
@@ -625,7 +625,7 @@ def test_prefill_queue_defaults() -> None:
     [
         ({"prefillQueueDepth": 4, "prefillQueueAging": 0.25, "prefillQueueMaxHoldMs": 2500}, (4, 0.25, 2500)),
         ({"prefillQueueDepth": 0, "prefillQueueAging": 0, "prefillQueueMaxHoldMs": 0}, (0, 0.0, 0)),
-        ({"prefillQueueAging": 2}, (1, 2.0, 30_000)),
+        ({"prefillQueueAging": 2}, (2, 2.0, 30_000)),
         # the same string spellings every other numeric field accepts
         ({"prefillQueueDepth": "3", "prefillQueueAging": "1.5", "prefillQueueMaxHoldMs": "100"}, (3, 1.5, 100)),
     ],

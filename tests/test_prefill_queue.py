@@ -30,7 +30,7 @@ P100, P1000, P2000, P3000, P5000 = 30.0, 120.0, 220.0, 320.0, 520.0
 
 
 def test_config_enabled_only_with_depth() -> None:
-    assert PrefillQueueConfig() == PrefillQueueConfig(depth=1, aging=1.0, max_hold_ms=30_000)
+    assert PrefillQueueConfig() == PrefillQueueConfig(depth=2, aging=1.0, max_hold_ms=30_000)
     assert PrefillQueueConfig().enabled
     assert not PrefillQueueConfig(depth=0).enabled
     assert PrefillQueueConfig(depth=3).enabled
@@ -735,3 +735,93 @@ def test_simulator_aging_stops_a_late_short_prompt_from_overtaking() -> None:
     assert _first_token_order(late, r) == [0, 2, 1, 3]
     r = simulate(late, SimConfig(workers=1, seed=1, engine=SIM_ENGINE, queue=PrefillQueueConfig(1, aging=0.0)))
     assert _first_token_order(late, r) == [0, 2, 3, 1]  # without aging it would overtake anyway
+
+
+# ---------------------------------------------------------------------------------------------- take-over
+
+
+def test_an_idle_worker_takes_over_the_call_held_for_a_busy_one() -> None:
+    router, _, rec = queued_router(n=2, depth=1)
+    busy, idle = router.cluster.all()
+    idle.operator_out = True  # everything goes to `busy` for now
+    first = router.route(rreq(1000), hold=True)
+    second = router.route(rreq(3000), hold=True)
+    assert first.decision.target is busy and second.held and second.decision.target is busy
+    assert (busy.in_flight, idle.in_flight) == (2, 0)
+    idle.operator_out = False
+    router.maintain()  # the idle worker hears of no first token: the upkeep lets it look
+    assert rec.released == [second] and second.moved and not second.held
+    assert second.decision.target is idle and second.decision.reason.endswith("+moved")
+    assert (busy.in_flight, idle.in_flight) == (1, 1)
+    assert pending(router, idle) == [second.seq] and router.held_calls() == 0
+    second.first_token(10.0)
+    first.first_token(10.0)
+    first.release()
+    second.release()
+    assert (busy.in_flight, idle.in_flight) == (0, 0) and router.ttft.total_pending == 0
+
+
+def test_no_take_over_when_the_call_would_lose_its_cached_prefix() -> None:
+    from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
+
+    clock = FakeClock(T0)
+    router = Router(Cluster(addrs(Role.PDFUSION, 2)), Deploy.PD_FUSION, make_strategy("COST_BASED_PREFILL"),
+                    make_strategy("ROUND_ROBIN"), rng=random.Random(1), clock=clock,
+                    index=PrefixIndex(PrefixIndexConfig(1000, 600.0)), queue=PrefillQueueConfig(depth=1))
+    rec = Recorder(router)
+    busy, idle = router.cluster.all()
+    idle.operator_out = True
+    keys = tuple(range(1, 101))  # 100 blocks of 64 tokens: a 6,400-token prompt
+
+    def call(n_keys: int) -> Lease:
+        req = RouteRequest(next(_ids), n_keys * 64, 8, block_keys=keys[:n_keys], block_size_tokens=64)
+        return router.route(req, hold=True)
+
+    short = call(1)  # running on `busy`
+    long_hit = call(100)  # held on `busy`, where the index holds... only its first block so far
+    follow = call(100)  # held: `busy` now holds all 100 blocks (recorded for long_hit)
+    assert follow.held and follow.decision.cached_tokens == 100 * 64 - 1
+    idle.operator_out = False
+    router.maintain()
+    # long_hit (no reuse on either worker) moves; follow would recompute 6,399 tokens on `idle`: stays
+    assert [x.seq for x in rec.released] == [long_hit.seq]
+    assert follow.held and follow.decision.target is busy
+    for x in (short, long_hit, follow):
+        x.release()
+    assert busy.in_flight == idle.in_flight == 0
+
+
+def test_a_pd_call_taken_over_keeps_its_decode_peer() -> None:
+    clock = FakeClock(T0)
+    router = Router(Cluster(addrs(Role.PREFILL, 2) + addrs(Role.DECODE, 1, base=9000)), Deploy.DISAGGREGATED,
+                    make_strategy("COST_BASED_PREFILL"), make_strategy("ROUND_ROBIN"), rng=random.Random(1),
+                    clock=clock, queue=PrefillQueueConfig(depth=1))
+    rec = Recorder(router)
+    busy, idle = router.cluster.of_role(Role.PREFILL)
+    (decode,) = router.cluster.of_role(Role.DECODE)
+    idle.operator_out = True
+    first = router.route(rreq(1000), hold=True)
+    second = router.route(rreq(2000), hold=True)
+    assert second.held
+    idle.operator_out = False
+    router.maintain()
+    assert rec.released == [second] and second.decision.target is idle and second.decision.decode is decode
+    assert decode.in_flight == 2
+    first.release()
+    second.release()
+    assert busy.in_flight == idle.in_flight == decode.in_flight == 0
+
+
+def test_transit_is_learned_from_the_engine_time_and_counted_in_estimates() -> None:
+    router, clock, _ = queued_router(n=1, depth=1)
+    (w,) = router.cluster.all()
+    a = router.route(rreq(1000), hold=True)
+    clock.now += 0.150  # the first message arrives 150 ms after the call was sent
+    a.first_token(150.0, 120.0, 1000, 0, engine_ms=140.0)  # of which the engine spent 140 ms
+    assert router.ttft.worker(w.key).transit_ms == pytest.approx(10.0)
+    a.release()
+    b = router.route(rreq(1000), hold=True)
+    # its estimate: its own prefill plus the hops; its slot is taken for both
+    assert b.decision.estimate_ms == pytest.approx(b.decision.prefill_ms + 10.0)
+    assert router.ttft.worker(w.key).backlog_ms == pytest.approx(b.decision.prefill_ms + 10.0)
+    b.release()

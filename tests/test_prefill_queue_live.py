@@ -23,6 +23,8 @@ from flexlb.sim.mock_worker import Faults, MockWorker
 from tests.conftest import generate_input, stream_stub, wait_for, worker_addr
 
 Spawn = Callable[..., "asyncio.Task[list[pb.GenerateOutputsPB]]"]
+# one call at a worker at a time (the default is 2): the tests decide exactly which calls are held
+ONE = {"prefill_queue_depth": 1}
 
 
 @pytest.fixture
@@ -105,8 +107,9 @@ async def settled(gw: Gateway) -> None:
 async def test_held_calls_reach_the_worker_shortest_first(mock_workers, gateways, channels, spawn, paused) -> None:
     w = await mock_workers(time_scale=0.0)
     # 1 ms of estimated prefill per token: the held calls' sizes, not their arrival order, set the order
-    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL", master={"ttft_prior_us_per_token": 1000.0})
-    assert gw.router.queue.config == PrefillQueueConfig(depth=1, aging=1.0, max_hold_ms=30_000)  # the defaults
+    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL",
+                        master={"ttft_prior_us_per_token": 1000.0, **ONE})
+    assert gw.router.queue.config == PrefillQueueConfig(depth=1, aging=1.0, max_hold_ms=30_000)
     stub = stream_stub(channels(gw.grpc_port))
     await paused(w)
     first = spawn(stub, 1, 3000)
@@ -131,7 +134,7 @@ async def test_held_calls_reach_the_worker_shortest_first(mock_workers, gateways
 async def test_cancelled_and_expired_callers_leave_the_queue(mock_workers, gateways, channels, spawn,
                                                             paused) -> None:
     w = await mock_workers(time_scale=0.0)
-    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL")
+    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL", master=ONE)
     stub = stream_stub(channels(gw.grpc_port))
     await paused(w)
     first = spawn(stub, 21)
@@ -163,7 +166,8 @@ async def test_cancelled_and_expired_callers_leave_the_queue(mock_workers, gatew
 async def test_caller_gone_when_its_slot_frees_is_not_sent(mock_workers, gateways, channels, spawn,
                                                           paused) -> None:
     w = await mock_workers(time_scale=0.0)
-    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL", master={"ttft_prior_us_per_token": 1000.0})
+    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL",
+                        master={"ttft_prior_us_per_token": 1000.0, **ONE})
     gw.dispatcher.upkeep_interval_s = 3600.0  # no sweep in this test: the release itself must notice
     stub = stream_stub(channels(gw.grpc_port))
     await paused(w)
@@ -190,7 +194,7 @@ async def test_caller_gone_when_its_slot_frees_is_not_sent(mock_workers, gateway
 
 async def test_a_call_held_past_max_hold_is_sent_anyway(mock_workers, gateways, channels, spawn, paused) -> None:
     w = await mock_workers(time_scale=0.0)
-    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL", master={"prefill_queue_max_hold_ms": 200})
+    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL", master={"prefill_queue_max_hold_ms": 200, **ONE})
     stub = stream_stub(channels(gw.grpc_port))
     await paused(w)
     calls = [spawn(stub, 36)]
@@ -242,7 +246,7 @@ async def test_depth_two_sends_two_at_a_time(mock_workers, gateways, channels, s
 
 async def test_batch_generate_call_is_never_held(mock_workers, gateways, channels, spawn, paused) -> None:
     w = await mock_workers(time_scale=0.0)
-    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL")
+    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL", master=ONE)
     ch = channels(gw.grpc_port)
     stub = stream_stub(ch)
     batch_stub = ch.unary_unary(
@@ -273,7 +277,7 @@ async def test_batch_generate_call_is_never_held(mock_workers, gateways, channel
 
 async def test_a_call_held_for_a_fail_open_worker_is_served(mock_workers, gateways, channels, spawn, paused) -> None:
     w = await mock_workers(time_scale=0.0)
-    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL", master={"health_check_interval_ms": 0})
+    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL", master={"health_check_interval_ms": 0, **ONE})
     state = gw.cluster.get(worker_addr(w).key)
     assert state is not None
     state.healthy = False  # e.g. its health checks time out: with no other worker, routing fails open
@@ -295,7 +299,7 @@ async def _two_paused_workers(mock_workers, gateways, paused, **master: Any):  #
     ws = [await mock_workers(time_scale=0.0) for _ in range(2)]
     # every call estimated at >= 1 s of prefill: the milliseconds between sends cannot change a choice
     gw = await gateways([worker_addr(w) for w in ws], strategy="COST_BASED_PREFILL",
-                        master={"health_check_interval_ms": 0, "ttft_prior_base_ms": 1000.0, **master})
+                        master={"health_check_interval_ms": 0, "ttft_prior_base_ms": 1000.0, **ONE, **master})
     for w in ws:
         await paused(w)
     return ws, gw

@@ -22,7 +22,7 @@ UPKEEP_INTERVAL_S = 0.1  # while calls are held, the owner calls Router.maintain
 class PrefillQueueConfig:
     """prefillQueueDepth / prefillQueueAging / prefillQueueMaxHoldMs."""
 
-    depth: int = 1  # prefills released to one worker at a time; 0 turns the queue off
+    depth: int = 2  # calls sent to one worker and not yet past their first token; 0 turns the queue off
     aging: float = 1.0  # priority gained per ms held, in ms of prefill
     max_hold_ms: float = 30_000.0  # a call held this long is released regardless of depth (0: never)
 
@@ -34,7 +34,8 @@ class PrefillQueueConfig:
 
 @dataclass(frozen=True)
 class HeldCall:
-    """One held call: its lease sequence number, estimated prefill and when it was held."""
+    """One held call: its lease sequence number, estimated prefill (with the worker's transit) and when it
+    was held."""
 
     seq: int
     worker: str
@@ -118,6 +119,16 @@ class PrefillQueue:
             return 0.0, 0
         i = bisect.bisect_right(keys, (self.order_key(prefill_ms, now_s), float("inf")))
         return sum(self._prefill[worker][:i]), len(keys) - i
+
+    def before(self, seq: int) -> float:
+        """Held work that leaves before this held call (its worker's calls ahead of it)."""
+        call = self._calls[seq]
+        i = bisect.bisect_left(self._keys[call.worker], (call.key, seq))
+        return sum(self._prefill[call.worker][:i])
+
+    def first(self, worker: str, n: int) -> list[HeldCall]:
+        """The next n calls `worker` would release."""
+        return [self._calls[seq] for _, seq in self._keys.get(worker, [])[:n]]
 
     def held_ms(self, worker: str) -> float:
         """All the prefill work held for one worker."""

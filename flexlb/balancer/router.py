@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -19,7 +21,7 @@ class Lease:
     """Load reserved for one call; `release()` gives it back exactly once, however often it is called."""
 
     __slots__ = ("_first_token_seen", "_released", "_router", "_workers", "active_tokens", "decision", "evicted",
-                 "held", "seq")
+                 "held", "moved", "seq")
 
     def __init__(self, decision: Decision, router: Router, seq: int, active_tokens: int) -> None:
         self.decision = decision
@@ -39,6 +41,8 @@ class Lease:
         self.held = False
         # taken out of the queue because its worker went away: release it and route the call again
         self.evicted = False
+        # taken over while held by an idle worker from a busier one's queue: decision.target changed
+        self.moved = False
 
     @property
     def released(self) -> bool:
@@ -46,12 +50,14 @@ class Lease:
         return self._released
 
     def first_token(self, observed_ttft_ms: float, prefill_ms: float | None = None,
-                    uncached_tokens: int | None = None, cached_tokens: int | None = None) -> None:
-        """The first response message arrived: the prefill is done; learn from what was observed."""
+                    uncached_tokens: int | None = None, cached_tokens: int | None = None,
+                    engine_ms: float | None = None) -> None:
+        """The first response message arrived: the prefill is done; learn from what was observed
+        (`engine_ms`: the engine's own time to first token, its queueing included)."""
         if self._first_token_seen or self._released:
             return
         self._first_token_seen = True
-        self._router.on_first_token(self, observed_ttft_ms, prefill_ms, uncached_tokens, cached_tokens)
+        self._router.on_first_token(self, observed_ttft_ms, prefill_ms, uncached_tokens, cached_tokens, engine_ms)
 
     def release(self) -> bool:
         """Give the reserved load back; returns False if it was already released."""
@@ -109,6 +115,7 @@ class Router:
         # prefillQueueDepth: calls wait here for a free prefill slot on their worker (depth 0: off)
         self.queue = PrefillQueue(queue or PrefillQueueConfig(depth=0))
         self._held: dict[int, Lease] = {}
+        self._held_req: dict[int, RouteRequest] = {}  # what a held call asked for, should another worker take it
         # set by the owner (gateway or simulator): a held call may now go to its worker / must be re-routed
         self.on_release: Callable[[Lease], None] | None = None
         self.on_evict: Callable[[Lease], None] | None = None
@@ -193,9 +200,13 @@ class Router:
         cached = ctx.cached_tokens(req, target)
         # the prefill worker's backlog holds its own compute only; a PD KV transfer runs beside it
         ttft_ms, _, prefill_ms = self.ttft.estimate_ms(target.key, req.prompt_tokens - cached, cached, ctx.now_s)
-        held = hold and self.prefill_strategy.holds and self._must_hold(target.key)
+        transit_ms = self.ttft.worker(target.key).transit_ms
+        ttft_ms += transit_ms
+        # with the queue on the worker gets one call at a time: its slot stays taken for the hops too
+        work_ms = prefill_ms + transit_ms if self.queue.config.enabled else prefill_ms
+        held = hold and self.prefill_strategy.holds and self._must_hold(target.key, ctx.now_s)
         if held:
-            ttft_ms += self.queue.ahead(target.key, prefill_ms, ctx.now_s)[0]
+            ttft_ms += self.queue.ahead(target.key, work_ms, ctx.now_s)[0]
         if decode_pick is not None:
             ttft_ms += self.ttft.priors.kv_transfer_ms_per_token * req.prompt_tokens
         decision = Decision(
@@ -214,17 +225,22 @@ class Router:
         if held:
             lease.held = True
             self._held[lease.seq] = lease
-            self.queue.push(target.key, lease.seq, prefill_ms, ctx.now_s)
+            self._held_req[lease.seq] = req
+            self.queue.push(target.key, lease.seq, work_ms, ctx.now_s)
         else:
-            self.ttft.dispatched(target.key, self._seq, prefill_ms, ctx.now_s)
+            self.ttft.dispatched(target.key, self._seq, work_ms, ctx.now_s)
         return lease
 
     # ------------------------------------------------------------ prefill queue
 
-    def _must_hold(self, key: str) -> bool:
+    def _must_hold(self, key: str, now_s: float) -> bool:
         """Hold when the worker's prefill slots are taken, or others already wait for them (keep order)."""
-        cfg = self.queue.config
-        return cfg.enabled and (len(self.ttft.worker(key).pending) >= cfg.depth or self.queue.held(key) > 0)
+        return self.queue.config.enabled and (not self._slot_free(key, now_s) or self.queue.held(key) > 0)
+
+    def _slot_free(self, key: str, now_s: float) -> bool:
+        """Whether the worker can take one more call now (fewer than `depth` sent and not yet past
+        their first token)."""
+        return len(self.ttft.worker(key).pending) < self.queue.config.depth
 
     def held_calls(self) -> int:
         """Calls waiting in the prefill queue."""
@@ -236,10 +252,81 @@ class Router:
         if w is None or (not usable(w, now_s) and self._others_usable(w, now_s)):
             self._evict(key)
             return
-        depth = self.queue.config.depth
-        model = self.ttft.worker(key)
-        while len(model.pending) < depth and (call := self.queue.pop(key)) is not None:
+        while self.queue.held(key) and self._slot_free(key, now_s):
+            call = self.queue.pop(key)
+            assert call is not None
             self._release(call.seq, call.prefill_ms, now_s)
+        if usable(w, now_s):
+            self._steal_into(w, now_s, {})
+
+    def _steal_into(self, w: WorkerState, now_s: float, matches: dict[int, dict[str, int]]) -> None:
+        """A worker with free slots and nothing of its own held takes calls held for busier workers,
+        while moving one gains (a queue must not leave a worker idle that could serve a waiting call)."""
+        while len(self.queue) and self._slot_free(w.key, now_s) and self._steal(w, now_s, matches):
+            pass
+
+    _STEAL_LOOK = 4  # held calls per busy worker considered for stealing
+    _STEAL_FROM = 8  # busy workers considered (those holding the most calls)
+    _STEAL_IDLE = 16  # idle workers that look for calls per upkeep pass
+    _STEAL_BAND_MS = 5.0
+
+    def _steal(self, w: WorkerState, now_s: float, matches: dict[int, dict[str, int]]) -> bool:
+        """Move the held call that gains most by going to `w` now; False if none gains.
+
+        Gain as COST_BASED_PREFILL counts it: (wait + prefill x (1 + k)) where it is held, minus
+        the same on `w`, with its prefill on `w` priced by what `w` is known to hold of the prompt.
+        """
+        cap = self.max_in_flight_per_worker
+        if cap and w.in_flight >= cap:
+            return False
+        model = self.ttft
+        mine = model.worker(w.key)
+        wait_w = mine.queue_wait_ms(now_s)
+        k = 0.5 * (model.total_pending + len(self.queue)) / max(len(self.cluster.of_role(w.role)), 1)
+        best: tuple[float, int, float, int] | None = None
+        busiest = heapq.nlargest(self._STEAL_FROM, self.queue.workers(), key=self.queue.held)
+        for v in busiest:
+            if v == w.key:
+                continue
+            waited = model.worker(v).queue_wait_ms(now_s)
+            for call in self.queue.first(v, self._STEAL_LOOK):
+                lease = self._held[call.seq]
+                req = self._held_req[call.seq]
+                d = lease.decision
+                if w.key in req.exclude or w.role is not d.target.role:
+                    continue
+                if d.decode is not None and d.decode.addr.group != w.addr.group:
+                    continue
+                if call.seq not in matches:
+                    matches[call.seq] = self.index.match(req.block_keys) if self.index and req.block_keys else {}
+                matched = matches[call.seq].get(w.key, 0)
+                cached = min(matched * req.block_size_tokens, max(req.prompt_tokens - 1, 0))
+                work_w = mine.prefill_ms(req.prompt_tokens - cached, cached) + mine.transit_ms
+                gain = (waited + self.queue.before(call.seq) + call.prefill_ms * (1.0 + k)) - (
+                    wait_w + work_w * (1.0 + k))
+                if gain > self._STEAL_BAND_MS and (best is None or gain > best[0]):
+                    best = (gain, call.seq, work_w, cached)
+        if best is None:
+            return False
+        _, seq, work_w, cached = best
+        self.queue.remove(seq)
+        lease, req = self._held[seq], self._held_req[seq]
+        old = lease.decision.target
+        old.in_flight -= 1
+        old.active_tokens -= lease.active_tokens
+        w.in_flight += 1
+        w.active_tokens += lease.active_tokens
+        w.dispatched_total += 1
+        w.last_chosen_seq = seq
+        d = lease.decision
+        lease.decision = dataclasses.replace(d, target=w, reason=f"{d.reason}+moved", cached_tokens=cached,
+                                             prefill_ms=work_w - mine.transit_ms, estimate_ms=wait_w + work_w)
+        lease._workers = (w,) if d.decode is None else (w, d.decode)
+        lease.moved = True
+        if self.index is not None and req.block_keys:
+            self.index.record(w.key, req.block_keys, now_s)
+        self._release(seq, work_w, now_s)
+        return True
 
     def _others_usable(self, w: WorkerState, now_s: float) -> bool:
         """Whether a call held for `w` could go elsewhere (routing fails open when none can)."""
@@ -247,6 +334,7 @@ class Router:
 
     def _release(self, seq: int, prefill_ms: float, now_s: float) -> None:
         lease = self._held.pop(seq)
+        del self._held_req[seq]
         lease.held = False
         self.ttft.dispatched(lease.decision.target.key, seq, prefill_ms, now_s)
         self._notify(lease)
@@ -254,6 +342,7 @@ class Router:
     def _evict(self, key: str) -> None:
         for call in self.queue.take_all(key):
             lease = self._held.pop(call.seq)
+            del self._held_req[call.seq]
             lease.held = False
             lease.evicted = True
             self._notify(lease)
@@ -282,6 +371,13 @@ class Router:
         for call in self.queue.overdue(now):
             self.queue.remove(call.seq)
             self._release(call.seq, call.prefill_ms, now)
+        # a worker that went idle hears of no first token: let the idle ones look for waiting calls now
+        if len(self.queue):
+            idle = [w for w in self.cluster.all() if w.role is not Role.DECODE and not self.queue.held(w.key)
+                    and self._slot_free(w.key, now) and usable(w, now)]
+            matches: dict[int, dict[str, int]] = {}
+            for w in heapq.nsmallest(self._STEAL_IDLE, idle, key=lambda x: x.in_flight):
+                self._steal_into(w, now, matches)
 
     def evict_held(self, key: str) -> None:
         """The worker was ejected or removed: every call held for it goes back for re-routing
@@ -291,17 +387,19 @@ class Router:
             self._evict(key)
 
     def on_first_token(self, lease: Lease, observed_ttft_ms: float, prefill_ms: float | None,
-                       uncached_tokens: int | None, cached_tokens: int | None) -> None:
+                       uncached_tokens: int | None, cached_tokens: int | None, engine_ms: float | None = None) -> None:
         """Feedback from the first response message of a call."""
         d = lease.decision
         now = self._clock()
-        self.ttft.started_or_gone(d.target.key, lease.seq, now)
+        sent_s = self.ttft.started_or_gone(d.target.key, lease.seq, now)
+        if sent_s is not None and engine_ms is not None:
+            self.ttft.observe_transit(d.target.key, (now - sent_s) * 1000.0 - engine_ms)
         if prefill_ms is not None and uncached_tokens is not None and cached_tokens is not None:
             self.ttft.observe(d.target.key, uncached_tokens, cached_tokens, prefill_ms, d.estimate_ms,
                               observed_ttft_ms)
         else:
             self.ttft.observe(d.target.key, 0, 0, float("nan"), d.estimate_ms, observed_ttft_ms)
-        if self.queue.held(d.target.key):
+        if len(self.queue):
             self._release_next(d.target.key, now)
 
     def on_gone(self, lease: Lease) -> None:
@@ -310,11 +408,12 @@ class Router:
         if lease.held:
             lease.held = False
             self._held.pop(lease.seq, None)
+            self._held_req.pop(lease.seq, None)
             self.queue.remove(lease.seq)
             return
         now = self._clock()
         self.ttft.started_or_gone(key, lease.seq, now)
-        if self.queue.held(key):
+        if len(self.queue):
             self._release_next(key, now)
 
     def worker_succeeded(self, worker: WorkerState) -> None:

@@ -47,6 +47,10 @@ class WorkerTtft:
     abs_error_ms: float = 0.0  # EWMA of |estimated TTFT - observed TTFT|
     observed_ttft_ms: float = 0.0  # EWMA of observed TTFT
     residual_scale_ms: float = 0.0  # EWMA of |prefill residual|, sets the Huber threshold
+    # EWMA of what a call spends outside the engine before its first token reaches the gateway (the
+    # request's hop there, the first message's hop back, the PD ALLOCATE round trip): part of every
+    # TTFT, and of the time a prefill slot stays taken when the gateway sends one call at a time
+    transit_ms: float = 0.0
 
     def prefill_ms(self, uncached_tokens: int, cached_tokens: int) -> float:
         """Predicted prefill duration of one request on this worker."""
@@ -107,12 +111,13 @@ class TtftModel:
         w.backlog_ms += prefill_ms
         self.total_pending += 1
 
-    def started_or_gone(self, key: str, request_id: int, now_s: float) -> None:
-        """The request produced its first token (or ended without one): it leaves the backlog."""
+    def started_or_gone(self, key: str, request_id: int, now_s: float) -> float | None:
+        """The request produced its first token (or ended without one): it leaves the backlog.
+        Returns when it was sent (None if it was not in the backlog)."""
         w = self.worker(key)
         item = w.pending.pop(request_id, None)
         if item is None:
-            return
+            return None
         self.total_pending -= 1
         w.backlog_ms = max(0.0, w.backlog_ms - item.estimate_ms)
         if w.pending:
@@ -120,6 +125,14 @@ class TtftModel:
             w.busy_since_s = max(now_s, next(iter(w.pending.values())).dispatched_s)
         else:
             w.backlog_ms = 0.0
+        return item.dispatched_s
+
+    def observe_transit(self, key: str, transit_ms: float) -> None:
+        """One call's time outside the engine: sent to first message minus the engine's own time."""
+        if not math.isfinite(transit_ms) or transit_ms < 0:
+            return
+        w = self.worker(key)
+        w.transit_ms += (0.1 if w.transit_ms else 1.0) * (transit_ms - w.transit_ms)
 
     def observe(self, key: str, uncached_tokens: int, cached_tokens: int, prefill_ms: float,
                 estimated_ttft_ms: float | None, observed_ttft_ms: float) -> None:

@@ -91,6 +91,18 @@ def _role_addr(w: WorkerState) -> pb.RoleAddrPB:
     return wire.role_addr(_ROLE_ENUM[a.role], a.ip, a.grpc_port, a.http_port)
 
 
+def _addressed(prepared: _Prepared, lease: Lease) -> bytes:
+    """The request bytes for the lease's workers: in PD mode role_addrs = [PREFILL, DECODE]
+    (rtp-llm-wire.md §5.5), so the prefill finds its decode peer; fused calls go unchanged."""
+    d = lease.decision
+    if d.decode is None:
+        return prepared.body
+    inp = prepared.inp
+    del inp.generate_config.role_addrs[:]
+    inp.generate_config.role_addrs.extend([_role_addr(d.target), _role_addr(d.decode)])
+    return inp.SerializeToString()
+
+
 class Dispatcher:
     """Parses, routes and accounts calls; raises Rejection for anything the gateway answers itself."""
 
@@ -184,15 +196,8 @@ class Dispatcher:
     def _route_prepared(self, prepared: _Prepared, attempt: int = 1,
                         master_choice: MasterChoice | None = None, hold: bool = False) -> Planned:
         lease = self._route(GENERATE_STREAM, prepared.req, pair=True, master_choice=master_choice, hold=hold)
-        d = lease.decision
-        body = prepared.body
-        if d.decode is not None:
-            # PD: the prefill finds its decode peer in role_addrs (rtp-llm-wire.md §5.5)
-            inp = prepared.inp
-            del inp.generate_config.role_addrs[:]
-            inp.generate_config.role_addrs.extend([_role_addr(d.target), _role_addr(d.decode)])
-            body = inp.SerializeToString()
-        return Planned(lease, body, GENERATE_STREAM, prepared.started_s, prepared.req, prepared, attempt, master_choice)
+        return Planned(lease, _addressed(prepared, lease), GENERATE_STREAM, prepared.started_s, prepared.req,
+                       prepared, attempt, master_choice)
 
     def plan_generate(self, body: bytes) -> Planned:
         """Route a GenerateStreamCall now; in PD mode the request gets role_addrs = [PREFILL, DECODE]."""
@@ -276,6 +281,10 @@ class Dispatcher:
         self._held[seq] = (planned, done, alive)
         self._held_since[seq] = time.monotonic()
         self.metrics.prefill_queue_held.inc()
+        self._arm()
+
+    def _arm(self) -> None:
+        """Run the sweep one upkeep interval from now, unless it is already due."""
         if self._upkeep is None:
             self._upkeep = asyncio.get_running_loop().call_later(self.upkeep_interval_s, self._sweep)
 
@@ -296,10 +305,14 @@ class Dispatcher:
         if entry is None:
             return
         planned, done, alive = entry
-        if alive():
-            done(planned)
-        else:
+        if not alive():
             self.finish(planned, "CANCELLED", 0)
+            return
+        if lease.moved and planned.prepared is not None:
+            # an idle worker took it over from a busier one's queue: address the request to it
+            self.metrics.prefill_queue_moved.inc()
+            planned = dataclasses.replace(planned, body=_addressed(planned.prepared, lease))
+        done(planned)
 
     def _evicted(self, lease: Lease) -> None:
         """The held call's worker went away: give its reservation back and route it again elsewhere."""
@@ -322,8 +335,8 @@ class Dispatcher:
             if not alive() and self._unhold(planned.lease) is not None:
                 self.finish(planned, "CANCELLED", 0)
         self.router.maintain()
-        if self._held and self._upkeep is None:  # a call held again during the sweep may have set it
-            self._upkeep = asyncio.get_running_loop().call_later(self.upkeep_interval_s, self._sweep)
+        if self._held:
+            self._arm()
 
     def close(self) -> None:
         """Stop the timers (the gateway is stopping)."""
@@ -394,7 +407,7 @@ class Dispatcher:
         self.metrics.ttft.labels(decision.target.key).observe(ttft_s)
         if decision.estimate_ms is not None:
             self.metrics.ttft_estimate_error.observe(abs(decision.estimate_ms / 1000.0 - ttft_s))
-        prefill_ms = uncached = cached = None
+        prefill_ms = uncached = cached = engine_ms = None
         if message is not None and planned.method == GENERATE_STREAM:
             try:
                 aux_list = pb.GenerateOutputsPB.FromString(message).flatten_output.aux_info
@@ -404,9 +417,10 @@ class Dispatcher:
                 aux = aux_list[0]
                 # engine-side prefill: receipt to first token, minus the time it waited to be scheduled
                 prefill_ms = max(0.0, (aux.first_token_cost_time_us - aux.wait_time_us) / 1000.0)
+                engine_ms = aux.first_token_cost_time_us / 1000.0
                 cached = aux.total_reuse_len
                 uncached = max(aux.input_len - cached, 0)
-        planned.lease.first_token(ttft_s * 1000.0, prefill_ms, uncached, cached)
+        planned.lease.first_token(ttft_s * 1000.0, prefill_ms, uncached, cached, engine_ms)
 
     def finish(self, planned: Planned, code_name: str, messages: int) -> None:
         """Release the call's load exactly once and count how it ended."""

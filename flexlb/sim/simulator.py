@@ -227,6 +227,7 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
 
     def released(lease: Lease) -> None:
         job = held.pop(lease.seq)
+        job.worker = lease.decision.target.key  # an idle worker may have taken it over
         workers[job.worker].queue.append(job)
         start_next(workers[job.worker])
 

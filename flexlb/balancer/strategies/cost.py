@@ -77,6 +77,10 @@ def _options(candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickCont
         m = model.worker(w.key)
         wait = m.queue_wait_ms(ctx.now_s)
         prefill = m.prefill_ms(req.prompt_tokens - cached, cached)
+        if queue is not None:
+            prefill += m.transit_ms  # one call at a time: the worker's slot is taken for the hops too
+        else:
+            wait += m.transit_ms
         overtakes = 0
         if queue is not None and (len(m.pending) >= queue.config.depth or queue.held(w.key)):
             ahead_ms, overtakes = queue.ahead(w.key, prefill, ctx.now_s)
