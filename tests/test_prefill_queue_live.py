@@ -194,7 +194,8 @@ async def test_caller_gone_when_its_slot_frees_is_not_sent(mock_workers, gateway
 
 async def test_a_call_held_past_max_hold_is_sent_anyway(mock_workers, gateways, channels, spawn, paused) -> None:
     w = await mock_workers(time_scale=0.0)
-    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL", master={"prefill_queue_max_hold_ms": 200, **ONE})
+    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL",
+                        master={"prefill_queue_max_hold_ms": 200, **ONE})
     stub = stream_stub(channels(gw.grpc_port))
     await paused(w)
     calls = [spawn(stub, 36)]
