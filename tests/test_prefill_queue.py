@@ -778,14 +778,15 @@ def test_no_take_over_when_the_call_would_lose_its_cached_prefix() -> None:
         return router.route(req, hold=True)
 
     short = call(1)  # running on `busy`
-    long_hit = call(100)  # held on `busy`, where the index holds... only its first block so far
+    long_hit = call(100)  # held on `busy`, where the index holds its first block (recorded for `short`)
     follow = call(100)  # held: `busy` now holds all 100 blocks (recorded for long_hit)
     assert follow.held and follow.decision.cached_tokens == 100 * 64 - 1
+    assert long_hit.held and long_hit.decision.cached_tokens == 64
     idle.operator_out = False
     router.maintain()
-    # long_hit (no reuse on either worker) moves; follow would recompute 6,399 tokens on `idle`: stays
-    assert [x.seq for x in rec.released] == [long_hit.seq]
-    assert follow.held and follow.decision.target is busy
+    # both would recompute on `idle` what `busy` holds for them (1 block, 100 blocks): neither moves
+    assert rec.released == []
+    assert long_hit.held and follow.held and follow.decision.target is busy
     for x in (short, long_hit, follow):
         x.release()
     assert busy.in_flight == idle.in_flight == 0
@@ -825,3 +826,27 @@ def test_transit_is_learned_from_the_engine_time_and_counted_in_estimates() -> N
     assert b.decision.estimate_ms == pytest.approx(b.decision.prefill_ms + 10.0)
     assert router.ttft.worker(w.key).backlog_ms == pytest.approx(b.decision.prefill_ms + 10.0)
     b.release()
+
+
+def test_a_call_taken_over_moves_its_blocks_in_the_index() -> None:
+    from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
+
+    router = Router(Cluster(addrs(Role.PDFUSION, 2)), Deploy.PD_FUSION, make_strategy("COST_BASED_PREFILL"),
+                    make_strategy("ROUND_ROBIN"), rng=random.Random(1), clock=FakeClock(T0),
+                    index=PrefixIndex(PrefixIndexConfig(1000, 600.0)), queue=PrefillQueueConfig(depth=1))
+    rec = Recorder(router)
+    busy, idle = router.cluster.all()
+    idle.operator_out = True
+    assert router.index is not None
+    first = router.route(RouteRequest(next(_ids), 640, 8, block_keys=tuple(range(1, 11)), block_size_tokens=64),
+                         hold=True)
+    cold = router.route(RouteRequest(next(_ids), 640, 8, block_keys=tuple(range(50, 60)), block_size_tokens=64),
+                        hold=True)
+    assert cold.held and router.index.match(tuple(range(50, 60))) == {busy.key: 10}
+    idle.operator_out = False
+    router.maintain()
+    assert rec.released == [cold] and cold.decision.target is idle
+    assert router.index.match(tuple(range(50, 60))) == {idle.key: 10}  # no longer expected on `busy`
+    assert router.index.match(tuple(range(1, 11))) == {busy.key: 10}
+    first.release()
+    cold.release()

@@ -254,3 +254,14 @@ def test_replace_keeps_fresh_speculative_records() -> None:
     assert index.match([7, 8]) == {"w": 2}  # 7, 8 are younger than the grace: kept
     index.replace("w", [1], now_s=20.0, keep_recent_s=1.0)
     assert index.match([7]) == {}
+
+
+def test_forget_drops_only_the_named_blocks_of_one_worker() -> None:
+    idx = PrefixIndex(PrefixIndexConfig(100, 600.0))
+    idx.record("a", [1, 2, 3, 4], 0.0)
+    idx.record("b", [1, 2, 3], 0.0)
+    idx.forget("a", [3, 4, 99])
+    assert idx.match([1, 2, 3, 4]) == {"a": 2, "b": 3}
+    assert idx.blocks_held("a") == 2 and idx.blocks_held("b") == 3
+    idx.forget("unknown", [1])
+    assert idx.match([1]) == {"a": 1, "b": 1}

@@ -90,6 +90,16 @@ class PrefixIndex:
             self._drop(slot, k)
         self.record(worker, keys, now_s)
 
+    def forget(self, worker: str, keys: Sequence[int]) -> None:
+        """The worker will not hold these blocks after all (a call recorded there went elsewhere)."""
+        slot = self._slot.get(worker)
+        if slot is None:
+            return
+        lru = self._lru[slot]
+        for k in keys:
+            if lru.pop(k, None) is not None:
+                self._drop(slot, k)
+
     def forget_worker(self, worker: str) -> None:
         """The worker restarted or left: it holds nothing."""
         slot = self._slot.get(worker)

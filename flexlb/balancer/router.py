@@ -273,8 +273,9 @@ class Router:
     def _steal(self, w: WorkerState, now_s: float, matches: dict[int, dict[str, int]]) -> bool:
         """Move the held call that gains most by going to `w` now; False if none gains.
 
-        Gain as COST_BASED_PREFILL counts it: (wait + prefill x (1 + k)) where it is held, minus
-        the same on `w`, with its prefill on `w` priced by what `w` is known to hold of the prompt.
+        Only calls that `w` can serve with at least the cached prefix they expect where they are
+        held; gain as COST_BASED_PREFILL counts it: (wait + prefill x (1 + k)) where it is held,
+        minus the same on `w`.
         """
         cap = self.max_in_flight_per_worker
         if cap and w.in_flight >= cap:
@@ -301,6 +302,8 @@ class Router:
                     matches[call.seq] = self.index.match(req.block_keys) if self.index and req.block_keys else {}
                 matched = matches[call.seq].get(w.key, 0)
                 cached = min(matched * req.block_size_tokens, max(req.prompt_tokens - 1, 0))
+                if cached < d.cached_tokens:
+                    continue  # never trade a cached prefix for an earlier start: the work it saves is everyone's
                 work_w = mine.prefill_ms(req.prompt_tokens - cached, cached) + mine.transit_ms
                 gain = (waited + self.queue.before(call.seq) + call.prefill_ms * (1.0 + k)) - (
                     wait_w + work_w * (1.0 + k))
@@ -324,6 +327,9 @@ class Router:
         lease._workers = (w,) if d.decode is None else (w, d.decode)
         lease.moved = True
         if self.index is not None and req.block_keys:
+            # the blocks recorded for it where it was held, beyond what was already there, will not be
+            held_blocks = -(-d.cached_tokens // max(req.block_size_tokens, 1))  # a full hit is clamped by a token
+            self.index.forget(old.key, req.block_keys[held_blocks:])
             self.index.record(w.key, req.block_keys, now_s)
         self._release(seq, work_w, now_s)
         return True
