@@ -49,6 +49,8 @@ class _ClusterCollector(Collector):
             err = GaugeMetricFamily("flexlb_worker_ttft_abs_error_ms",
                                     "Recent mean absolute error of the TTFT estimate", labels=["worker"])
             seen = GaugeMetricFamily("flexlb_worker_ttft_observed_ms", "Recent mean observed TTFT", labels=["worker"])
+            transit = GaugeMetricFamily("flexlb_worker_transit_ms", "Recent mean time a call spends outside the "
+                                        "engine before its first message (hops, PD handshake)", labels=["worker"])
             now = time.monotonic()
             for key, m in self._ttft.workers().items():
                 for term, value in zip(("base_ms", "per_uncached_token_ms", "per_cached_token_ms"), m.theta,
@@ -57,10 +59,12 @@ class _ClusterCollector(Collector):
                 wait.add_metric([key], m.queue_wait_ms(now))
                 err.add_metric([key], m.abs_error_ms)
                 seen.add_metric([key], m.observed_ttft_ms)
+                transit.add_metric([key], m.transit_ms)
             yield coef
             yield wait
             yield err
             yield seen
+            yield transit
         yield GaugeMetricFamily(
             "flexlb_in_flight", "Calls in flight through this gateway", self._cluster.total_in_flight()
         )

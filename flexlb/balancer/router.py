@@ -283,7 +283,8 @@ class Router:
         model = self.ttft
         mine = model.worker(w.key)
         wait_w = mine.queue_wait_ms(now_s)
-        k = 0.5 * (model.total_pending + len(self.queue)) / max(len(self.cluster.of_role(w.role)), 1)
+        # k as COST_BASED_PREFILL's default: half the calls waiting per worker
+        k = min(16.0, 0.5 * (model.total_pending + len(self.queue)) / max(len(self.cluster.of_role(w.role)), 1))
         best: tuple[float, int, float, int] | None = None
         busiest = heapq.nlargest(self._STEAL_FROM, self.queue.workers(), key=self.queue.held)
         for v in busiest:
