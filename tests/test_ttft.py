@@ -225,3 +225,28 @@ def test_learns_a_much_faster_worker_after_only_tiny_prompts_first() -> None:
         model.observe("w", u, 0, truth[0] + truth[1] * u, None, 0.0)
     b = model.worker("w").theta[1]
     assert b == pytest.approx(truth[1], rel=0.2), b
+
+
+def test_the_fit_stays_bounded_on_inputs_that_hardly_vary() -> None:
+    """Regression: mostly full cache hits (1 uncached token) of a few prompt sizes, with jitter and
+    rare stalls, once drove the plain RLS covariance indefinite and the coefficients to 1e20."""
+    import random
+
+    model = TtftModel(TtftPriors())
+    rng = random.Random(1)
+    sizes = [rng.choice((200, 800, 2000)) for _ in range(20)]
+    seen: set[int] = set()
+    for _ in range(20_000):
+        j = rng.randrange(20)
+        if j in seen and rng.random() < 0.97:
+            uncached, cached = 1, sizes[j] - 1
+        else:
+            uncached, cached = sizes[j], 0
+            seen.add(j)
+        true_ms = (20 + 0.1 * uncached) * 0.5
+        seen_ms = true_ms + abs(rng.gauss(0, 2)) + (rng.random() < 0.01) * rng.uniform(0, 200)
+        model.observe("w", uncached, cached, seen_ms, None, seen_ms)
+        w = model.worker("w")
+        assert all(0.0 <= v < 1e3 for v in w.theta), w.theta
+    # and it still predicts: a cold 2,000-token prompt within 25% of its true 110 ms
+    assert abs(model.worker("w").prefill_ms(2000, 0) - 110.0) < 27.5

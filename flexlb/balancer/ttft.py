@@ -150,7 +150,14 @@ class TtftModel:
         lam = self.priors.forgetting
         p, th = w.p, w.theta
         px = [sum(p[i][j] * x[j] for j in range(3)) for i in range(3)]
-        denom = lam + sum(x[i] * px[i] for i in range(3))
+        xpx = sum(x[i] * px[i] for i in range(3))
+        if not math.isfinite(xpx) or xpx <= 0.0:
+            # rounding made the covariance lose positive definiteness (plain RLS does, with forgetting
+            # and inputs that hardly vary): the gain would explode, so start the covariance over
+            w.p = p = [row[:] for row in self._p0]
+            px = [sum(p[i][j] * x[j] for j in range(3)) for i in range(3)]
+            xpx = sum(x[i] * px[i] for i in range(3))
+        denom = lam + xpx
         residual = prefill_ms - sum(th[i] * x[i] for i in range(3))
         # robust (Huber): a surprise larger than 3x the typical residual moves the fit only that far.
         # The bound never drops below half the observation itself, so a model that first saw only tiny
@@ -165,9 +172,14 @@ class TtftModel:
         if clipped == residual:
             # only an observation taken at face value makes the fit surer of itself; a clipped one
             # leaves the covariance alone, or the model would lock onto a wrong slope
-            w.p = [[(p[i][j] - gain[i] * px[j]) / lam for j in range(3)] for i in range(3)]
+            q = [[(p[i][j] - gain[i] * px[j]) / lam for j in range(3)] for i in range(3)]
+            w.p = [[(q[i][j] + q[j][i]) / 2.0 for j in range(3)] for i in range(3)]  # keep it symmetric
         if any(w.p[i][i] > self._p_cap[i] for i in range(3)):
             # forgetting inflates directions the data never excites (e.g. no cache hits): start over there
             w.p = [row[:] for row in self._p0]
         # keep the physically meaningful signs (no negative base or per-token cost)
         w.theta = [max(0.0, v) for v in w.theta]
+        if not all(math.isfinite(v) for v in w.theta):
+            pr = self.priors
+            w.theta = [pr.base_ms, pr.ms_per_uncached_token, pr.ms_per_cached_token]
+            w.p = [row[:] for row in self._p0]
