@@ -669,5 +669,3 @@ def test_prefill_queue_bad_values_name_the_field(key: str, value: Any, words: li
 def test_prefill_queue_error_names_the_alias_variable() -> None:
     env = {"FLEXLB_CONFIG": json.dumps({"prefillQueueDepth": -2}), "MODEL_SERVICE_CONFIG": json.dumps(README_SERVICE)}
     assert config_error(env).field_path == "FLEXLB_CONFIG.prefillQueueDepth"
-
-
