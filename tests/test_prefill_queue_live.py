@@ -181,7 +181,7 @@ async def test_caller_gone_when_its_slot_frees_is_not_sent(mock_workers, gateway
     with pytest.raises(asyncio.CancelledError):
         await gone
     # the gateway has seen the caller leave (its liveness check turns false), and still holds the call
-    await wait_for(lambda: sum(not alive() for _, _, alive in gw.dispatcher._held.values()) == 1,
+    await wait_for(lambda: sum(not h.alive() for h in gw.dispatcher._held.values()) == 1,
                    what="the gateway noticing the cancellation")
     assert gw.dispatcher.held_calls() == 2
     paused.resume(w)

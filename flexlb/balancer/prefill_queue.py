@@ -61,6 +61,11 @@ class PrefillQueue:
         """Calls held for one worker."""
         return len(self._keys.get(worker, ()))
 
+    def holds(self, worker: str, sent: int) -> bool:
+        """Whether a call for `worker` now waits here: its slots are taken (`sent` calls not yet past
+        their first token), or others already wait for them (arrival keeps its place in the order)."""
+        return self.config.enabled and (sent >= self.config.depth or self.held(worker) > 0)
+
     def order_key(self, prefill_ms: float, now_s: float) -> float:
         """Where a call of this estimated prefill, held now, sorts (lower leaves first)."""
         return prefill_ms + self.config.aging * now_s * 1000.0

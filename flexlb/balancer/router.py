@@ -13,6 +13,7 @@ from flexlb.balancer.prefill_queue import PrefillQueue, PrefillQueueConfig
 from flexlb.balancer.prefix_index import PrefixIndex
 from flexlb.balancer.request import Decision, Deploy, NoWorkerAvailable, Pick, RouteRequest
 from flexlb.balancer.strategies.base import PickContext, Strategy
+from flexlb.balancer.strategies.cost import waiting_k
 from flexlb.balancer.ttft import TtftModel, TtftPriors
 from flexlb.balancer.workers import Cluster, Role, WorkerState
 
@@ -114,8 +115,8 @@ class Router:
         self._seq = 0
         # prefillQueueDepth: calls wait here for a free prefill slot on their worker (depth 0: off)
         self.queue = PrefillQueue(queue or PrefillQueueConfig(depth=0))
-        self._held: dict[int, Lease] = {}
-        self._held_req: dict[int, RouteRequest] = {}  # what a held call asked for, should another worker take it
+        # held calls, and what each asked for (should another worker take it over)
+        self._held: dict[int, tuple[Lease, RouteRequest]] = {}
         # set by the owner (gateway or simulator): a held call may now go to its worker / must be re-routed
         self.on_release: Callable[[Lease], None] | None = None
         self.on_evict: Callable[[Lease], None] | None = None
@@ -204,7 +205,7 @@ class Router:
         ttft_ms += transit_ms
         # with the queue on the worker gets one call at a time: its slot stays taken for the hops too
         work_ms = prefill_ms + transit_ms if self.queue.config.enabled else prefill_ms
-        held = hold and self.prefill_strategy.holds and self._must_hold(target.key, ctx.now_s)
+        held = hold and self.prefill_strategy.holds and self._must_hold(target.key)
         if held:
             ttft_ms += self.queue.ahead(target.key, work_ms, ctx.now_s)[0]
         if decode_pick is not None:
@@ -224,8 +225,7 @@ class Router:
         lease = Lease(decision, self, self._seq, req.prompt_tokens)
         if held:
             lease.held = True
-            self._held[lease.seq] = lease
-            self._held_req[lease.seq] = req
+            self._held[lease.seq] = (lease, req)
             self.queue.push(target.key, lease.seq, work_ms, ctx.now_s)
         else:
             self.ttft.dispatched(target.key, self._seq, work_ms, ctx.now_s)
@@ -233,9 +233,9 @@ class Router:
 
     # ------------------------------------------------------------ prefill queue
 
-    def _must_hold(self, key: str, now_s: float) -> bool:
+    def _must_hold(self, key: str) -> bool:
         """Hold when the worker's prefill slots are taken, or others already wait for them (keep order)."""
-        return self.queue.config.enabled and (not self._slot_free(key, now_s) or self.queue.held(key) > 0)
+        return self.queue.holds(key, len(self.ttft.worker(key).pending))
 
     def _slot_free(self, key: str, now_s: float) -> bool:
         """Whether the worker can take one more call now (fewer than `depth` sent and not yet past
@@ -283,8 +283,7 @@ class Router:
         model = self.ttft
         mine = model.worker(w.key)
         wait_w = mine.queue_wait_ms(now_s)
-        # k as COST_BASED_PREFILL's default: half the calls waiting per worker
-        k = min(16.0, 0.5 * (model.total_pending + len(self.queue)) / max(len(self.cluster.of_role(w.role)), 1))
+        k = waiting_k(model, self.queue, len(self.cluster.of_role(w.role)))
         best: tuple[float, int, float, int] | None = None
         busiest = heapq.nlargest(self._STEAL_FROM, self.queue.workers(), key=self.queue.held)
         for v in busiest:
@@ -292,8 +291,7 @@ class Router:
                 continue
             waited = model.worker(v).queue_wait_ms(now_s)
             for call in self.queue.first(v, self._STEAL_LOOK):
-                lease = self._held[call.seq]
-                req = self._held_req[call.seq]
+                lease, req = self._held[call.seq]
                 d = lease.decision
                 if w.key in req.exclude or w.role is not d.target.role:
                     continue
@@ -305,7 +303,7 @@ class Router:
                 cached = min(matched * req.block_size_tokens, max(req.prompt_tokens - 1, 0))
                 if cached < d.cached_tokens:
                     continue  # never trade a cached prefix for an earlier start: the work it saves is everyone's
-                work_w = mine.prefill_ms(req.prompt_tokens - cached, cached) + mine.transit_ms
+                work_w = mine.slot_ms(req.prompt_tokens - cached, cached)
                 gain = (waited + self.queue.before(call.seq) + call.prefill_ms * (1.0 + k)) - (
                     wait_w + work_w * (1.0 + k))
                 if gain > self._STEAL_BAND_MS and (best is None or gain > best[0]):
@@ -314,7 +312,7 @@ class Router:
             return False
         _, seq, work_w, cached = best
         self.queue.remove(seq)
-        lease, req = self._held[seq], self._held_req[seq]
+        lease, req = self._held[seq]
         old = lease.decision.target
         old.in_flight -= 1
         old.active_tokens -= lease.active_tokens
@@ -340,16 +338,14 @@ class Router:
         return any(x is not w and usable(x, now_s) for x in self.cluster.of_role(w.role))
 
     def _release(self, seq: int, prefill_ms: float, now_s: float) -> None:
-        lease = self._held.pop(seq)
-        del self._held_req[seq]
+        lease, _ = self._held.pop(seq)
         lease.held = False
         self.ttft.dispatched(lease.decision.target.key, seq, prefill_ms, now_s)
         self._notify(lease)
 
     def _evict(self, key: str) -> None:
         for call in self.queue.take_all(key):
-            lease = self._held.pop(call.seq)
-            del self._held_req[call.seq]
+            lease, _ = self._held.pop(call.seq)
             lease.held = False
             lease.evicted = True
             self._notify(lease)
@@ -415,7 +411,6 @@ class Router:
         if lease.held:
             lease.held = False
             self._held.pop(lease.seq, None)
-            self._held_req.pop(lease.seq, None)
             self.queue.remove(lease.seq)
             return
         now = self._clock()

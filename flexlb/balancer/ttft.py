@@ -57,6 +57,11 @@ class WorkerTtft:
         a, b, c = self.theta
         return max(0.0, a + b * uncached_tokens + c * cached_tokens)
 
+    def slot_ms(self, uncached_tokens: int, cached_tokens: int) -> float:
+        """How long a call keeps one of the worker's slots when the gateway sends a call at a time:
+        its prefill plus the hops to the engine and back."""
+        return self.prefill_ms(uncached_tokens, cached_tokens) + self.transit_ms
+
     def queue_wait_ms(self, now_s: float) -> float:
         """Work dispatched here and not yet past its first token, minus what is already done of it."""
         if not self.pending:

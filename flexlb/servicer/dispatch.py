@@ -58,6 +58,16 @@ class Rejection(Exception):
         return wire.error_trailer(self.error_code, self.message) if self.error_code is not None else ()
 
 
+@dataclass(frozen=True)
+class _Held:
+    """A call waiting in the prefill queue: its plan, how to hand it on, whether its caller is still there."""
+
+    planned: Planned
+    done: Callable[[Planned | Rejection], None]
+    alive: Callable[[], bool]
+    since_s: float
+
+
 @dataclass
 class _Prepared:
     """A parsed, keyed GenerateStreamCall waiting to be routed."""
@@ -124,8 +134,7 @@ class Dispatcher:
         self.min_retry_budget_s = 0.05  # a failover needs at least this much of the client's deadline left
         self._window_timer: asyncio.TimerHandle | None = None
         # calls routed into the prefill queue, waiting for their worker's free slot
-        self._held: dict[int, tuple[Planned, Callable[[Planned | Rejection], None], Callable[[], bool]]] = {}
-        self._held_since: dict[int, float] = {}
+        self._held: dict[int, _Held] = {}
         self._upkeep: asyncio.TimerHandle | None = None
         # sweep of the prefill queue: dead callers, overdue calls, lost workers
         self.upkeep_interval_s = UPKEEP_INTERVAL_S
@@ -278,8 +287,7 @@ class Dispatcher:
             done(planned)
             return
         seq = planned.lease.seq
-        self._held[seq] = (planned, done, alive)
-        self._held_since[seq] = time.monotonic()
+        self._held[seq] = _Held(planned, done, alive, time.monotonic())
         self.metrics.prefill_queue_held.inc()
         self._arm()
 
@@ -288,15 +296,13 @@ class Dispatcher:
         if self._upkeep is None:
             self._upkeep = asyncio.get_running_loop().call_later(self.upkeep_interval_s, self._sweep)
 
-    def _unhold(self, lease: Lease) -> tuple[Planned, Callable[[Planned | Rejection], None],
-                                             Callable[[], bool]] | None:
+    def _unhold(self, lease: Lease) -> _Held | None:
         entry = self._held.pop(lease.seq, None)
         if entry is not None:
             self.metrics.prefill_queue_held.dec()
-            held_since = self._held_since.pop(lease.seq)
-            if lease.held is False and not lease.evicted and entry[2]():
+            if lease.held is False and not lease.evicted and entry.alive():
                 # counted only for calls that go to their worker now
-                self.metrics.prefill_queue_wait.observe(time.monotonic() - held_since)
+                self.metrics.prefill_queue_wait.observe(time.monotonic() - entry.since_s)
         return entry
 
     def _released(self, lease: Lease) -> None:
@@ -304,7 +310,7 @@ class Dispatcher:
         entry = self._unhold(lease)
         if entry is None:
             return
-        planned, done, alive = entry
+        planned, done, alive = entry.planned, entry.done, entry.alive
         if not alive():
             self.finish(planned, "CANCELLED", 0)
             return
@@ -319,7 +325,7 @@ class Dispatcher:
         entry = self._unhold(lease)
         if entry is None:
             return
-        planned, done, alive = entry
+        planned, done, alive = entry.planned, entry.done, entry.alive
         if lease.release():
             self.in_flight -= 1
         prepared = planned.prepared
@@ -331,9 +337,9 @@ class Dispatcher:
     def _sweep(self) -> None:
         """Periodic upkeep while calls are held: drop callers that left, let the router release what is due."""
         self._upkeep = None
-        for planned, _, alive in list(self._held.values()):
-            if not alive() and self._unhold(planned.lease) is not None:
-                self.finish(planned, "CANCELLED", 0)
+        for entry in list(self._held.values()):
+            if not entry.alive() and self._unhold(entry.planned.lease) is not None:
+                self.finish(entry.planned, "CANCELLED", 0)
         self.router.maintain()
         if self._held:
             self._arm()

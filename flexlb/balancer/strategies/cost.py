@@ -14,6 +14,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from flexlb.balancer.prefill_queue import PrefillQueue
 from flexlb.balancer.request import Pick, RouteRequest
 from flexlb.balancer.strategies.base import PickContext, least_recently_chosen
 from flexlb.balancer.ttft import TtftModel, TtftPriors
@@ -76,13 +77,14 @@ def _options(candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickCont
         cached = ctx.cached_tokens(req, w)
         m = model.worker(w.key)
         wait = m.queue_wait_ms(ctx.now_s)
-        prefill = m.prefill_ms(req.prompt_tokens - cached, cached)
+        uncached = req.prompt_tokens - cached
         if queue is not None:
-            prefill += m.transit_ms  # one call at a time: the worker's slot is taken for the hops too
+            prefill = m.slot_ms(uncached, cached)  # one call at a time: the slot is taken for the hops too
         else:
+            prefill = m.prefill_ms(uncached, cached)
             wait += m.transit_ms
         overtakes = 0
-        if queue is not None and (len(m.pending) >= queue.config.depth or queue.held(w.key)):
+        if queue is not None and queue.holds(w.key, len(m.pending)):
             ahead_ms, overtakes = queue.ahead(w.key, prefill, ctx.now_s)
             wait += ahead_ms
         out.append(_Option(w, cached, wait, prefill, overtakes))
@@ -100,6 +102,14 @@ def _pick_min(options: list[_Option], cost: list[float], band_ms: float, reason:
 def _least_recent(options: list[_Option]) -> _Option:
     w = least_recently_chosen([o.worker for o in options])
     return next(o for o in options if o.worker is w)
+
+
+def waiting_k(model: TtftModel, queue: PrefillQueue | None, workers: int, weight: float = 0.5,
+              max_k: float = 16.0) -> float:
+    """COST_BASED_PREFILL's k: the calls waiting per worker (sent and not past their first token,
+    or held), weighted, capped."""
+    waiting = model.total_pending + (len(queue) if queue is not None else 0)
+    return min(max_k, weight * waiting / max(workers, 1))
 
 
 class ShortestTtft:
@@ -140,8 +150,7 @@ class CostBasedPrefill:
         """The worker with the lowest load-weighted TTFT cost."""
         options = _options(candidates, req, ctx)
         model = ctx.ttft or _FALLBACK_MODEL
-        waiting = model.total_pending + (len(ctx.queue) if ctx.queue is not None else 0)
-        k = min(self.max_k, self.waiting_weight * waiting / max(len(candidates), 1))
+        k = waiting_k(model, ctx.queue, len(candidates), self.waiting_weight, self.max_k)
         cost = [o.wait_ms + o.prefill_ms * (1.0 + k + o.overtakes) for o in options]
         return _pick_min(options, cost, self.tie_band_ms, "cost")
 
