@@ -850,3 +850,42 @@ def test_a_call_taken_over_moves_its_blocks_in_the_index() -> None:
     assert router.index.match(tuple(range(1, 11))) == {busy.key: 10}
     first.release()
     cold.release()
+
+
+async def test_the_dispatcher_readdresses_a_pd_call_taken_over_by_another_prefill() -> None:
+    from flexlb.metrics import Metrics
+    from flexlb.pb import model_rpc_service_pb2 as pb
+    from flexlb.servicer.dispatch import Dispatcher, Planned, Rejection
+
+    router = Router(Cluster(addrs(Role.PREFILL, 2) + addrs(Role.DECODE, 1, base=9000)), Deploy.DISAGGREGATED,
+                    make_strategy("COST_BASED_PREFILL"), make_strategy("ROUND_ROBIN"), rng=random.Random(1),
+                    clock=FakeClock(T0), queue=PrefillQueueConfig(depth=1))
+    metrics = Metrics()
+    dispatcher = Dispatcher(router, metrics, lambda: False, 64)
+    _, idle = router.cluster.of_role(Role.PREFILL)
+    (decode,) = router.cluster.of_role(Role.DECODE)
+    idle.operator_out = True
+    sent: list[Planned | Rejection] = []
+
+    def body(rid: int) -> bytes:
+        return pb.GenerateInputPB(request_id=rid, token_ids=[7] * 500,
+                                  generate_config=pb.GenerateConfigPB(max_new_tokens=8)).SerializeToString()
+
+    dispatcher.submit_generate(body(1), sent.append, lambda: True)
+    dispatcher.submit_generate(body(2), sent.append, lambda: True)
+    assert len(sent) == 1 and dispatcher.held_calls() == 1
+    idle.operator_out = False
+    router.maintain()  # the idle prefill takes the held call over
+    assert len(sent) == 2 and dispatcher.held_calls() == 0
+    second = sent[1]
+    assert isinstance(second, Planned) and second.lease.decision.target is idle
+    # the prefill finds its peers in role_addrs: [PREFILL, DECODE] must name the worker it goes to now
+    addrs_sent = pb.GenerateInputPB.FromString(second.body).generate_config.role_addrs
+    assert [(a.role, a.grpc_port) for a in addrs_sent] == [(pb.RoleAddrPB.PREFILL, idle.addr.grpc_port),
+                                                           (pb.RoleAddrPB.DECODE, decode.addr.grpc_port)]
+    assert metrics.registry.get_sample_value("flexlb_prefill_queue_moved_total") == 1
+    for planned in sent:
+        assert isinstance(planned, Planned)
+        dispatcher.finish(planned, "OK", 1)
+    dispatcher.close()
+    assert dispatcher.in_flight == 0 and router.cluster.total_in_flight() == 0
