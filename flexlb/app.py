@@ -31,7 +31,7 @@ from flexlb.config import NOT_ACTED_ON, KvCacheMode, Settings, masked
 from flexlb.consistency.election import ElectionConfig, Identity
 from flexlb.consistency.forwarding import MasterForwarder
 from flexlb.consistency.service import Consistency
-from flexlb.h2.edge import Edge, EdgeLimits
+from flexlb.h2.edge import Edge
 from flexlb.metrics import Metrics
 from flexlb.pb import flexlb_schedule_service_pb2, model_rpc_service_pb2
 from flexlb.servicer.dispatch import Dispatcher
@@ -96,6 +96,7 @@ class Gateway:
             self.router, self.metrics, self.is_draining, m.static_cache_block_size, BatchConfig(window_ms, m.batch_size)
         )
         self.dispatcher.max_in_flight = m.max_in_flight
+        self.dispatcher.max_new_tokens = settings.server.limits.max_new_tokens
         self.router.max_in_flight_per_worker = m.max_in_flight_per_worker
         if m.prefill_generate_timeout_ms > 0:
             self.dispatcher.first_message_timeout_s = m.prefill_generate_timeout_ms / 1000.0
@@ -103,7 +104,10 @@ class Gateway:
         self.scheduler = Scheduler(self.router, self.metrics, self._master_host,
                                    lambda: self.dispatcher.block_size_tokens)
         self.health = health.aio.HealthServicer()
-        self.admin = AdminServer(self.metrics, self._health_view, self.info, self.set_rotation)
+        # the token guards rotation too, so it is passed whether or not HA is on
+        self.admin = AdminServer(
+            self.metrics, self._health_view, self.info, self.set_rotation, token=settings.consistency.admin_token
+        )
         self.health_checker: HealthChecker | None = None
         if m.health_check_interval_ms > 0:
             self.health_checker = HealthChecker(
@@ -144,6 +148,11 @@ class Gateway:
                 ("grpc.max_send_message_length", s.max_send_message_bytes),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                # the same client limits as the frame relay (grpc C-core enforces them itself)
+                ("grpc.max_concurrent_streams", s.limits.max_concurrent_streams),
+                ("grpc.max_metadata_size", s.limits.max_header_list_bytes),
+                ("grpc.absolute_max_metadata_size", s.limits.max_header_list_bytes),
+                ("grpc.max_connection_idle_ms", int(s.limits.idle_timeout_s * 1000)),
             ]
         )
         server.add_generic_rpc_handlers((self.relay.handler(relay_generate=not h2), self.scheduler.handler()))
@@ -157,7 +166,7 @@ class Gateway:
         await server.start()
         self._server = server
         if h2:
-            self.edge = Edge(self.dispatcher, EdgeLimits(s.max_receive_message_bytes), lambda: grpc_port)
+            self.edge = Edge(self.dispatcher, self.metrics, s.limits, s.max_receive_message_bytes, lambda: grpc_port)
             self.grpc_port = await self.edge.start(s.host, s.grpc_port, [w.addr for w in self.cluster.all()])
         else:
             self.grpc_port = grpc_port
@@ -166,16 +175,17 @@ class Gateway:
             self.cache_sync.start()
         if self.health_checker is not None:
             self.health_checker.start()
-        self.admin_port = self.admin.bind(s.host, s.admin_port)
+        admin_host = s.admin_host or s.host
+        self.admin_port = self.admin.bind(admin_host, s.admin_port)
         self._start_consistency()
-        await self.admin.start(s.host, s.admin_port)
+        await self.admin.start(admin_host, s.admin_port)
         log.info(
             "flexlb %s serving gRPC on %s:%d (%s relay), admin on %s:%d, deploy %s, %d workers",
             __version__,
             s.host,
             self.grpc_port,
             s.relay_engine,
-            s.host,
+            admin_host,
             self.admin_port,
             self.settings.deploy.name,
             len(self.cluster.all()),
@@ -244,12 +254,12 @@ class Gateway:
     def _master_host(self) -> str:
         return self.consistency.master_http() if self.consistency is not None else ""
 
-    def _advertised_host(self) -> str:
+    def _advertised_host(self, bound: str) -> str:
         s = self.settings.server
         if s.advertise_host:
             return s.advertise_host
-        if s.host not in ("0.0.0.0", "::", ""):
-            return s.host
+        if bound not in ("0.0.0.0", "::", ""):
+            return bound
         try:
             return socket.gethostbyname(socket.gethostname())
         except OSError:
@@ -260,8 +270,9 @@ class Gateway:
         c = self.settings.consistency
         if not c.need_consistency:
             return
-        host = self._advertised_host()
-        identity = Identity(uuid.uuid4().hex[:12], f"{host}:{self.admin_port}", f"{host}:{self.grpc_port}")
+        s = self.settings.server
+        host, admin_host = self._advertised_host(s.host), self._advertised_host(s.admin_host or s.host)
+        identity = Identity(uuid.uuid4().hex[:12], f"{admin_host}:{self.admin_port}", f"{host}:{self.grpc_port}")
         self.consistency = Consistency(
             ElectionConfig(c.zk_host, c.role_id, session_timeout_s=c.zk_timeout_ms / 1000.0),
             identity,
@@ -272,11 +283,6 @@ class Gateway:
         if self.settings.master.enable_grpc_prefill_master:
             timeout_s = max(self.settings.master.prefill_lb_timeout_ms, 1) / 1000.0
             self.dispatcher.forwarder = MasterForwarder(self.consistency, timeout_s, self.metrics)
-        if not c.admin_token:
-            log.warning(
-                "no admin token (FLEXLB_ADMIN_TOKEN / --admin-token): consistency endpoints accept "
-                "loopback callers only"
-            )
         self.consistency.start()
 
     def snapshot(self) -> dict[str, Any]:
@@ -406,7 +412,7 @@ async def run_gateway(settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
     print(
         f"flexlb gateway listening: grpc {settings.server.host}:{gateway.grpc_port} "
-        f"admin {settings.server.host}:{gateway.admin_port}",
+        f"admin {settings.server.admin_host or settings.server.host}:{gateway.admin_port}",
         flush=True,
     )
     await stop.wait()

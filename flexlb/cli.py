@@ -54,9 +54,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         epilog=(f"Parsed and validated but NOT ACTED ON YET: {not_yet}. " if not_yet else "")
         + "Spring-style --server.port=P and --management.server.port=Q are accepted as --port and --admin-port.",
     )
-    p.add_argument("--host", default=None, help="bind address for both ports (default 0.0.0.0)")
+    p.add_argument("--host", default=None, help="bind address of the gRPC port, and of the admin port "
+                   "unless --admin-host (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=None, help="gRPC port (RpcService relay, FlexlbService; default 7003)")
     p.add_argument("--admin-port", type=int, default=None, help="admin HTTP port (default 7002)")
+    p.add_argument("--admin-host", default=None,
+                   help="bind address of the admin port (default: --host), e.g. 127.0.0.1 to keep it local")
     p.add_argument("--deploy", default=None, help="DISAGGREGATED or PD_FUSION (default: inferred from workers)")
     p.add_argument("--strategy", default=None, help=f"prefill/fused strategy: {', '.join(strategy_names())}")
     p.add_argument("--decode-strategy", default=None, help="decode strategy (same names)")
@@ -68,7 +71,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drain-timeout-s", type=float, default=None, help="SIGTERM drain bound (default 30)")
     p.add_argument("--role-id", default=None, help="election role id (default: HIPPO_ROLE, else 'default')")
     p.add_argument("--admin-token", default=None,
-                   help="Bearer token of the consistency endpoints (default: FLEXLB_ADMIN_TOKEN; none: loopback only)")
+                   help="Bearer token of the mutating admin endpoints: rotation and consistency "
+                   "(default: FLEXLB_ADMIN_TOKEN; none: loopback callers only)")
     p.add_argument("--advertise-host", default=None, help="host other replicas dial (default: --host, or this host)")
     p.add_argument("--relay-engine", default=None, choices=["h2", "grpcio"],
                    help="h2: HTTP/2 frame relay (default, ~5x less CPU); grpcio: grpc.aio re-originates each call")
@@ -164,6 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
                 role_id=args.role_id,
                 admin_token=args.admin_token,
                 advertise_host=args.advertise_host,
+                admin_host=args.admin_host,
             ),
         )
     except ConfigError as exc:

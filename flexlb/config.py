@@ -7,6 +7,7 @@ Every error a user can cause raises ConfigError naming the field and what is acc
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import math
 import os
@@ -89,6 +90,32 @@ class ConsistencyConfig:
     admin_token: str = ""  # FLEXLB_ADMIN_TOKEN or --admin-token; never shown
 
 
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """What one client may cost the gateway's gRPC port; each default is set beside an anchor's (README)."""
+
+    max_concurrent_streams: int = 1024  # advertised and enforced; nginx 128, Envoy 2^31-1
+    max_header_list_bytes: int = 64 * 1024  # decoded size (RFC 9113 §6.5.2), and the encoded block; Envoy 60 KiB
+    max_header_fields: int = 100  # Envoy max_headers_count
+    max_connections: int = 0  # client connections; 0: the open-file limit minus fd_headroom
+    fd_headroom: int = 256  # descriptors kept for workers, the admin port, ZooKeeper and logs
+    handshake_timeout_s: float = 10.0  # preface + SETTINGS; nginx client_header_timeout 60 s
+    idle_timeout_s: float = 300.0  # a connection without streams; nginx keepalive_timeout 75 s, Envoy 1 h
+    stream_idle_timeout_s: float = 300.0  # no frame either way on a stream; Envoy stream_idle_timeout 5 min
+    max_outbound_control_frames: int = 1000  # queued for a client that does not read; Envoy's default
+    premature_reset_min_streams: int = 500  # Envoy: >= 500 streams on a connection and ...
+    premature_reset_ratio: float = 0.5  # ... more than half reset by the client early: GOAWAY
+    max_inbound_priority_frames_per_stream: int = 100  # Envoy's default
+    max_consecutive_empty_frames: int = 1  # Envoy max_consecutive_inbound_frames_with_empty_payload
+    max_inbound_window_updates_per_data_frame: int = 10  # Envoy's default
+    request_buffer_bytes_per_connection: int = 16 * MIB  # unforwarded request bytes; the connection window
+    request_buffer_bytes: int = 256 * MIB  # unforwarded request bytes, whole gateway
+    max_new_tokens: int = 0  # generate_config.max_new_tokens above this is refused (0: no cap)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Ports and limits of the gateway process itself."""
@@ -96,6 +123,7 @@ class ServerConfig:
     host: str = "0.0.0.0"
     grpc_port: int = 7003
     admin_port: int = 7002
+    admin_host: str = ""  # bind address of the admin port ("": same as host); e.g. 127.0.0.1 keeps it local
     max_receive_message_bytes: int = 64 * 1024 * 1024
     max_send_message_bytes: int = 64 * 1024 * 1024
     upstream_channels_per_worker: int = 1
@@ -103,6 +131,7 @@ class ServerConfig:
     # h2: HTTP/2 frame relay (fast, default); grpcio: grpc.aio terminates and re-originates each call
     relay_engine: str = "h2"
     advertise_host: str = ""  # what other replicas and clients should dial ("": derived from host)
+    limits: EdgeLimits = field(default_factory=EdgeLimits)
 
 
 @dataclass(frozen=True)
@@ -177,6 +206,26 @@ def _enum(path: str, value: Any, accepted: list[str]) -> str:
     if text not in accepted:
         raise ConfigError(path, f"unknown value {value!r}; accepted: {', '.join(accepted)}")
     return text
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
+
+
+def _bind_host(path: str, value: Any) -> str:
+    """An IP literal or a host name to bind; "" is kept (it means 'the default')."""
+    text = _str(path, value).strip()
+    if not text:
+        return ""
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    # an all-digit last label is a mistyped IPv4 address (999.1.1.1), never a name
+    if not _HOST_NAME.fullmatch(bare) or bare.rstrip(".").rsplit(".", 1)[-1].isdigit():
+        raise ConfigError(path, f"expected an IP address or a host name (no port), got {value!r}")
+    return bare
 
 
 def _strategy(path: str, value: Any) -> str:
@@ -383,6 +432,7 @@ class CliOverrides:
     role_id: str | None = None
     admin_token: str | None = None
     advertise_host: str | None = None
+    admin_host: str | None = None
 
 
 def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None = None) -> Settings:
@@ -471,6 +521,8 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
         updates["relay_engine"] = _enum("--relay-engine", cli.relay_engine.upper(), ["H2", "GRPCIO"]).lower()
     if cli.advertise_host is not None:
         updates["advertise_host"] = cli.advertise_host
+    if cli.admin_host is not None:
+        updates["admin_host"] = _bind_host("--admin-host", cli.admin_host)
     if cli.drain_timeout_s is not None:
         if cli.drain_timeout_s < 0:
             raise ConfigError("--drain-timeout-s", "must be >= 0")

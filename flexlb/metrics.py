@@ -133,6 +133,29 @@ class Metrics:
             "flexlb_ttft_estimate_abs_error_seconds", "|estimated TTFT - TTFT seen by the gateway| per call",
             buckets=_TTFT_BUCKETS_S, registry=r,
         )
+        self.client_protocol_errors = Counter(
+            "flexlb_client_protocol_errors", "Client HTTP/2 errors: the stream (RST_STREAM) or connection (GOAWAY) "
+            "ended, by scope, error code and rule", ["scope", "code", "reason"], registry=r,
+        )
+        self.worker_protocol_errors = Counter(
+            "flexlb_worker_protocol_errors", "HTTP/2 errors of worker connections, by scope, error code and rule",
+            ["scope", "code", "reason"], registry=r,
+        )
+        self.client_connection_closes = Counter(
+            "flexlb_client_connection_closes", "Client connections (or streams) the gateway ended for a limit: "
+            "timeouts, the connection cap", ["reason"], registry=r,
+        )
+        self.edge_internal_errors = Counter(
+            "flexlb_edge_internal_errors", "Unexpected errors while relaying; each ended one call or one client "
+            "connection only", ["where"], registry=r,
+        )
+        self.client_connections = Gauge(
+            "flexlb_client_connections", "Open client connections on the gRPC port (frame relay)", registry=r,
+        )
+        self.client_request_buffer = Gauge(
+            "flexlb_client_request_buffer_bytes", "Request bytes received from clients and not yet moved on",
+            registry=r,
+        )
         self.ttft = Histogram(
             "flexlb_ttft_seconds",
             "Time from call start to the first response message",
@@ -140,6 +163,11 @@ class Metrics:
             buckets=_TTFT_BUCKETS_S,
             registry=r,
         )
+
+    def watch_edge(self, connections: Callable[[], int], buffered_bytes: Callable[[], int]) -> None:
+        """Export the frame relay's client-side gauges (read at scrape time)."""
+        self.client_connections.set_function(connections)
+        self.client_request_buffer.set_function(buffered_bytes)
 
     def watch_cluster(self, cluster: Cluster, draining: Callable[[], bool], ttft: TtftModel | None = None,
                       ha: Callable[[], tuple[bool, bool] | None] = lambda: None) -> None:

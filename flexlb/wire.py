@@ -15,6 +15,22 @@ REMOTE_GENERATE = "/RpcService/RemoteGenerate"
 GET_WORKER_STATUS = "/RpcService/GetWorkerStatus"
 GET_CACHE_STATUS = "/RpcService/GetCacheStatus"
 
+
+
+def _one_request_paths() -> frozenset[str]:
+    from grpc_health.v1 import health_pb2
+
+    from flexlb.pb import flexlb_schedule_service_pb2
+
+    services = (pb.DESCRIPTOR.services_by_name[RPC_SERVICE],
+                flexlb_schedule_service_pb2.DESCRIPTOR.services_by_name[FLEXLB_SERVICE],
+                health_pb2.DESCRIPTOR.services_by_name["Health"])
+    return frozenset(f"/{s.full_name}/{m.name}" for s in services for m in s.methods if not m.client_streaming)
+
+
+# methods the gateway serves whose request is exactly one message
+ONE_REQUEST_PATHS = _one_request_paths()
+
 # binary trailer carrying a serialized ErrorDetailsPB (not a google.rpc.Status)
 ERROR_DETAILS_TRAILER = "grpc-status-details-bin"
 

@@ -35,7 +35,7 @@ def test_parse_grpc_timeout(header: str, seconds: float) -> None:
     assert f.parse_grpc_timeout(header) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("bad", ["", "m", "10", "10x", "-5m", "123456789m", "1.5S"])
+@pytest.mark.parametrize("bad", ["", "m", "10", "10x", "-5m", "123456789m", "1.5S", "\u00b2S", "\uff11S"])
 def test_parse_grpc_timeout_rejects_malformed(bad: str) -> None:
     assert f.parse_grpc_timeout(bad) is None
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from flexlb.admin_http.auth import guard
+from flexlb.admin_http.body import read_json_object
 from flexlb.consistency.service import NOTIFY_MASTER_PATH, SYNC_STATUS_PATH, Consistency
 
 FORWARDED_HEADER = "x-flexlb-forwarded"
-
-Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -30,44 +28,18 @@ class ConsistencyRoutes:
     def register(self, app: web.Application) -> None:
         """Add the routes."""
         for path in (SYNC_STATUS_PATH, "/rtp_llm/schedule_snapshot"):
-            app.router.add_post(path, self._guarded(self.sync_status))
+            app.router.add_post(path, guard(self.sync_status, self._token, {"success": False}))
         for path in (NOTIFY_MASTER_PATH, "/rtp_llm/notify_master"):
-            app.router.add_post(path, self._guarded(self.notify_master))
+            app.router.add_post(path, guard(self.notify_master, self._token, {"success": False}))
         app.router.add_post("/rtp_llm/master/info", self.master_info)
 
-    def _authorized(self, request: web.Request) -> str | None:
-        """None when the caller may proceed, else why not."""
-        token = self.consistency.token
-        if token:
-            given = request.headers.get("Authorization", "")
-            if not given.startswith("Bearer "):
-                return "missing bearer token (Authorization: Bearer <token>)"
-            if not hmac.compare_digest(given[len("Bearer "):].encode(), token.encode()):
-                return "wrong bearer token"
-            return None
-        try:
-            if request.remote and ipaddress.ip_address(request.remote).is_loopback:
-                return None
-        except ValueError:
-            pass
-        return "no admin token is configured: only loopback callers are accepted"
-
-    def _guarded(self, handler: Handler) -> Handler:
-        async def guarded(request: web.Request) -> web.Response:
-            why = self._authorized(request)
-            if why is not None:
-                return _error(401, why)
-            return await handler(request)
-
-        return guarded
+    def _token(self) -> str | None:
+        return self.consistency.token
 
     async def _json_object(self, request: web.Request) -> dict[str, Any] | web.Response:
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            return _error(400, f"body is not valid JSON: {exc}")
-        if not isinstance(body, dict):
-            return _error(400, "body must be a JSON object")
+        body = await read_json_object(request, _error)
+        if isinstance(body, web.Response):
+            return body
         role = body.get("roleId")
         if not isinstance(role, str) or not role:
             return _error(400, "field 'roleId' is required: a string")

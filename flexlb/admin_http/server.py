@@ -1,7 +1,8 @@
-"""Admin HTTP endpoints on their own port: /actuator/health, /actuator/prometheus, /actuator/info."""
+"""Admin HTTP endpoints on their own port: /actuator/* (open, read-only) and /admin/* (Bearer token)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +10,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from flexlb.admin_http.auth import guard
+from flexlb.admin_http.body import error_response, read_json_object
+from flexlb.admin_http.limits import AdminLimits, GuardedSite, handler_args, head_limit
 from flexlb.metrics import Metrics
+
+log = logging.getLogger("flexlb.admin")
 
 
 class AdminServer:
@@ -21,12 +27,17 @@ class AdminServer:
         health: Callable[[], tuple[bool, dict[str, Any]]],
         info: Callable[[], dict[str, Any]],
         set_rotation: Callable[[str, bool, str], dict[str, Any] | None] | None = None,
+        token: str | None = None,
+        limits: AdminLimits | None = None,
     ) -> None:
         self._metrics = metrics
         self._health = health
         self._info = info
         self._set_rotation = set_rotation
+        self.token = token or None
+        self.limits = limits or AdminLimits()
         self._runner: web.AppRunner | None = None
+        self._site: GuardedSite | None = None
         self._sock: socket.socket | None = None
         self._route_hooks: list[Callable[[web.Application], None]] = []
         self.port = 0
@@ -37,14 +48,21 @@ class AdminServer:
 
     def app(self) -> web.Application:
         """The aiohttp application (also used directly by tests)."""
-        app = web.Application()
+        app = web.Application(
+            client_max_size=self.limits.max_body_bytes, middlewares=[head_limit(self.limits.max_head_bytes)]
+        )
         app.router.add_get("/actuator/health", self._get_health)
         app.router.add_get("/actuator/prometheus", self._get_prometheus)
         app.router.add_get("/actuator/info", self._get_info)
-        app.router.add_post("/admin/workers/rotation", self._post_rotation)
+        app.router.add_post("/admin/workers/rotation", guard(self._post_rotation, lambda: self.token))
         for hook in self._route_hooks:
             hook(app)
         return app
+
+    @property
+    def open_connections(self) -> int:
+        """Connections the admin port holds now."""
+        return self._site.gate.open if self._site is not None else 0
 
     def bind(self, host: str, port: int) -> int:
         """Take the port now (so replicas can advertise it before serving); returns it."""
@@ -53,9 +71,9 @@ class AdminServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise OSError(exc.errno, f"cannot bind the admin port {host}:{port}: {exc.strerror}") from exc
         sock.listen(128)
         self._sock = sock
         self.port = sock.getsockname()[1]
@@ -68,7 +86,11 @@ class AdminServer:
         assert self._sock is not None
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        await web.SockSite(self._runner, self._sock).start()
+        self._site = GuardedSite(self._runner, self._sock, self.limits, **handler_args(self.limits))
+        await self._site.start()
+        if not self.token:
+            log.warning("no admin token (FLEXLB_ADMIN_TOKEN / --admin-token): mutating admin endpoints accept "
+                        "loopback callers only")
         return self.port
 
     async def stop(self) -> None:
@@ -76,6 +98,7 @@ class AdminServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+            self._site = None
 
     async def _get_health(self, request: web.Request) -> web.Response:
         up, detail = self._health()
@@ -90,12 +113,9 @@ class AdminServer:
 
     async def _post_rotation(self, request: web.Request) -> web.Response:
         """Take a worker out of rotation (or put it back) by hand: {"worker": "ip:port", "in_rotation": bool}."""
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            return _bad_request(f"body is not valid JSON: {exc}")
-        if not isinstance(body, dict):
-            return _bad_request("body must be a JSON object")
+        body = await read_json_object(request)
+        if isinstance(body, web.Response):
+            return body
         worker, in_rotation, reason = body.get("worker"), body.get("in_rotation"), body.get("reason", "")
         if not isinstance(worker, str) or not worker:
             return _bad_request("field 'worker' is required: a string 'ip:grpc_port'")
@@ -110,4 +130,4 @@ class AdminServer:
 
 
 def _bad_request(reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=400)
+    return error_response(400, reason)

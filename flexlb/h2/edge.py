@@ -6,6 +6,10 @@ chosen worker; response HEADERS, DATA and trailers are passed through as they co
 untouched, header blocks re-encoded for the other connection's HPACK state). Every other
 method — health, reflection, CheckHealth, FlexlbService — is passed through the same way to the
 gateway's own grpc.aio server on a loopback port, so one port serves everything.
+
+Clients are hostile territory: every limit of flexlb.config.EdgeLimits is enforced here or in
+flexlb/h2/conn.py, a client's error ends only its stream or its connection, and nothing a client
+sends can raise inside a worker connection's callbacks (a failure there ends that one call).
 """
 
 from __future__ import annotations
@@ -13,32 +17,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import grpc
 
+from flexlb import wire
 from flexlb.balancer.workers import WorkerAddr
+from flexlb.config import EdgeLimits
 from flexlb.h2 import frames as f
-from flexlb.h2.conn import H2Connection, Headers, Stream, WriteBatch
+from flexlb.h2.conn import ConnLimits, H2Connection, Headers, Stream, WriteBatch
+from flexlb.metrics import Metrics
+from flexlb.ratelog import RateLimitedLog
 from flexlb.servicer.dispatch import BATCH_GENERATE, FAILOVER_CODES, GENERATE_STREAM, Dispatcher, Planned, Rejection
 
 log = logging.getLogger("flexlb.h2")
 
 ROUTED_PATHS = {f"/RpcService/{GENERATE_STREAM}": GENERATE_STREAM, f"/RpcService/{BATCH_GENERATE}": BATCH_GENERATE}
 _UPSTREAM_STREAM_WINDOW = 256 * 1024  # bounds what one slow client can make us hold per stream
-_CONN_WINDOW = 16 * 1024 * 1024
+_UPSTREAM_CONN_WINDOW = 16 * 1024 * 1024
 _CLIENT_STREAM_WINDOW = 1024 * 1024
 _FIRST_MESSAGE_CAP = 1024 * 1024  # larger first messages are relayed but not parsed for feedback
-
-
-@dataclass(frozen=True)
-class EdgeLimits:
-    """Limits of the frame relay."""
-
-    max_message_bytes: int
+_INLINE_INFLATE_BYTES = 64 * 1024  # larger compressed requests are inflated off the event loop
+_FRAMES_PER_TURN = 1000  # a client's burst is handled in slices of this many frames
+_UPSTREAM_LIMITS = ConnLimits(stream_window=_UPSTREAM_STREAM_WINDOW, conn_window=_UPSTREAM_CONN_WINDOW,
+                              max_header_list_bytes=1024 * 1024, max_header_fields=10_000)
 
 
 def _status_headers(code: grpc.StatusCode, message: str, extra: tuple[tuple[str, bytes], ...] = ()) -> Headers:
@@ -51,12 +56,30 @@ def _status_headers(code: grpc.StatusCode, message: str, extra: tuple[tuple[str,
     return headers
 
 
+def _inflate(message: bytes, encoding: str, limit_bytes: int) -> bytes:
+    """Decompress a request message, never producing more than `limit_bytes` (a bomb costs the cap, no more)."""
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    try:
+        inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(message, limit_bytes + 1)
+    except zlib.error as exc:
+        raise Rejection(grpc.StatusCode.INTERNAL, f"cannot decompress request: {exc}", "bad_request") from None
+    if len(out) > limit_bytes or inflater.unconsumed_tail:
+        raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"decompressed request message larger than max ({limit_bytes} bytes)", "too_large")
+    return out
+
+
+_NO_REQUEST = Rejection(grpc.StatusCode.INTERNAL, "Half-closed without a request", "bad_request")
+
+
 class Call:
     """One client stream relayed to one upstream stream."""
 
-    __slots__ = ("body", "body_end", "deadline_at", "deadline_timer", "down", "down_conn", "ended", "first",
-                 "first_timer", "messages", "method", "msg_left", "path", "pending_initial", "planned",
-                 "prefix", "request_headers", "response_started", "up", "up_conn")
+    __slots__ = ("body", "body_end", "buffered", "deadline_at", "deadline_timer", "declared_bytes", "down",
+                 "down_conn", "ended", "first", "first_timer", "messages", "method", "msg_left", "path",
+                 "pending_initial", "planned", "prefix", "request_headers", "response_started", "stalled",
+                 "up", "up_conn")
 
     def __init__(self, down_conn: DownstreamConnection, down: Stream, path: str, method: str | None,
                  request_headers: Headers) -> None:
@@ -67,6 +90,9 @@ class Call:
         self.request_headers = request_headers
         self.body = bytearray()  # request bytes not yet sent upstream
         self.body_end = False  # the client half-closed before the upstream stream existed
+        self.buffered = 0  # received request bytes this call holds (counted against the buffer limits)
+        self.stalled = 0  # received bytes whose stream credit waits for the gateway's buffer to drain
+        self.declared_bytes: int | None = None  # framed size of the request message, from its prefix
         self.up: Stream | None = None
         self.up_conn: UpstreamConnection | None = None
         self.planned: Planned | None = None
@@ -105,6 +131,11 @@ class Call:
         self.prefix = b""
         self.first = None
 
+    def last_active_s(self) -> float:
+        """When a frame last moved on either of the call's streams."""
+        up = self.up
+        return max(self.down.last_active_s, up.last_active_s if up is not None else 0.0)
+
     # ---------------------------------------------------------------- response side
 
     def count_messages(self, data: bytes) -> None:
@@ -141,7 +172,7 @@ class Call:
             self.down_conn.edge.dispatcher.first_message(self.planned, message)
 
     def finish(self, code_name: str) -> None:
-        """Release the load and count the ending, once."""
+        """Release the load and the held request bytes, and count the ending, once."""
         if self.ended:
             return
         self.ended = True
@@ -149,6 +180,8 @@ class Call:
             self.deadline_timer.cancel()
         if self.first_timer is not None:
             self.first_timer.cancel()
+        self.body = bytearray()
+        self.down_conn.edge.release_buffered(self, self.buffered)
         if self.planned is not None:
             self.down_conn.edge.dispatcher.finish(self.planned, code_name, self.messages)
         self.down_conn.edge.calls.discard(self)
@@ -158,86 +191,113 @@ class DownstreamConnection(H2Connection):
     """A client's connection to the gateway's gRPC port."""
 
     def __init__(self, edge: Edge) -> None:
-        super().__init__(edge.loop, _CLIENT_STREAM_WINDOW, _CONN_WINDOW, batch=edge.writes)
+        super().__init__(edge.loop, edge.client_limits, batch=edge.writes)
         self.edge = edge
-        self._last_stream_id = 0
+        self.buffered = 0  # request bytes received on this connection and not yet moved on
+        self.extended: Call | None = None  # the call allowed a message larger than the connection window
+        self._ready: list[Call] = []  # requests completed in this read, routed once the read is handled
 
-    def on_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        stream = self.streams.get(stream_id)
-        if stream is not None:
-            # trailers from a client (unusual for gRPC): the end of its request
-            self.on_data(stream, b"", 0, True)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.edge.admit(self)
+
+    def on_request(self, stream: Stream, headers: Headers, end_stream: bool, over_limit: str | None) -> None:
+        edge = self.edge
+        if over_limit is not None:
+            edge.metrics.client_protocol_errors.labels("stream", "RESOURCE_EXHAUSTED", "header_limit").inc()
+            edge.answer(self, stream, _status_headers(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                      f"request headers: {over_limit}"))
             return
-        if stream_id <= self._last_stream_id:
-            return  # a stream we already closed; nothing to do
-        if stream_id % 2 == 0:
-            self.close(f.PROTOCOL_ERROR, "client-initiated stream ids are odd")
-            return
-        self._last_stream_id = stream_id
         path = ""
         method_ok = False
+        timeout_header: str | None = None
         for k, v in headers:
             if k == ":path":
                 path = v
             elif k == ":method":
                 method_ok = v == "POST"
-        stream = self.new_stream(stream_id, None)
-        if not path or not method_ok:
-            self.reset(stream, f.PROTOCOL_ERROR)
-            return
-        call = Call(self, stream, path, ROUTED_PATHS.get(path), headers)
+            elif k == "grpc-timeout":
+                timeout_header = v
+        call = Call(self, stream, path, ROUTED_PATHS.get(path) if method_ok else None, headers)
         stream.owner = call
-        self.edge.calls.add(call)
-        for k, v in headers:
-            if k == "grpc-timeout":
-                timeout_s = f.parse_grpc_timeout(v)
-                if timeout_s is not None:
-                    call.deadline_at = self.loop.time() + timeout_s
-                    call.deadline_timer = self.loop.call_at(call.deadline_at, self.edge.on_deadline, call)
-                break
+        edge.calls.add(call)
+        if timeout_header is not None:
+            timeout_s = f.parse_grpc_timeout(timeout_header)
+            if timeout_s is None:
+                # what grpc C-core answers (and a client sees the same from a worker behind the gateway)
+                edge.reject(call, Rejection(grpc.StatusCode.INTERNAL, "Error parsing 'grpc-timeout' metadata",
+                                            "bad_request"))
+                return
+            call.deadline_at = self.loop.time() + timeout_s
+            call.deadline_timer = self.loop.call_at(call.deadline_at, edge.on_deadline, call)
         if call.method is None:
-            self.edge.open_passthrough(call, end_stream)
+            if end_stream and path in wire.ONE_REQUEST_PATHS:
+                edge.reject(call, _NO_REQUEST)
+                return
+            edge.open_passthrough(call, end_stream)
         elif end_stream:
-            self.remote_end(stream)
-            self.edge.dispatch(call)
-        elif self.edge.is_draining():
-            rejection = Rejection(grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; retry elsewhere", "draining")
-            self.edge.reject(call, rejection)
+            self._ready.append(call)
+        elif edge.is_draining():
+            edge.reject(call, Rejection(grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; retry elsewhere",
+                                        "draining"))
 
-    def on_data(self, stream: Stream, data: bytes, flow_len: int, end_stream: bool) -> None:
+    def on_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         call = stream.owner
-        assert isinstance(call, Call)
-        if call.method is None:
-            # passthrough (small control-plane calls): forward as it comes
-            if call.up is not None and call.up_conn is not None:
-                call.up_conn.send_data(call.up, data, end_stream)
-            else:
-                call.body += data
-                call.body_end = end_stream
-            self.credit(stream, flow_len)
-            if end_stream:
-                self.remote_end(stream)
-            return
-        if call.ended or call.planned is not None:
-            self.credit(stream, flow_len)
-            return
-        call.body += data
-        self.credit(stream, flow_len)
-        if len(call.body) > self.edge.limits.max_message_bytes + 5:
-            self.edge.reject(call, Rejection(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request message larger than max ({len(call.body) - 5} vs. {self.edge.limits.max_message_bytes})",
-                "too_large",
-            ))
-            self.reset(stream, f.NO_ERROR)
-            return
         if end_stream:
             self.remote_end(stream)
-            self.edge.dispatch(call)
+        if not isinstance(call, Call) or call.ended:
+            self.credit(stream, len(data))
+            return
+        edge = self.edge
+        if call.method is None:
+            if end_stream and not stream.received and call.path in wire.ONE_REQUEST_PATHS:
+                # grpc C-core would wait for the message for ever; answer as grpc-java does
+                if call.up is not None and call.up_conn is not None:
+                    call.up_conn.reset(call.up, f.CANCEL)
+                edge.reject(call, _NO_REQUEST)
+                return
+            # passthrough: credit comes back as the control server takes the bytes (up.on_sent)
+            if call.up is not None and call.up_conn is not None:
+                edge.hold(call, len(data))
+                call.up_conn.send_data(call.up, data, end_stream)
+            else:
+                edge.hold(call, len(data))
+                call.body += data
+                call.body_end = end_stream
+            return
+        if call.planned is not None:
+            self.credit(stream, len(data))  # a unary request has one message; anything after it is dropped
+            return
+        call.body += data
+        edge.hold(call, len(data))
+        if call.declared_bytes is None and len(call.body) >= 5:
+            call.declared_bytes = 5 + int.from_bytes(call.body[1:5], "big")
+            if call.declared_bytes - 5 > edge.max_message_bytes:
+                edge.reject(call, Rejection(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"request message larger than max ({call.declared_bytes - 5} vs. {edge.max_message_bytes})",
+                    "too_large"))
+                return
+            edge.maybe_extend(call)
+        if call.declared_bytes is not None and len(call.body) > call.declared_bytes:
+            edge.reject(call, Rejection(grpc.StatusCode.INVALID_ARGUMENT, "expected exactly one request message",
+                                        "bad_request"))
+            return
+        edge.credit_body(call, len(data))
+        if end_stream:
+            self._ready.append(call)
 
-    def on_reset(self, stream: Stream, error_code: int) -> None:
+    def after_frames(self) -> None:
+        if not self._ready:
+            return
+        ready, self._ready = self._ready, []
+        for call in ready:
+            if not call.ended:  # a reset in the same read means the call is never routed (Rapid Reset)
+                self.edge.dispatch(call)
+
+    def on_reset(self, stream: Stream, error_code: int, local: bool) -> None:
         call = stream.owner
-        if isinstance(call, Call):
+        if isinstance(call, Call) and not call.ended:
             if call.up is not None and call.up_conn is not None:
                 call.up_conn.reset(call.up, f.CANCEL)
             call.finish("CANCELLED")
@@ -245,11 +305,20 @@ class DownstreamConnection(H2Connection):
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
         pass  # the client stops opening streams; the ones we have finish normally
 
+    def on_protocol_error(self, scope: str, code: int, reason: str, detail: str) -> None:
+        self.edge.protocol_error(self, scope, code, reason, detail)
+
+    def on_internal_error(self, exc: Exception) -> None:
+        self.edge.internal_error("client connection", exc)
+
     def on_connection_lost(self, exc: Exception | None) -> None:
-        self.edge.downstream.discard(self)
+        self.edge.discard(self)
         for stream in list(self.streams.values()):
-            self.on_reset(stream, f.CANCEL)
+            self.on_reset(stream, f.CANCEL, local=True)
         self.streams.clear()
+        for call in self._ready:
+            call.finish("CANCELLED")
+        self._ready.clear()
 
 
 class UpstreamConnection(H2Connection):
@@ -258,30 +327,62 @@ class UpstreamConnection(H2Connection):
     is_client = True
 
     def __init__(self, edge: Edge, key: str) -> None:
-        super().__init__(edge.loop, _UPSTREAM_STREAM_WINDOW, _CONN_WINDOW, batch=edge.writes)
+        super().__init__(edge.loop, _UPSTREAM_LIMITS, batch=edge.writes)
         self.edge = edge
         self.key = key
         self._next_stream_id = 1
         self.accepting = True
 
-    def open_stream(self, call: Call, headers: Headers, body: bytes, end_stream: bool) -> None:
+    def next_local_stream_id(self) -> int:
+        return self._next_stream_id
+
+    def open_stream_for(self, call: Call, headers: Headers, body: bytes, end_stream: bool) -> None:
         """Start the upstream half of a call: HEADERS, then whatever request bytes are already in."""
         sid = self._next_stream_id
         self._next_stream_id += 2
         if self._next_stream_id > 2**30:
             self.accepting = False  # stream ids run out: new calls go to a fresh connection
-        up = self.new_stream(sid, call)
+        up = self.open_stream(sid, call)
         call.up, call.up_conn = up, self
+        if call.method is None:
+            # passthrough request bytes are credited to the client as the control server takes them
+            def moved_on(n: int) -> None:
+                call.down_conn.edge.release_buffered(call, n, credit_stream=True)
+
+            up.on_sent = moved_on
         self.send_headers(up, headers, end_stream and not body)
         if body:
             self.send_data(up, body, end_stream)
 
-    def on_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return
+    # a failure while relaying one call ends that call, never this shared connection
+    def on_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         call = stream.owner
-        assert isinstance(call, Call)
+        if not isinstance(call, Call):
+            return
+        try:
+            self._relay_headers(stream, call, headers, end_stream)
+        except Exception as exc:
+            self.edge.call_failed(call, exc)
+
+    def on_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        call = stream.owner
+        if not isinstance(call, Call):
+            return
+        try:
+            self._relay_data(stream, call, data, end_stream)
+        except Exception as exc:
+            self.edge.call_failed(call, exc)
+
+    def on_reset(self, stream: Stream, error_code: int, local: bool) -> None:
+        call = stream.owner
+        if not isinstance(call, Call) or call.ended:
+            return
+        try:
+            self._relay_reset(call, error_code)
+        except Exception as exc:
+            self.edge.call_failed(call, exc)
+
+    def _relay_headers(self, stream: Stream, call: Call, headers: Headers, end_stream: bool) -> None:
         down_conn, down = call.down_conn, call.down
         if not end_stream:
             if call.method is None or call.messages:
@@ -300,14 +401,16 @@ class UpstreamConnection(H2Connection):
                 and code in _FAILOVER_NAMES and self.edge.failover(call, grpc.StatusCode[code])):
             return
         call.start_response()
-        down_conn.send_headers(down, headers, True)
-        if not down.closed_remote:
-            down_conn.reset(down, f.NO_ERROR)  # the response is complete; the client may stop sending
+        self.edge.answer(down_conn, down, headers)
         call.finish(code)
 
-    def on_data(self, stream: Stream, data: bytes, flow_len: int, end_stream: bool) -> None:
-        call = stream.owner
-        assert isinstance(call, Call)
+    def _relay_data(self, stream: Stream, call: Call, data: bytes, end_stream: bool) -> None:
+        # the connection window comes back at once: only the stream window may wait for a slow client,
+        # or a few slow clients would stall every call sharing this worker connection
+        self.release_conn(len(data))
+        if call.ended:
+            self.credit_stream(stream, len(data))
+            return
         call.start_response()
         call.count_messages(data)
         down = call.down
@@ -315,24 +418,18 @@ class UpstreamConnection(H2Connection):
             up_conn = self
 
             def give_back(n: int, stream: Stream = stream) -> None:
-                up_conn.credit(stream, n)
+                up_conn.credit_stream(stream, n)
 
             down.on_sent = give_back
-        padding = flow_len - len(data)
-        if padding:
-            self.credit(stream, padding)
         call.down_conn.send_data(down, data, False)
         if end_stream:
             # a gRPC response ends with trailers; a worker that ends without them failed the call
             self.remote_end(stream)
             status = _status_headers(grpc.StatusCode.INTERNAL, "worker ended the stream without trailers")
-            call.down_conn.send_headers(down, status[2:], True)
+            self.edge.answer(call.down_conn, down, status[2:])
             call.finish("INTERNAL")
 
-    def on_reset(self, stream: Stream, error_code: int) -> None:
-        call = stream.owner
-        if not isinstance(call, Call) or call.ended:
-            return
+    def _relay_reset(self, call: Call, error_code: int) -> None:
         if call.response_started:
             call.down_conn.reset(call.down, error_code)
             call.finish("CANCELLED" if error_code == f.CANCEL else "INTERNAL")
@@ -340,8 +437,8 @@ class UpstreamConnection(H2Connection):
         # nothing reached the client yet: the worker refused or dropped the stream
         if call.method is not None and self.edge.failover(call, grpc.StatusCode.UNAVAILABLE):
             return
-        call.down_conn.send_headers(call.down, _status_headers(
-            grpc.StatusCode.UNAVAILABLE, f"worker {self.key} reset the stream (HTTP/2 error {error_code})"), True)
+        self.edge.answer(call.down_conn, call.down, _status_headers(
+            grpc.StatusCode.UNAVAILABLE, f"worker reset the stream (HTTP/2 error {error_code})"))
         call.finish("UNAVAILABLE")
 
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
@@ -349,7 +446,13 @@ class UpstreamConnection(H2Connection):
         for sid, stream in list(self.streams.items()):
             if sid > last_stream_id:
                 self.streams.pop(sid, None)
-                self.on_reset(stream, f.REFUSED_STREAM)
+                self.on_reset(stream, f.REFUSED_STREAM, local=False)
+
+    def on_protocol_error(self, scope: str, code: int, reason: str, detail: str) -> None:
+        self.edge.worker_protocol_error(self, scope, code, reason, detail)
+
+    def on_internal_error(self, exc: Exception) -> None:
+        self.edge.internal_error("worker connection", exc)
 
     def on_connection_lost(self, exc: Exception | None) -> None:
         self.accepting = False
@@ -360,37 +463,74 @@ class UpstreamConnection(H2Connection):
             call = stream.owner
             if not isinstance(call, Call) or call.ended:
                 continue
-            message = f"connection to worker {self.key} lost"
-            if call.response_started:
-                # keep the status where clients look for it: trailers after what was relayed
-                call.down_conn.send_headers(call.down, [("grpc-status", str(grpc.StatusCode.UNAVAILABLE.value[0])),
-                                                        ("grpc-message", f.encode_grpc_message(message))], True)
-            else:
-                if call.method is not None and self.edge.failover(call, grpc.StatusCode.UNAVAILABLE):
-                    continue
-                call.down_conn.send_headers(call.down, _status_headers(grpc.StatusCode.UNAVAILABLE, message), True)
-            call.finish("UNAVAILABLE")
+            try:
+                self._lost(call)
+            except Exception as exc:
+                self.edge.call_failed(call, exc)
+
+    def _lost(self, call: Call) -> None:
+        message = "connection to the worker lost"
+        if call.response_started:
+            # keep the status where clients look for it: trailers after what was relayed
+            self.edge.answer(call.down_conn, call.down, [
+                ("grpc-status", str(grpc.StatusCode.UNAVAILABLE.value[0])),
+                ("grpc-message", f.encode_grpc_message(message))])
+        else:
+            if call.method is not None and self.edge.failover(call, grpc.StatusCode.UNAVAILABLE):
+                return
+            self.edge.answer(call.down_conn, call.down, _status_headers(grpc.StatusCode.UNAVAILABLE, message))
+        call.finish("UNAVAILABLE")
 
 
 _CODE_NAMES = {str(c.value[0]): c.name for c in grpc.StatusCode}
 _FAILOVER_NAMES = frozenset(c.name for c in FAILOVER_CODES)
 
 
+def _open_file_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 class Edge:
     """Listens on the gateway's gRPC port and relays at the HTTP/2 frame level."""
 
-    def __init__(self, dispatcher: Dispatcher, limits: EdgeLimits, control_port: Callable[[], int]) -> None:
+    def __init__(self, dispatcher: Dispatcher, metrics: Metrics, limits: EdgeLimits, max_message_bytes: int,
+                 control_port: Callable[[], int]) -> None:
         self.dispatcher = dispatcher
+        self.metrics = metrics
         self.limits = limits
+        self.max_message_bytes = max_message_bytes
+        self.client_limits = ConnLimits(
+            stream_window=_CLIENT_STREAM_WINDOW,
+            conn_window=limits.request_buffer_bytes_per_connection,
+            max_concurrent_streams=limits.max_concurrent_streams,
+            max_header_list_bytes=limits.max_header_list_bytes,
+            max_header_fields=limits.max_header_fields,
+            max_outbound_control_frames=limits.max_outbound_control_frames,
+            guard_floods=True,
+            max_inbound_priority_frames_per_stream=limits.max_inbound_priority_frames_per_stream,
+            max_consecutive_empty_frames=limits.max_consecutive_empty_frames,
+            max_inbound_window_updates_per_data_frame=limits.max_inbound_window_updates_per_data_frame,
+            premature_reset_min_streams=limits.premature_reset_min_streams,
+            premature_reset_ratio=limits.premature_reset_ratio,
+            frames_per_turn=_FRAMES_PER_TURN,
+        )
         self._control_port = control_port
         self.loop: asyncio.AbstractEventLoop  # set by start(), on the serving loop
         self.writes: WriteBatch  # one batch for all connections: output of one read goes out together
         self.server: asyncio.AbstractServer | None = None
-        self.downstream: set[DownstreamConnection] = set()
+        # insertion order is age order: the oldest idle connection is the first one found
+        self.downstream: dict[DownstreamConnection, None] = {}
         self.calls: set[Call] = set()
+        self.buffered = 0  # request bytes held for all clients
+        self._stalled: set[Call] = set()  # calls whose stream credit waits for `buffered` to drop
         self._upstreams: dict[str, list[UpstreamConnection]] = {}
         self._connecting: dict[str, asyncio.Task[UpstreamConnection]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.max_connections = 0
         self.port = 0
+        self._log = RateLimitedLog(log)
 
     def is_draining(self) -> bool:
         """Whether new calls are refused."""
@@ -400,21 +540,23 @@ class Edge:
         """Bind and serve; returns the bound port. Connections to `warm` workers are opened at once."""
         self.loop = asyncio.get_running_loop()
         self.writes = WriteBatch(self.loop)
+        limits = self.limits
+        self.max_connections = limits.max_connections or max(16, _open_file_limit() - limits.fd_headroom)
         for addr in warm:
             self._with_upstream(addr.key, addr.ip, addr.grpc_port, lambda conn: None, lambda reason: None)
         self._with_upstream("control", "127.0.0.1", self._control_port(), lambda conn: None, lambda reason: None)
-
-        def factory() -> DownstreamConnection:
-            conn = DownstreamConnection(self)
-            self.downstream.add(conn)
-            return conn
-
-        self.server = await self.loop.create_server(factory, host, port, reuse_port=False)
+        self.metrics.watch_edge(lambda: len(self.downstream), lambda: self.buffered)
+        self.server = await self.loop.create_server(lambda: DownstreamConnection(self), host, port,
+                                                    reuse_port=False)
         self.port = self.server.sockets[0].getsockname()[1]
+        self._arm_sweep()
         return self.port
 
     async def stop(self) -> None:
         """Stop listening and close every connection."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -425,6 +567,145 @@ class Edge:
                 c.close()
         for task in self._connecting.values():
             task.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+
+    # ---------------------------------------------------------------- client connections
+
+    def admit(self, conn: DownstreamConnection) -> None:
+        """A client connected: at the connection cap, the oldest connection without streams makes room."""
+        if len(self.downstream) >= self.max_connections:
+            victim = next((c for c in self.downstream if not c.streams and not c.closed), None)
+            if victim is None:
+                self.metrics.client_connection_closes.labels("too_many_connections").inc()
+                self._log.log(logging.WARNING, "conn_cap", "client connection refused: %d connections open (cap)",
+                              len(self.downstream))
+                conn.close(f.ENHANCE_YOUR_CALM, "too many connections")
+                return
+            self.metrics.client_connection_closes.labels("evicted").inc()
+            victim.close(f.NO_ERROR, "connection cap reached: closing idle connections")
+        self.downstream[conn] = None
+
+    def discard(self, conn: DownstreamConnection) -> None:
+        """A client connection is gone."""
+        self.downstream.pop(conn, None)
+        if conn.extended is not None:
+            conn.extended = None
+
+    def _arm_sweep(self) -> None:
+        limits = self.limits
+        tick_s = min(1.0, limits.handshake_timeout_s / 4, limits.idle_timeout_s / 4, limits.stream_idle_timeout_s / 4)
+        self._sweep = self.loop.call_later(max(tick_s, 0.01), self._sweep_connections)
+
+    def _sweep_connections(self) -> None:
+        """Timeouts: handshake, idle connection, idle stream (one pass a tick, not a timer per stream)."""
+        now = self.loop.time()
+        limits = self.limits
+        try:
+            for conn in list(self.downstream):
+                if conn.closed:
+                    continue
+                if not conn.handshake_done:
+                    if now - conn.opened_s > limits.handshake_timeout_s:
+                        self.metrics.client_connection_closes.labels("handshake_timeout").inc()
+                        conn.close(f.PROTOCOL_ERROR, "no HTTP/2 preface and SETTINGS in time")
+                    continue
+                if conn.idle_since_s is not None:
+                    if now - conn.idle_since_s > limits.idle_timeout_s:
+                        self.metrics.client_connection_closes.labels("idle_timeout").inc()
+                        conn.close(f.NO_ERROR, "idle")
+                    continue
+                for stream in list(conn.streams.values()):
+                    call = stream.owner
+                    if isinstance(call, Call) and not call.ended \
+                            and now - call.last_active_s() > limits.stream_idle_timeout_s:
+                        self.on_stream_idle(call)
+        except Exception as exc:  # the sweep must keep running whatever one connection's state is
+            self.internal_error("sweep", exc)
+        self._arm_sweep()
+
+    def protocol_error(self, conn: DownstreamConnection, scope: str, code: int, reason: str, detail: str) -> None:
+        """A client broke a rule: count it, log it at a bounded rate."""
+        name = f.ERROR_NAMES.get(code, str(code))
+        self.metrics.client_protocol_errors.labels(scope, name, reason).inc()
+        peer = conn.transport.get_extra_info("peername") if conn.transport is not None else None
+        self._log.log(logging.INFO, reason, "client %s: %s error %s (%s): %s", peer, scope, name, reason, detail)
+
+    def worker_protocol_error(self, conn: UpstreamConnection, scope: str, code: int, reason: str,
+                              detail: str) -> None:
+        """A worker broke a rule (its calls fail over or end with UNAVAILABLE)."""
+        name = f.ERROR_NAMES.get(code, str(code))
+        self.metrics.worker_protocol_errors.labels(scope, name, reason).inc()
+        self._log.log(logging.WARNING, "worker:" + reason, "worker %s: %s error %s (%s): %s", conn.key, scope,
+                      name, reason, detail)
+
+    def internal_error(self, where: str, exc: Exception) -> None:
+        """A bug surfaced while handling one peer; that peer's call or connection pays, nobody else."""
+        self.metrics.edge_internal_errors.labels(where).inc()
+        if self._log.log(logging.ERROR, "internal:" + where, "internal error in %s: %r", where, exc):
+            log.debug("traceback", exc_info=exc)
+
+    def call_failed(self, call: Call, exc: Exception) -> None:
+        """Relaying `call` raised: end that call only (INTERNAL to its client)."""
+        self.internal_error("call", exc)
+        if call.ended:
+            return
+        with contextlib.suppress(Exception):
+            if call.up is not None and call.up_conn is not None:
+                call.up_conn.reset(call.up, f.CANCEL)
+        with contextlib.suppress(Exception):
+            call.down_conn.reset(call.down, f.INTERNAL_ERROR)
+        call.finish("INTERNAL")
+
+    # ---------------------------------------------------------------- request buffering
+
+    def hold(self, call: Call, n: int) -> None:
+        """`call` now holds `n` more received request bytes."""
+        call.buffered += n
+        call.down_conn.buffered += n
+        self.buffered += n
+
+    def release_buffered(self, call: Call, n: int, credit_stream: bool = False) -> None:
+        """`n` of the request bytes `call` held moved on (or were dropped): the client may send again."""
+        n = min(n, call.buffered)
+        if n <= 0:
+            return
+        call.buffered -= n
+        conn = call.down_conn
+        conn.buffered -= n
+        self.buffered -= n
+        if credit_stream:
+            conn.credit(call.down, n)
+        else:
+            conn.release_conn(n)
+        if conn.extended is call and (call.buffered == 0 or call.ended):
+            conn.extended = None
+        if self._stalled and self.buffered <= self.limits.request_buffer_bytes:
+            stalled, self._stalled = self._stalled, set()
+            for c in stalled:
+                owed, c.stalled = c.stalled, 0
+                if not c.ended:
+                    c.down_conn.credit_stream(c.down, owed)
+
+    def credit_body(self, call: Call, n: int) -> None:
+        """Stream credit for request bytes of a routed call as they arrive, while the gateway has room."""
+        if self.buffered > self.limits.request_buffer_bytes:
+            call.stalled += n
+            self._stalled.add(call)
+        else:
+            call.down_conn.credit_stream(call.down, n)
+
+    def maybe_extend(self, call: Call) -> None:
+        """A message larger than the connection window can complete when it is the connection's only large one."""
+        conn = call.down_conn
+        assert call.declared_bytes is not None
+        excess = call.declared_bytes - conn.conn_recv_target
+        if excess <= 0 or conn.extended is not None:
+            return
+        if self.buffered + excess > self.limits.request_buffer_bytes:
+            return  # no room: it waits for window like any other (bounded by the stream idle timeout)
+        conn.extended = call
+        conn.grow_conn_window(excess)
 
     # ---------------------------------------------------------------- upstream pool
 
@@ -460,10 +741,11 @@ class Edge:
             self._connecting[key] = task
 
         def done(t: asyncio.Task[UpstreamConnection]) -> None:
+            # addresses stay out of what clients see (RTP-LLM's frontend shows messages to end users)
             if t.cancelled():
-                fail(f"connecting to {key} was cancelled")
+                fail("connecting to the worker was cancelled")
             elif t.exception() is not None:
-                fail(f"cannot connect to worker {key}: {t.exception()}")
+                fail(f"cannot connect to the worker: {type(t.exception()).__name__}")
             else:
                 start(t.result())
 
@@ -471,30 +753,70 @@ class Edge:
 
     # ---------------------------------------------------------------- calls
 
+    def answer(self, conn: H2Connection, stream: Stream, headers: Headers) -> None:
+        """End the client's stream with `headers`; a client still sending is told to stop (RST_STREAM NO_ERROR)."""
+        conn.send_headers(stream, headers, True)
+        if stream.closed_local and not stream.closed_remote and stream.id in conn.streams:
+            conn.reset(stream, f.NO_ERROR)
+
     def reject(self, call: Call, rejection: Rejection) -> None:
         """Answer a call with a gateway-made status."""
         self.dispatcher.reject(call.method or call.path, rejection)
-        call.down_conn.send_headers(call.down, _status_headers(rejection.code, rejection.message,
-                                                               rejection.trailer()), True)
+        self.answer(call.down_conn, call.down, _status_headers(rejection.code, rejection.message,
+                                                               rejection.trailer()))
         call.finish(rejection.code.name)
 
     def dispatch(self, call: Call) -> None:
         """The whole request is in: route it (possibly after the batching window) and open the upstream stream."""
         body = bytes(call.body)
         call.body = bytearray()
+        # the request is the dispatcher's now (bounded by admission), no longer the connection's buffer
+        self.release_buffered(call, call.buffered)
         try:
-            message = self._unframe(call, body)
             if self.is_draining():
                 raise Rejection(grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; retry elsewhere", "draining")
+            message = self._unframe(call, body)
+        except Rejection as rejection:
+            self.reject(call, rejection)
+            return
+        if message is None:
+            task = self.loop.create_task(self._inflate_then_route(call, body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._route(call, message)
+
+    async def _inflate_then_route(self, call: Call, body: bytes) -> None:
+        encoding = next((v for k, v in call.request_headers if k == "grpc-encoding"), "identity")
+        try:
+            message = await self.loop.run_in_executor(None, _inflate, body[5:], encoding, self.max_message_bytes)
+        except Rejection as rejection:
+            if not call.ended:
+                self.reject(call, rejection)
+            return
+        if not call.ended:
+            self._route(call, message)
+
+    def _route(self, call: Call, message: bytes) -> None:
+        try:
             if call.method == GENERATE_STREAM:
-                self.dispatcher.submit_generate(message, lambda outcome: self._routed(call, outcome),
+                self.dispatcher.submit_generate(message, lambda outcome: self._routed_safely(call, outcome),
                                                 alive=lambda: not call.ended)
                 return
             planned = self.dispatcher.plan_batch(message)
         except Rejection as rejection:
             self.reject(call, rejection)
             return
-        self._routed(call, planned)
+        self._routed_safely(call, planned)
+
+    def _routed_safely(self, call: Call, outcome: Planned | Rejection) -> None:
+        # a held call may be released from inside another call's I/O: its failure must stay its own
+        try:
+            self._routed(call, outcome)
+        except Exception as exc:
+            if isinstance(outcome, Planned) and call.planned is None:
+                call.planned = outcome  # so that finish() releases what routing reserved
+            self.call_failed(call, exc)
 
     def _routed(self, call: Call, outcome: Planned | Rejection) -> None:
         if isinstance(outcome, Rejection):
@@ -502,6 +824,10 @@ class Edge:
             return
         planned = outcome
         call.planned = planned
+        if call.ended:
+            # the client left while the call was being placed: give the reservation back
+            self.dispatcher.finish(planned, "CANCELLED", 0)
+            return
         addr: WorkerAddr = planned.lease.decision.target.addr
         timeout_s = self.dispatcher.first_message_timeout_s
         if timeout_s is not None and call.method == GENERATE_STREAM:
@@ -511,23 +837,29 @@ class Edge:
             ("te", "trailers"), ("content-type", "application/grpc"),
         ]
         for k, v in call.request_headers:
-            if k[0] != ":" and not k.startswith("grpc-") and k not in ("te", "content-type"):
+            if k[0] != ":" and not k.startswith("grpc-") and k not in ("te", "content-type", "content-length"):
                 headers.append((k, v))
         if call.deadline_at is not None:
             headers.append(("grpc-timeout", f.format_grpc_timeout(max(call.deadline_at - self.loop.time(), 1e-6))))
         framed = f.grpc_message_frame(planned.body)
 
         def start(conn: UpstreamConnection) -> None:
-            if not call.ended:
-                conn.open_stream(call, headers, framed, True)
+            if not call.ended and call.planned is planned:
+                try:
+                    conn.open_stream_for(call, headers, framed, True)
+                except Exception as exc:
+                    self.call_failed(call, exc)
 
         def fail(reason: str) -> None:
             if call.ended or call.planned is not planned:
                 return
-            if self.failover(call, grpc.StatusCode.UNAVAILABLE):
-                return
-            call.down_conn.send_headers(call.down, _status_headers(grpc.StatusCode.UNAVAILABLE, reason), True)
-            call.finish("UNAVAILABLE")
+            try:
+                if self.failover(call, grpc.StatusCode.UNAVAILABLE):
+                    return
+                self.answer(call.down_conn, call.down, _status_headers(grpc.StatusCode.UNAVAILABLE, reason))
+                call.finish("UNAVAILABLE")
+            except Exception as exc:
+                self.call_failed(call, exc)
 
         self._with_upstream(addr.key, addr.ip, addr.grpc_port, start, fail)
 
@@ -553,65 +885,76 @@ class Edge:
         if call.ended or call.planned is not planned or call.messages:
             return
         call.first_timer = None
-        if self.failover(call, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return
-        call.down_conn.send_headers(call.down, _status_headers(
-            grpc.StatusCode.DEADLINE_EXCEEDED, "no first token within prefillGenerateTimeoutMs"), True)
-        call.finish("DEADLINE_EXCEEDED")
+        try:
+            if self.failover(call, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return
+            self.answer(call.down_conn, call.down, _status_headers(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "no first token within prefillGenerateTimeoutMs"))
+            call.finish("DEADLINE_EXCEEDED")
+        except Exception as exc:
+            self.call_failed(call, exc)
 
-    def _unframe(self, call: Call, body: bytes) -> bytes:
+    def _unframe(self, call: Call, body: bytes) -> bytes | None:
+        """The request message; None when it must be inflated off the event loop first."""
         if len(body) < 5:
             raise Rejection(grpc.StatusCode.INVALID_ARGUMENT, "expected one request message, got none", "bad_request")
         length = int.from_bytes(body[1:5], "big")
         if len(body) != 5 + length:
             raise Rejection(grpc.StatusCode.INVALID_ARGUMENT, "expected exactly one request message", "bad_request")
-        message = body[5:]
-        if body[0] == 1:
-            encoding = next((v for k, v in call.request_headers if k == "grpc-encoding"), "identity")
-            if encoding not in ("gzip", "deflate"):
-                raise Rejection(grpc.StatusCode.UNIMPLEMENTED, f"compression {encoding!r} is not supported",
-                                "bad_request")
-            try:
-                message = zlib.decompress(message, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-            except zlib.error as exc:
-                raise Rejection(grpc.StatusCode.INTERNAL, f"cannot decompress request: {exc}", "bad_request") from None
-        return message
+        if body[0] == 0:
+            return body[5:]
+        encoding = next((v for k, v in call.request_headers if k == "grpc-encoding"), "identity")
+        if encoding not in ("gzip", "deflate"):
+            raise Rejection(grpc.StatusCode.UNIMPLEMENTED, f"compression {encoding!r} is not supported",
+                            "bad_request")
+        if length > _INLINE_INFLATE_BYTES:
+            return None
+        return _inflate(body[5:], encoding, self.max_message_bytes)
 
     def open_passthrough(self, call: Call, end_stream: bool) -> None:
         """Relay a call we do not route to the gateway's own grpc.aio server."""
         if end_stream:
-            call.down_conn.remote_end(call.down)
             call.body_end = True
 
         def start(conn: UpstreamConnection) -> None:
-            if not call.ended:
-                body, call.body = bytes(call.body), bytearray()
-                conn.open_stream(call, call.request_headers, body, call.body_end)
+            if call.ended:
+                return
+            body, call.body = bytes(call.body), bytearray()
+            try:
+                conn.open_stream_for(call, call.request_headers, body, call.body_end)
+            except Exception as exc:
+                self.call_failed(call, exc)
 
         def fail(reason: str) -> None:
             if not call.ended:
-                call.down_conn.send_headers(call.down, _status_headers(grpc.StatusCode.UNAVAILABLE, reason), True)
+                self.answer(call.down_conn, call.down, _status_headers(grpc.StatusCode.UNAVAILABLE, reason))
                 call.finish("UNAVAILABLE")
 
         self._with_upstream("control", "127.0.0.1", self._control_port(), start, fail)
 
     def on_deadline(self, call: Call) -> None:
         """The client's deadline passed: cancel upstream, tell the client."""
+        self._end_locally(call, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    def on_stream_idle(self, call: Call) -> None:
+        """Nothing moved on the call for the stream idle timeout: cancel upstream, tell the client."""
+        self.metrics.client_connection_closes.labels("stream_idle_timeout").inc()
+        self._end_locally(call, grpc.StatusCode.UNAVAILABLE, "stream idle timeout")
+
+    def _end_locally(self, call: Call, code: grpc.StatusCode, message: str) -> None:
         if call.ended:
             return
         if call.up is not None and call.up_conn is not None:
             call.up_conn.reset(call.up, f.CANCEL)
-        status = [("grpc-status", str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])),
-                  ("grpc-message", "Deadline Exceeded")]
+        status = [("grpc-status", str(code.value[0])), ("grpc-message", f.encode_grpc_message(message))]
         with contextlib.suppress(Exception):
             if call.response_started:
-                call.down_conn.send_headers(call.down, status, True)
+                self.answer(call.down_conn, call.down, status)
             else:
-                call.down_conn.send_headers(call.down, [(":status", "200"), ("content-type", "application/grpc"),
-                                                        *status], True)
-        call.finish("DEADLINE_EXCEEDED")
+                self.answer(call.down_conn, call.down,
+                            [(":status", "200"), ("content-type", "application/grpc"), *status])
+        call.finish(code.name)
 
     def in_flight_streams(self) -> int:
         """Calls currently relayed (routed or passed through)."""
         return len(self.calls)
-

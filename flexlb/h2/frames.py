@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import struct
 import urllib.parse
 
@@ -37,8 +38,18 @@ NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 INTERNAL_ERROR = 0x2
 FLOW_CONTROL_ERROR = 0x3
+SETTINGS_TIMEOUT = 0x4
+STREAM_CLOSED = 0x5
+FRAME_SIZE_ERROR = 0x6
 REFUSED_STREAM = 0x7
 CANCEL = 0x8
+COMPRESSION_ERROR = 0x9
+ENHANCE_YOUR_CALM = 0xB
+
+ERROR_NAMES = {0x0: "NO_ERROR", 0x1: "PROTOCOL_ERROR", 0x2: "INTERNAL_ERROR", 0x3: "FLOW_CONTROL_ERROR",
+               0x4: "SETTINGS_TIMEOUT", 0x5: "STREAM_CLOSED", 0x6: "FRAME_SIZE_ERROR", 0x7: "REFUSED_STREAM",
+               0x8: "CANCEL", 0x9: "COMPRESSION_ERROR", 0xA: "CONNECT_ERROR", 0xB: "ENHANCE_YOUR_CALM",
+               0xC: "INADEQUATE_SECURITY", 0xD: "HTTP_1_1_REQUIRED"}
 
 DEFAULT_WINDOW = 65_535
 DEFAULT_MAX_FRAME = 16_384
@@ -84,11 +95,12 @@ def grpc_message_frame(message: bytes) -> bytes:
 
 
 _TIMEOUT_UNITS_S = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")
 
 
 def parse_grpc_timeout(value: str) -> float | None:
     """Seconds from a grpc-timeout header ('100m', '5S', ...); None if malformed."""
-    if len(value) < 2 or value[-1] not in _TIMEOUT_UNITS_S or not value[:-1].isdigit() or len(value) > 9:
+    if _TIMEOUT.fullmatch(value) is None:  # ASCII digits only: str.isdigit() accepts '²', which int() refuses
         return None
     return int(value[:-1]) * _TIMEOUT_UNITS_S[value[-1]]
 

@@ -126,6 +126,7 @@ class Dispatcher:
         self._batcher: Batcher[_Waiting] | None = Batcher(batch) if batch is not None and batch.enabled else None
         self.max_attempts = 3  # first try + failovers
         self.max_in_flight = 0  # admission cap for the whole gateway (0: none)
+        self.max_new_tokens = 0  # generate_config.max_new_tokens cap (0: none)
         self.forwarder: MasterForwarder | None = None  # enableGrpcPrefillMaster on a replica
         self._tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0
@@ -191,6 +192,7 @@ class Dispatcher:
                 "GenerateInputPB.token_ids is empty; nothing to generate from",
                 "no_tokens",
             )
+        self._check_max_new_tokens(inp.generate_config.max_new_tokens)
         keys: tuple[int, ...] = ()
         if self.router.index is not None:
             # from the wire bytes: reading inp.token_ids would make a Python int per token (~1 ms at 32k)
@@ -201,6 +203,12 @@ class Dispatcher:
         req = RouteRequest(inp.request_id, len(inp.token_ids), inp.generate_config.max_new_tokens,
                            block_keys=keys, block_size_tokens=self.block_size_tokens)
         return _Prepared(inp, body, req, started_s)
+
+    def _check_max_new_tokens(self, max_new_tokens: int) -> None:
+        if self.max_new_tokens and max_new_tokens > self.max_new_tokens:
+            raise Rejection(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"generate_config.max_new_tokens {max_new_tokens} is above this gateway's cap "
+                            f"({self.max_new_tokens})", "max_new_tokens")
 
     def _route_prepared(self, prepared: _Prepared, attempt: int = 1,
                         master_choice: MasterChoice | None = None, hold: bool = False) -> Planned:
@@ -370,6 +378,8 @@ class Dispatcher:
                 "BatchGenerateInputPB needs at least one input, each with token_ids",
                 "no_tokens",
             )
+        for i in batch.inputs:
+            self._check_max_new_tokens(i.generate_config.max_new_tokens)
         req = RouteRequest(
             batch.inputs[0].request_id,
             sum(len(i.token_ids) for i in batch.inputs),
