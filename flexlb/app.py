@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import resource
 import signal
 import socket
 import time
@@ -401,8 +402,18 @@ class Gateway:
         }
 
 
+def _raise_open_file_limit() -> None:
+    """Take the hard open-file limit: the connection cap is derived from it (as nginx's worker_rlimit_nofile)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 async def run_gateway(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT, then drain gracefully; returns the process exit code."""
+    _raise_open_file_limit()
     gateway = Gateway(settings)
     await gateway.start()
     stop = asyncio.Event()

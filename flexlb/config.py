@@ -412,6 +412,29 @@ def _env_json(env: Mapping[str, str], names: tuple[str, ...] | str) -> tuple[str
     return (names if isinstance(names, str) else names[0]), None
 
 
+# `flexlb serve` flags of EdgeLimits: field -> (flag, smallest accepted value, integer?)
+EDGE_LIMIT_FLAGS: dict[str, tuple[str, float, bool]] = {
+    "max_concurrent_streams": ("--max-concurrent-streams", 1, True),
+    "max_header_list_bytes": ("--max-header-list-bytes", 1024, True),
+    "max_header_fields": ("--max-header-fields", 8, True),
+    "max_connections": ("--max-connections", 0, True),
+    "handshake_timeout_s": ("--handshake-timeout-s", 0.01, False),
+    "idle_timeout_s": ("--idle-timeout-s", 0.01, False),
+    "stream_idle_timeout_s": ("--stream-idle-timeout-s", 0.01, False),
+    "request_buffer_bytes_per_connection": ("--request-buffer-bytes-per-connection", 65_535, True),
+    "request_buffer_bytes": ("--request-buffer-bytes", 65_535, True),
+    "max_new_tokens": ("--max-new-tokens", 0, True),
+}
+
+
+def _edge_limits(pairs: tuple[tuple[str, float], ...]) -> EdgeLimits:
+    updates: dict[str, float] = {}
+    for name, value in pairs:
+        flag, minimum, integer = EDGE_LIMIT_FLAGS[name]
+        updates[name] = _int(flag, value, int(minimum)) if integer else _float(flag, value, minimum)
+    return EdgeLimits(**updates)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class CliOverrides:
     """What `flexlb serve` flags may override; None means 'not given'."""
@@ -433,6 +456,7 @@ class CliOverrides:
     admin_token: str | None = None
     advertise_host: str | None = None
     admin_host: str | None = None
+    limits: tuple[tuple[str, float], ...] = ()  # (EdgeLimits field, value) pairs from the limit flags
 
 
 def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None = None) -> Settings:
@@ -523,6 +547,8 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
         updates["advertise_host"] = cli.advertise_host
     if cli.admin_host is not None:
         updates["admin_host"] = _bind_host("--admin-host", cli.admin_host)
+    if cli.limits:
+        updates["limits"] = _edge_limits(cli.limits)
     if cli.drain_timeout_s is not None:
         if cli.drain_timeout_s < 0:
             raise ConfigError("--drain-timeout-s", "must be >= 0")

@@ -78,7 +78,8 @@ class Call:
 
     __slots__ = ("body", "body_end", "buffered", "deadline_at", "deadline_timer", "declared_bytes", "down",
                  "down_conn", "ended", "first", "first_timer", "messages", "method", "msg_left", "path",
-                 "pending_initial", "planned", "prefix", "request_headers", "response_started", "stalled",
+                 "pending_initial", "planned", "prefix", "request_head", "request_headers", "response_started",
+                 "stalled",
                  "up", "up_conn")
 
     def __init__(self, down_conn: DownstreamConnection, down: Stream, path: str, method: str | None,
@@ -93,6 +94,7 @@ class Call:
         self.buffered = 0  # received request bytes this call holds (counted against the buffer limits)
         self.stalled = 0  # received bytes whose stream credit waits for the gateway's buffer to drain
         self.declared_bytes: int | None = None  # framed size of the request message, from its prefix
+        self.request_head = b""  # a passed-through request's first bytes, until its prefix is known
         self.up: Stream | None = None
         self.up_conn: UpstreamConnection | None = None
         self.planned: Planned | None = None
@@ -250,12 +252,15 @@ class DownstreamConnection(H2Connection):
             return
         edge = self.edge
         if call.method is None:
-            if end_stream and not stream.received and call.path in wire.ONE_REQUEST_PATHS:
-                # grpc C-core would wait for the message for ever; answer as grpc-java does
-                if call.up is not None and call.up_conn is not None:
-                    call.up_conn.reset(call.up, f.CANCEL)
-                edge.reject(call, _NO_REQUEST)
-                return
+            if call.path in wire.ONE_REQUEST_PATHS:
+                problem = self._one_request_problem(call, data, end_stream)
+                if problem is not None:
+                    # grpc C-core would wait for the rest of the message for ever; answer as grpc-java does
+                    if call.up is not None and call.up_conn is not None:
+                        call.up_conn.reset(call.up, f.CANCEL)
+                    self.credit(stream, len(data))
+                    edge.reject(call, problem)
+                    return
             # passthrough: credit comes back as the control server takes the bytes (up.on_sent)
             if call.up is not None and call.up_conn is not None:
                 edge.hold(call, len(data))
@@ -286,6 +291,24 @@ class DownstreamConnection(H2Connection):
         edge.credit_body(call, len(data))
         if end_stream:
             self._ready.append(call)
+
+    def _one_request_problem(self, call: Call, data: bytes, end_stream: bool) -> Rejection | None:
+        """What is wrong with a passed-through one-message request so far (None: nothing yet)."""
+        if call.declared_bytes is None:
+            call.request_head += data[: 5 - len(call.request_head)]
+            if len(call.request_head) == 5:
+                call.declared_bytes = 5 + int.from_bytes(call.request_head[1:5], "big")
+                if call.declared_bytes - 5 > self.edge.max_message_bytes:
+                    return Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request message larger than max "
+                                     f"({call.declared_bytes - 5} vs. {self.edge.max_message_bytes})", "too_large")
+        if not end_stream:
+            return None
+        received = call.down.received
+        if received == 0:
+            return _NO_REQUEST
+        if call.declared_bytes is None or received < call.declared_bytes:
+            return Rejection(grpc.StatusCode.INTERNAL, "Encountered end-of-stream mid-frame", "bad_request")
+        return None
 
     def after_frames(self) -> None:
         if not self._ready:
