@@ -19,6 +19,7 @@ from flexlb.config import (
     CliOverrides,
     ConfigError,
     ConsistencyConfig,
+    EdgeLimits,
     KvCacheMode,
     Settings,
     load_settings,
@@ -491,6 +492,11 @@ def test_model_service_config_unset() -> None:
         (CliOverrides(max_message_bytes=10), "--max-message-bytes"),
         (CliOverrides(upstream_channels=0), "--upstream-channels"),
         (CliOverrides(drain_timeout_s=-1.0), "--drain-timeout-s"),
+        (CliOverrides(limits=(("max_concurrent_streams", 0),)), "--max-concurrent-streams"),
+        (CliOverrides(limits=(("max_header_list_bytes", 100),)), "--max-header-list-bytes"),
+        (CliOverrides(limits=(("handshake_timeout_s", -1.0),)), "--handshake-timeout-s"),
+        (CliOverrides(limits=(("idle_timeout_s", 0.0),)), "--idle-timeout-s"),
+        (CliOverrides(limits=(("max_new_tokens", -5),)), "--max-new-tokens"),
     ],
 )
 def test_cli_errors(cli: CliOverrides, path: str) -> None:
@@ -669,3 +675,17 @@ def test_prefill_queue_bad_values_name_the_field(key: str, value: Any, words: li
 def test_prefill_queue_error_names_the_alias_variable() -> None:
     env = {"FLEXLB_CONFIG": json.dumps({"prefillQueueDepth": -2}), "MODEL_SERVICE_CONFIG": json.dumps(README_SERVICE)}
     assert config_error(env).field_path == "FLEXLB_CONFIG.prefillQueueDepth"
+
+
+def test_edge_limit_flags_reach_the_settings() -> None:
+    cli = CliOverrides(limits=(("max_concurrent_streams", 8), ("stream_idle_timeout_s", 2.5), ("max_new_tokens", 64)))
+    limits = load_settings(env_of(service=README_SERVICE), cli).server.limits
+    assert (limits.max_concurrent_streams, limits.stream_idle_timeout_s, limits.max_new_tokens) == (8, 2.5, 64)
+    assert limits.max_header_list_bytes == EdgeLimits().max_header_list_bytes  # the rest keep their defaults
+
+
+def test_serve_rejects_a_bad_limit_flag_naming_it() -> None:
+    out = subprocess.run([sys.executable, "-m", "flexlb", "serve", "--worker", "127.0.0.1:1",
+                          "--max-concurrent-streams", "0"], capture_output=True, text=True, env=_cli_env(), timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "flexlb: config error: --max-concurrent-streams: must be >= 1, got 0"

@@ -298,6 +298,8 @@ class H2Connection(asyncio.Protocol):
     # ------------------------------------------------------------ reading
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # bytes after our GOAWAY are not read
         batch = self._batch
         batch.reading += 1
         try:
