@@ -774,7 +774,7 @@ class H2Connection(asyncio.Protocol):
             stream.pending_trailers = headers
             return
         stream.response_started = True
-        stream.last_active_s = self.now_s
+        stream.last_active_s = self.loop.time()
         block = self._encoder.encode(headers)
         limit = self.peer_max_frame
         flags = f.FLAG_END_STREAM if end_stream else 0
@@ -796,7 +796,6 @@ class H2Connection(asyncio.Protocol):
             stream.pending.append(data)
         if end_stream:
             stream.pending_end = True
-        stream.last_active_s = self.now_s
         self._drain(stream)
 
     def _drain(self, stream: Stream) -> None:
@@ -835,8 +834,11 @@ class H2Connection(asyncio.Protocol):
             elif stream.pending_end and not stream.closed_local:
                 self._send(f.frame(f.DATA, f.FLAG_END_STREAM, stream.id))
                 self._local_end(stream)
-        if sent and stream.on_sent is not None:
-            stream.on_sent(sent)
+        if sent:
+            # activity is bytes the peer actually takes, not bytes queued for it
+            stream.last_active_s = self.loop.time()
+            if stream.on_sent is not None:
+                stream.on_sent(sent)
 
     def _local_end(self, stream: Stream) -> None:
         stream.closed_local = True
@@ -855,6 +857,10 @@ class H2Connection(asyncio.Protocol):
             self._remember_closed(stream.id, _CLOSED_THERE)
             self._stream_gone()
         self._blocked.pop(stream.id, None)
+
+    def blocked_streams(self) -> dict[int, Stream]:
+        """Streams with data waiting for flow-control window or for the peer to read."""
+        return self._blocked
 
     def _stream_gone(self) -> None:
         if not self.streams:

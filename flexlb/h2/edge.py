@@ -79,7 +79,6 @@ class Call:
     __slots__ = ("body", "body_end", "buffered", "deadline_at", "deadline_timer", "declared_bytes", "down",
                  "down_conn", "ended", "first", "first_timer", "messages", "method", "msg_left", "path",
                  "pending_initial", "planned", "prefix", "request_head", "request_headers", "response_started",
-                 "stalled",
                  "up", "up_conn")
 
     def __init__(self, down_conn: DownstreamConnection, down: Stream, path: str, method: str | None,
@@ -92,7 +91,6 @@ class Call:
         self.body = bytearray()  # request bytes not yet sent upstream
         self.body_end = False  # the client half-closed before the upstream stream existed
         self.buffered = 0  # received request bytes this call holds (counted against the buffer limits)
-        self.stalled = 0  # received bytes whose stream credit waits for the gateway's buffer to drain
         self.declared_bytes: int | None = None  # framed size of the request message, from its prefix
         self.request_head = b""  # a passed-through request's first bytes, until its prefix is known
         self.up: Stream | None = None
@@ -134,9 +132,12 @@ class Call:
         self.first = None
 
     def last_active_s(self) -> float:
-        """When a frame last moved on either of the call's streams."""
-        up = self.up
-        return max(self.down.last_active_s, up.last_active_s if up is not None else 0.0)
+        """When a frame last moved on either of the call's streams; while the client is not taking what is
+        queued for it, only the client side counts (a worker filling our buffer is no progress)."""
+        down, up = self.down, self.up
+        if down.pending or up is None:
+            return down.last_active_s
+        return max(down.last_active_s, up.last_active_s)
 
     # ---------------------------------------------------------------- response side
 
@@ -197,7 +198,11 @@ class DownstreamConnection(H2Connection):
         self.edge = edge
         self.buffered = 0  # request bytes received on this connection and not yet moved on
         self.extended: Call | None = None  # the call allowed a message larger than the connection window
+        self.extension = 0  # bytes of window granted to that call beyond the connection's own
         self._ready: list[Call] = []  # requests completed in this read, routed once the read is handled
+        # the window beyond RFC 9113's initial 65,535 bytes is granted out of the gateway's request buffer
+        self.full_window = self.conn_recv_target
+        self.conn_recv_target = f.DEFAULT_WINDOW
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -288,7 +293,8 @@ class DownstreamConnection(H2Connection):
             edge.reject(call, Rejection(grpc.StatusCode.INVALID_ARGUMENT, "expected exactly one request message",
                                         "bad_request"))
             return
-        edge.credit_body(call, len(data))
+        # the stream window follows the message as it arrives; the connection window bounds what is held
+        self.credit_stream(stream, len(data))
         if end_stream:
             self._ready.append(call)
 
@@ -546,7 +552,10 @@ class Edge:
         self.downstream: dict[DownstreamConnection, None] = {}
         self.calls: set[Call] = set()
         self.buffered = 0  # request bytes held for all clients
-        self._stalled: set[Call] = set()  # calls whose stream credit waits for `buffered` to drop
+        # connection windows beyond the protocol's initial 65,535 bytes are reserved from this pool, so the
+        # request bytes all clients may have in flight are bounded whatever the number of connections
+        self.window_pool = limits.request_buffer_bytes
+        self._short: dict[DownstreamConnection, None] = {}  # connections granted less than their full window
         self._upstreams: dict[str, list[UpstreamConnection]] = {}
         self._connecting: dict[str, asyncio.Task[UpstreamConnection]] = {}
         self._sweep: asyncio.TimerHandle | None = None
@@ -608,12 +617,35 @@ class Edge:
             self.metrics.client_connection_closes.labels("evicted").inc()
             victim.close(f.NO_ERROR, "connection cap reached: closing idle connections")
         self.downstream[conn] = None
+        self._grant_window(conn)
+
+    def _grant_window(self, conn: DownstreamConnection) -> None:
+        grant = min(conn.full_window - conn.conn_recv_target, self.window_pool)
+        if grant > 0:
+            self.window_pool -= grant
+            conn.conn_recv_target += grant
+            conn.grow_conn_window(grant)
+        if conn.conn_recv_target < conn.full_window:
+            self._short[conn] = None
+        else:
+            self._short.pop(conn, None)
+
+    def _return_window(self, n: int) -> None:
+        self.window_pool += n
+        for conn in list(self._short):
+            if self.window_pool <= 0:
+                break
+            if not conn.closed:
+                self._grant_window(conn)
 
     def discard(self, conn: DownstreamConnection) -> None:
-        """A client connection is gone."""
-        self.downstream.pop(conn, None)
-        if conn.extended is not None:
-            conn.extended = None
+        """A client connection is gone: its window goes back to the pool."""
+        if self.downstream.pop(conn, None) is None:
+            return
+        self._short.pop(conn, None)
+        conn.extended = None
+        self._return_window(conn.conn_recv_target - f.DEFAULT_WINDOW + conn.extension)
+        conn.extension = 0
 
     def _arm_sweep(self) -> None:
         limits = self.limits
@@ -703,31 +735,18 @@ class Edge:
             conn.release_conn(n)
         if conn.extended is call and (call.buffered == 0 or call.ended):
             conn.extended = None
-        if self._stalled and self.buffered <= self.limits.request_buffer_bytes:
-            stalled, self._stalled = self._stalled, set()
-            for c in stalled:
-                owed, c.stalled = c.stalled, 0
-                if not c.ended:
-                    c.down_conn.credit_stream(c.down, owed)
-
-    def credit_body(self, call: Call, n: int) -> None:
-        """Stream credit for request bytes of a routed call as they arrive, while the gateway has room."""
-        if self.buffered > self.limits.request_buffer_bytes:
-            call.stalled += n
-            self._stalled.add(call)
-        else:
-            call.down_conn.credit_stream(call.down, n)
+            extension, conn.extension = conn.extension, 0
+            self._return_window(extension)
 
     def maybe_extend(self, call: Call) -> None:
         """A message larger than the connection window can complete when it is the connection's only large one."""
         conn = call.down_conn
         assert call.declared_bytes is not None
         excess = call.declared_bytes - conn.conn_recv_target
-        if excess <= 0 or conn.extended is not None:
-            return
-        if self.buffered + excess > self.limits.request_buffer_bytes:
-            return  # no room: it waits for window like any other (bounded by the stream idle timeout)
-        conn.extended = call
+        if excess <= 0 or conn.extended is not None or excess > self.window_pool:
+            return  # it waits for window like any other request (bounded by the stream idle timeout)
+        self.window_pool -= excess
+        conn.extended, conn.extension = call, excess
         conn.grow_conn_window(excess)
 
     # ---------------------------------------------------------------- upstream pool
@@ -970,8 +989,12 @@ class Edge:
         if call.up is not None and call.up_conn is not None:
             call.up_conn.reset(call.up, f.CANCEL)
         status = [("grpc-status", str(code.value[0])), ("grpc-message", f.encode_grpc_message(message))]
+        down = call.down
         with contextlib.suppress(Exception):
-            if call.response_started:
+            if down.pending or down.id in call.down_conn.blocked_streams():
+                # trailers would wait behind data the client is not taking: drop both
+                call.down_conn.reset(down, f.CANCEL)
+            elif call.response_started:
                 self.answer(call.down_conn, call.down, status)
             else:
                 self.answer(call.down_conn, call.down,
