@@ -155,6 +155,37 @@ async def fuzz_gateway(mock_workers, gateways, channels):  # type: ignore[no-unt
     return gw, channels(gw.grpc_port)
 
 
+@pytest.fixture
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """Contexts that reached the event loop's exception handler during the test (errors nobody handled)."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    seen: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    yield seen
+    loop.set_exception_handler(previous)
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Raw HTTP/2 clients (bench/attacks.py) to a loopback port; with a handshake, returned once the server's
+    SETTINGS are in. All are closed at the end of the test."""
+    from bench.attacks import PREFACE, RawClient
+
+    opened: list[RawClient] = []
+
+    async def connect(port: int, **kw: Any) -> RawClient:
+        c = await RawClient.connect("127.0.0.1", port, **kw)
+        opened.append(c)
+        if kw.get("read", True) and kw.get("settings", ()) is not None and kw.get("preface", PREFACE) is not None:
+            await c.wait_until(lambda: c.settings_frames > 0 or c.ended(), 5.0)
+        return c
+
+    yield connect
+    for c in opened:
+        await c.close()
+
+
 @pytest.fixture(scope="module")
 def zookeeper() -> Iterator[ZooKeeper]:
     """A real ZooKeeper server for the module's tests (stopped and removed after)."""
