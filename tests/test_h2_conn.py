@@ -36,6 +36,9 @@ class FakeTransport:
     def abort(self) -> None:
         self.aborted = True
 
+    def can_write_eof(self) -> bool:
+        return False
+
     def pause_reading(self) -> None:
         pass
 

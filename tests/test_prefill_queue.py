@@ -36,6 +36,32 @@ def test_config_enabled_only_with_depth() -> None:
     assert PrefillQueueConfig(depth=3).enabled
 
 
+def test_one_client_with_a_backlog_cannot_hold_back_another() -> None:
+    q = PrefillQueue(PrefillQueueConfig())
+    for seq in range(100):  # a burst of a hundred 10 ms prefills from one connection at T0
+        q.push(W, seq, 10.0, T0, client="flood")
+    q.push(W, 1000, 10.0, T0 + 0.001, client="other")  # another client, one ms later
+    order = [q.pop(W).seq for _ in range(5)]  # type: ignore[union-attr]
+    assert order.index(1000) <= 1, order  # about one of the flood's prefills ahead of it, not a hundred
+    # without client identities (the simulator's calls) the plain order holds: the late call is last
+    plain = PrefillQueue(PrefillQueueConfig())
+    for seq in range(100):
+        plain.push(W, seq, 10.0, T0)
+    plain.push(W, 1000, 10.0, T0 + 0.001)
+    assert [plain.pop(W).seq for _ in range(101)][-1] == 1000  # type: ignore[union-attr]
+
+
+def test_a_client_without_backlog_starts_fresh() -> None:
+    q = PrefillQueue(PrefillQueueConfig())
+    q.push(W, 1, 50.0, T0, client="a")
+    assert q.pop(W).seq == 1  # type: ignore[union-attr]
+    # nothing of "a" is held any more: its next call is ordered by its own arrival and prefill
+    q.push(W, 2, 30.0, T0 + 0.01, client="b")
+    q.push(W, 3, 10.0, T0 + 0.01, client="a")
+    assert [q.pop(W).seq, q.pop(W).seq] == [3, 2]  # type: ignore[union-attr]
+    assert not q._client_keys[W] and not q._served_ms[W]  # nothing is remembered for clients with nothing held
+
+
 def test_shortest_estimated_prefill_leaves_first() -> None:
     q = PrefillQueue(PrefillQueueConfig())
     for seq, ms in ((1, 300.0), (2, 100.0), (3, 200.0), (4, 50.0)):

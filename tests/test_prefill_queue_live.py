@@ -131,6 +131,26 @@ async def test_held_calls_reach_the_worker_shortest_first(mock_workers, gateways
     assert ended_by_code(gw) == {"OK": 5}
 
 
+async def test_one_connection_with_many_held_calls_cannot_hold_back_another(mock_workers, gateways, channels, spawn,
+                                                                            paused) -> None:
+    w = await mock_workers(time_scale=0.0)
+    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL", master=ONE)
+    flood = stream_stub(channels(gw.grpc_port))
+    other = stream_stub(channels(gw.grpc_port, **{"grpc.channel_id": 2}))  # its own TCP connection
+    await paused(w)
+    first = spawn(flood, 31)
+    await wait_for(lambda: w.request_ids_seen == [31], what="the first call at the worker")
+    backlog = [spawn(flood, rid) for rid in range(32, 40)]
+    await wait_for(lambda: gw.dispatcher.held_calls() == 8, what="the flooding connection's calls held")
+    late = spawn(other, 99)
+    await wait_for(lambda: gw.dispatcher.held_calls() == 9, what="the other connection's call held")
+    paused.resume(w)
+    await asyncio.gather(first, late, *backlog)
+    # one of the flood's calls may go first (it was served nothing yet), not all eight
+    assert w.request_ids_seen.index(99) <= 2, w.request_ids_seen
+    await settled(gw)
+
+
 async def test_cancelled_and_expired_callers_leave_the_queue(mock_workers, gateways, channels, spawn,
                                                             paused) -> None:
     w = await mock_workers(time_scale=0.0)

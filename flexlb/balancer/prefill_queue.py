@@ -7,6 +7,13 @@ so a long prompt is overtaken only by calls that arrive within about its own pre
 and cannot starve. Because aging is linear and the same for everyone, the order is fixed when
 a call is held: key = prefill_ms + aging x arrival_ms (lowest leaves first).
 
+Clients share a worker's slots fairly: with calls from several clients held for a worker, the
+next slot goes to the client that has been served least prefill time since it started waiting
+(start-time fair queuing across clients), and within a client the order above holds. So one
+connection with a thousand calls queued delays another's call by about one of its prefills, and
+a single client (the RTP-LLM frontend multiplexing everything, or the simulator) sees the plain
+order. Estimates (`ahead`, `before`) use the plain order.
+
 Pure: no clock, no asyncio; the router passes the time and owns the leases.
 """
 
@@ -42,6 +49,7 @@ class HeldCall:
     prefill_ms: float
     held_s: float
     key: float
+    client: str = ""
 
 
 class PrefillQueue:
@@ -53,6 +61,9 @@ class PrefillQueue:
         self._keys: dict[str, list[tuple[float, int]]] = {}
         self._prefill: dict[str, list[float]] = {}
         self._calls: dict[int, HeldCall] = {}
+        # per worker, per client with calls held: its keys in order, and the prefill time served to it
+        self._client_keys: dict[str, dict[str, list[tuple[float, int]]]] = {}
+        self._served_ms: dict[str, dict[str, float]] = {}
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -70,12 +81,19 @@ class PrefillQueue:
         """Where a call of this estimated prefill, held now, sorts (lower leaves first)."""
         return prefill_ms + self.config.aging * now_s * 1000.0
 
-    def push(self, worker: str, seq: int, prefill_ms: float, now_s: float) -> HeldCall:
-        """Hold a call for `worker`."""
-        call = HeldCall(seq, worker, prefill_ms, now_s, self.order_key(prefill_ms, now_s))
+    def push(self, worker: str, seq: int, prefill_ms: float, now_s: float, client: str = "") -> HeldCall:
+        """Hold a call for `worker` (from `client`: calls of several clients share the worker fairly)."""
+        call = HeldCall(seq, worker, prefill_ms, now_s, self.order_key(prefill_ms, now_s), client)
         keys = self._keys.setdefault(worker, [])
         i = bisect.bisect_right(keys, (call.key, seq))
         keys.insert(i, (call.key, seq))
+        by_client = self._client_keys.setdefault(worker, {})
+        served = self._served_ms.setdefault(worker, {})
+        if client not in by_client:
+            by_client[client] = []
+            # a client that starts waiting is not owed the service others got before it came
+            served[client] = min(served.values(), default=0.0)
+        bisect.insort(by_client[client], (call.key, seq))
         self._prefill.setdefault(worker, []).insert(i, prefill_ms)
         self._calls[seq] = call
         return call
@@ -89,14 +107,25 @@ class PrefillQueue:
         i = bisect.bisect_left(keys, (call.key, seq))
         del keys[i]
         del self._prefill[call.worker][i]
+        mine = self._client_keys[call.worker][call.client]
+        del mine[bisect.bisect_left(mine, (call.key, seq))]
+        if not mine:
+            del self._client_keys[call.worker][call.client], self._served_ms[call.worker][call.client]
         return call
 
     def pop(self, worker: str) -> HeldCall | None:
-        """The next call to release to `worker`, or None."""
+        """The next call to release to `worker`, or None: the first of the client served least."""
         keys = self._keys.get(worker)
         if not keys:
             return None
-        return self.remove(keys[0][1])
+        by_client = self._client_keys[worker]
+        if len(by_client) == 1:
+            return self.remove(keys[0][1])
+        served = self._served_ms[worker]
+        client = min(by_client, key=lambda c: (served[c], by_client[c][0]))
+        call = self._calls[by_client[client][0][1]]
+        served[client] += call.prefill_ms
+        return self.remove(call.seq)
 
     def take_all(self, worker: str) -> list[HeldCall]:
         """Every call held for `worker`, in release order (the worker went away)."""

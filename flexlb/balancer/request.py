@@ -27,6 +27,8 @@ class RouteRequest:
     # chained KV block keys of the prompt (RTP-LLM hash) and the block size they were cut with
     block_keys: tuple[int, ...] = ()
     block_size_tokens: int = 0
+    # who sent it (a client connection): the prefill queue shares a worker's slots fairly among clients
+    client: str = ""
 
 
 @dataclass(frozen=True)

@@ -226,7 +226,7 @@ class Router:
         if held:
             lease.held = True
             self._held[lease.seq] = (lease, req)
-            self.queue.push(target.key, lease.seq, work_ms, ctx.now_s)
+            self.queue.push(target.key, lease.seq, work_ms, ctx.now_s, req.client)
         else:
             self.ttft.dispatched(target.key, self._seq, work_ms, ctx.now_s)
         return lease

@@ -262,19 +262,33 @@ class H2Connection(asyncio.Protocol):
         else:
             self._out.clear()
 
-    def close(self, error_code: int = f.NO_ERROR, debug: str = "") -> None:
-        """Send GOAWAY and close once written (aborted when the peer does not read)."""
+    def close(self, error_code: int = f.NO_ERROR, debug: str = "", linger_s: float = 1.0) -> None:
+        """Send GOAWAY and close once written (aborted when the peer does not read).
+
+        The connection lingers up to `linger_s` after a FIN, discarding what the peer still sends: closing
+        with unread input makes the kernel answer with a TCP reset, and the peer may never see the GOAWAY.
+        """
         if self.closed:
             return
         self._send(f.goaway(self.last_peer_stream_id, error_code, debug.encode()[:256]))
         self.goaway_sent = True
         self._write_out()
         self.closed = True
-        if self.transport is not None:
-            if self._write_paused:
-                self.transport.abort()
-            else:
-                self.transport.close()
+        t = self.transport
+        if t is None:
+            return
+        if self._write_paused:
+            t.abort()
+            return
+        if linger_s <= 0 or not t.can_write_eof():
+            t.close()
+            return
+        try:
+            t.write_eof()
+        except OSError:  # the peer is already gone
+            t.close()
+            return
+        self.loop.call_later(linger_s, t.close)
 
     def protocol_error(self, err: ConnError) -> None:
         """A connection error: report it, then GOAWAY with its code and close."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import resource
 import time
@@ -42,6 +43,7 @@ _CLIENT_STREAM_WINDOW = 1024 * 1024
 _FIRST_MESSAGE_CAP = 1024 * 1024  # larger first messages are relayed but not parsed for feedback
 _INLINE_INFLATE_BYTES = 64 * 1024  # larger compressed requests are inflated off the event loop
 _FRAMES_PER_TURN = 1000  # a client's burst is handled in slices of this many frames
+_MAX_LINGERING = 128  # closed connections kept reading for a moment so that their GOAWAY arrives
 _UPSTREAM_LIMITS = ConnLimits(stream_window=_UPSTREAM_STREAM_WINDOW, conn_window=_UPSTREAM_CONN_WINDOW,
                               max_header_list_bytes=1024 * 1024, max_header_fields=10_000)
 
@@ -56,18 +58,38 @@ def _status_headers(code: grpc.StatusCode, message: str, extra: tuple[tuple[str,
     return headers
 
 
+_INFLATE_CHUNK = 1024 * 1024
+
+
 def _inflate(message: bytes, encoding: str, limit_bytes: int) -> bytes:
-    """Decompress a request message, never producing more than `limit_bytes` (a bomb costs the cap, no more)."""
+    """Decompress a request message, holding no more than `limit_bytes` (plus a chunk) at any time.
+
+    Two passes: the first only counts (a bomb is refused having held one chunk at a time), the
+    second fills a buffer of the exact size.
+    """
     wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
     try:
+        size = 0
         inflater = zlib.decompressobj(wbits)
-        out = inflater.decompress(message, limit_bytes + 1)
+        data = message
+        while data:
+            size += len(inflater.decompress(data, _INFLATE_CHUNK))
+            if size > limit_bytes:
+                raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"decompressed request message larger than max ({limit_bytes} bytes)", "too_large")
+            data = inflater.unconsumed_tail
+        if not inflater.eof:
+            raise zlib.error("incomplete stream")
+        out = bytearray(size)
+        inflater, data, pos = zlib.decompressobj(wbits), message, 0
+        while data:
+            chunk = inflater.decompress(data, _INFLATE_CHUNK)
+            out[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+            data = inflater.unconsumed_tail
     except zlib.error as exc:
         raise Rejection(grpc.StatusCode.INTERNAL, f"cannot decompress request: {exc}", "bad_request") from None
-    if len(out) > limit_bytes or inflater.unconsumed_tail:
-        raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"decompressed request message larger than max ({limit_bytes} bytes)", "too_large")
-    return out
+    return bytes(out)  # the one copy an accepted message costs; a refused one never gets here
 
 
 _NO_REQUEST = Rejection(grpc.StatusCode.INTERNAL, "Half-closed without a request", "bad_request")
@@ -196,10 +218,12 @@ class DownstreamConnection(H2Connection):
     def __init__(self, edge: Edge) -> None:
         super().__init__(edge.loop, edge.client_limits, batch=edge.writes)
         self.edge = edge
+        self.client_id = f"c{next(edge.connection_ids)}"  # the prefill queue's fairness key
         self.buffered = 0  # request bytes received on this connection and not yet moved on
         self.extended: Call | None = None  # the call allowed a message larger than the connection window
         self.extension = 0  # bytes of window granted to that call beyond the connection's own
         self._ready: list[Call] = []  # requests completed in this read, routed once the read is handled
+        self._lingering = False
         # the window beyond RFC 9113's initial 65,535 bytes is granted out of the gateway's request buffer
         self.full_window = self.conn_recv_target
         self.conn_recv_target = f.DEFAULT_WINDOW
@@ -340,7 +364,22 @@ class DownstreamConnection(H2Connection):
     def on_internal_error(self, exc: Exception) -> None:
         self.edge.internal_error("client connection", exc)
 
+    def close(self, error_code: int = f.NO_ERROR, debug: str = "", linger_s: float = 1.0) -> None:
+        if self.closed:
+            return
+        edge = self.edge
+        # lingering holds a descriptor past the connection cap: only a bounded number at a time
+        linger_s = linger_s if edge.lingering < _MAX_LINGERING else 0.0
+        super().close(error_code, debug, linger_s)
+        edge.discard(self)  # a closing connection no longer counts against the cap
+        if linger_s > 0 and self.transport is not None:
+            edge.lingering += 1  # until connection_lost, which comes once the transport is closed
+            self._lingering = True
+
     def on_connection_lost(self, exc: Exception | None) -> None:
+        if self._lingering:
+            self.edge.lingering -= 1
+            self._lingering = False
         self.edge.discard(self)
         for stream in list(self.streams.values()):
             self.on_reset(stream, f.CANCEL, local=True)
@@ -561,6 +600,8 @@ class Edge:
         self._sweep: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.max_connections = 0
+        self.connection_ids = itertools.count(1)
+        self.lingering = 0  # closed client connections still draining their input
         self.port = 0
         self._log = RateLimitedLog(log)
 
@@ -596,7 +637,7 @@ class Edge:
             conn.close()
         for conns in list(self._upstreams.values()):
             for c in conns:
-                c.close()
+                c.close(linger_s=0)
         for task in self._connecting.values():
             task.cancel()
         for t in list(self._tasks):
@@ -612,7 +653,7 @@ class Edge:
                 self.metrics.client_connection_closes.labels("too_many_connections").inc()
                 self._log.log(logging.WARNING, "conn_cap", "client connection refused: %d connections open (cap)",
                               len(self.downstream))
-                conn.close(f.ENHANCE_YOUR_CALM, "too many connections")
+                conn.close(f.ENHANCE_YOUR_CALM, "too many connections", linger_s=0.25)  # short: it holds an fd
                 return
             self.metrics.client_connection_closes.labels("evicted").inc()
             victim.close(f.NO_ERROR, "connection cap reached: closing idle connections")
@@ -843,7 +884,7 @@ class Edge:
         try:
             if call.method == GENERATE_STREAM:
                 self.dispatcher.submit_generate(message, lambda outcome: self._routed_safely(call, outcome),
-                                                alive=lambda: not call.ended)
+                                                alive=lambda: not call.ended, client=call.down_conn.client_id)
                 return
             planned = self.dispatcher.plan_batch(message)
         except Rejection as rejection:

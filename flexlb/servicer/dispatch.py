@@ -177,7 +177,7 @@ class Dispatcher:
         self.metrics.decisions.labels(d.strategy, d.reason).inc()
         return lease
 
-    def _prepare_generate(self, body: bytes) -> _Prepared:
+    def _prepare_generate(self, body: bytes, client: str = "") -> _Prepared:
         """Parse and key a GenerateStreamCall (rejections happen here, before any batching wait)."""
         started_s = time.monotonic()
         try:
@@ -201,7 +201,7 @@ class Dispatcher:
             except ValueError:
                 keys = ()  # wire forms protobuf tolerates but the fast reader does not: route without affinity
         req = RouteRequest(inp.request_id, len(inp.token_ids), inp.generate_config.max_new_tokens,
-                           block_keys=keys, block_size_tokens=self.block_size_tokens)
+                           block_keys=keys, block_size_tokens=self.block_size_tokens, client=client)
         return _Prepared(inp, body, req, started_s)
 
     def _check_max_new_tokens(self, max_new_tokens: int) -> None:
@@ -221,14 +221,14 @@ class Dispatcher:
         return self._route_prepared(self._prepare_generate(body))
 
     def submit_generate(self, body: bytes, done: Callable[[Planned | Rejection], None],
-                        alive: Callable[[], bool]) -> None:
+                        alive: Callable[[], bool], client: str = "") -> None:
         """Route a GenerateStreamCall, through the batching window when one is configured.
 
         `done` gets the plan (or the rejection) exactly once, unless the call died while it waited
         in the window (`alive()` false): then nothing is routed and nothing is reserved.
         """
         try:
-            prepared = self._prepare_generate(body)
+            prepared = self._prepare_generate(body, client)
         except Rejection as rejection:
             done(rejection)
             return

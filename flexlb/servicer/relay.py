@@ -77,7 +77,8 @@ class RpcRelay:
                     future.set_result(outcome)
 
             # a cancelled handler cancels the future: the batching window then skips the call
-            self.dispatcher.submit_generate(request, done, alive=lambda: not future.cancelled())
+            self.dispatcher.submit_generate(request, done, alive=lambda: not future.cancelled(),
+                                            client=context.peer())
             result = await future
         else:
             try:
