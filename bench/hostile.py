@@ -112,7 +112,7 @@ PLANS: dict[str, Plan] = {
     "settings_flood": Plan({"count": 2_000_000, "read": False}, {"count": 5000, "read": False},
                            "GOAWAY ENHANCE_YOUR_CALM (or aborted)", _goaway(EYC, or_closed=True)),
     "priority_flood": Plan({"count": 500_000}, {"count": 2000}, "GOAWAY ENHANCE_YOUR_CALM", _goaway(EYC)),
-    "settings_initial_window_toggle": Plan({"streams": 1000, "toggles": 100_000}, {"streams": 50, "toggles": 1000},
+    "settings_initial_window_toggle": Plan({"streams": 250, "toggles": 100_000}, {"streams": 50, "toggles": 1000},
                                            "stays open, answered promptly", _open),
     "request_body_flood": Plan(
         {"streams": 20, "message_bytes": 50 * MIB, "stall_s": 0.5, "timeout_s": 10.0},
@@ -124,8 +124,10 @@ PLANS: dict[str, Plan] = {
                       "grpc-status 8 RESOURCE_EXHAUSTED", _all_status(8), strict=True),
     "rapid_reset": Plan({"streams": 94_800}, {"streams": 1000}, "GOAWAY ENHANCE_YOUR_CALM", _goaway(EYC)),
     "too_many_streams": Plan({"streams": 50_000, "max_new_tokens": 1000}, {"streams": 300, "max_new_tokens": 50},
-                             "stays open; RST REFUSED_STREAM past the limit",
-                             lambda o, kw: o.ended_by == "open" and o.figures.get("refused", 0) > 0),
+                             "RST REFUSED_STREAM past the limit, then GOAWAY ENHANCE_YOUR_CALM once the client "
+                             "has ignored it as many times as the limit",
+                             lambda o, kw: o.figures.get("refused", 0) > 0 and o.ended_by == "goaway"
+                             and o.goaway_code == EYC),
     # hold past the 10 s handshake timeout so the target's closing them is seen
     "idle_connections": Plan({"connections": 5000, "hold_s": 12.0}, {"connections": 20, "hold_s": 0.5},
                              "every connection closed (handshake timeout)",

@@ -97,7 +97,7 @@ MIB = 1024 * 1024
 class EdgeLimits:
     """What one client may cost the gateway's gRPC port; each default is set beside an anchor's (README)."""
 
-    max_concurrent_streams: int = 1024  # advertised and enforced; nginx 128, Envoy 2^31-1
+    max_concurrent_streams: int = 256  # advertised and enforced; nginx 128, Envoy 2^31-1
     max_header_list_bytes: int = 64 * 1024  # decoded size (RFC 9113 §6.5.2), and the encoded block; Envoy 60 KiB
     max_header_fields: int = 100  # Envoy max_headers_count
     max_connections: int = 0  # client connections; 0: the open-file limit minus fd_headroom

@@ -137,3 +137,23 @@ async def test_idle_connection_flood_does_not_lock_out_clients(mock_workers, gat
         assert outcome.figures["closed"] == 60, outcome
     await released(gw)
     assert not unhandled(loop_errors, caplog)
+
+
+@H2_ONLY
+async def test_stream_limit_is_advertised_refused_past_and_ignoring_it_ends_the_connection(
+        mock_workers, gateways, channels, raw, loop_errors, caplog) -> None:
+    worker = await mock_workers(time_scale=0.0)
+    gw = await gateways([worker_addr(worker)], limits=EdgeLimits(max_concurrent_streams=8))
+    c = await raw(gw.grpc_port)
+    assert c.server_settings.get(0x3) == 8  # SETTINGS_MAX_CONCURRENT_STREAMS
+    held = [_open_stream(c) for _ in range(8)]
+    extra = _open_stream(c)
+    assert await c.expect_rst(extra, WAIT_S) == 7  # REFUSED_STREAM; the eight go on
+    assert await c.ping(WAIT_S) and all(c.record(sid).rst is None for sid in held)
+    # refusals within the limit's size are a race with SETTINGS; more is a client that ignores them
+    for _ in range(8):
+        _open_stream(c)
+    assert await c.expect_goaway(WAIT_S) == ENHANCE_YOUR_CALM, c.describe()
+    await served(channels(gw.grpc_port))
+    await released(gw)
+    assert not unhandled(loop_errors, caplog)

@@ -22,6 +22,7 @@ from bench.attacks import (
     settings_max_frame_size_zero,
     window_update_flood,
 )
+from flexlb.config import EdgeLimits
 from flexlb.sim.engine import EngineParams
 from tests.conftest import worker_addr
 from tests.edge_support import H2_ONLY, released, served, unhandled
@@ -121,7 +122,7 @@ async def test_window_update_flood(mock_workers, gateways, channels, loop_errors
 
 async def test_initial_window_toggle_costs_no_more_with_many_streams(mock_workers, gateways, channels,
                                                                      loop_errors, caplog) -> None:
-    gw, _ = await _setup(mock_workers, gateways)
+    gw, _ = await _setup(mock_workers, gateways, limits=EdgeLimits(max_concurrent_streams=1024))
     outcome = await _during(settings_initial_window_toggle("127.0.0.1", gw.grpc_port, streams=1000,
                                                            toggles=40_000, timeout_s=10.0),
                             channels(gw.grpc_port))

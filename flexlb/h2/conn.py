@@ -197,6 +197,7 @@ class H2Connection(asyncio.Protocol):
         self.streams_opened = 0
         self._premature_resets = 0
         self._priority_frames = 0
+        self._refused_streams = 0  # streams opened beyond SETTINGS_MAX_CONCURRENT_STREAMS
         self._window_updates = 0
         self._data_frames_sent = 0
         self._empty_frames = 0
@@ -593,6 +594,11 @@ class H2Connection(asyncio.Protocol):
             self.stream_error(sid, code, reason)
             return
         if len(self.streams) >= self.limits.max_concurrent_streams:
+            self._refused_streams += 1
+            if self.limits.guard_floods and self._refused_streams > self.limits.max_concurrent_streams:
+                # a client that keeps ignoring the advertised limit is not racing a SETTINGS change
+                raise ConnError(f.ENHANCE_YOUR_CALM, "concurrent_stream_limit_ignored",
+                                f"more than {self.limits.max_concurrent_streams} streams refused for the limit")
             self.stream_error(sid, f.REFUSED_STREAM, "too_many_streams",
                               f"more than {self.limits.max_concurrent_streams} concurrent streams")
             return
