@@ -28,19 +28,19 @@ from flexlb.balancer.router import Router
 from flexlb.balancer.strategies import make_strategy
 from flexlb.balancer.ttft import TtftModel, TtftPriors
 from flexlb.balancer.workers import Cluster, Role
+from flexlb.call.dispatch import Dispatcher
 from flexlb.config import NOT_ACTED_ON, KvCacheMode, Settings, masked
 from flexlb.consistency.election import ElectionConfig, Identity
 from flexlb.consistency.forwarding import MasterForwarder
 from flexlb.consistency.service import Consistency
-from flexlb.h2.edge import Edge
 from flexlb.metrics import Metrics
 from flexlb.pb import flexlb_schedule_service_pb2, model_rpc_service_pb2
-from flexlb.servicer.dispatch import Dispatcher
-from flexlb.servicer.relay import RpcRelay
-from flexlb.servicer.scheduler import Scheduler
+from flexlb.relay.grpcio.engine import RpcRelay
+from flexlb.relay.grpcio.pool import UpstreamPool
+from flexlb.relay.h2.edge import Edge
+from flexlb.scheduler.service import Scheduler
 from flexlb.upstream.cache_sync import CacheSync, CacheSyncConfig
 from flexlb.upstream.health_check import HealthCheckConfig, HealthChecker
-from flexlb.upstream.pool import UpstreamPool
 
 log = logging.getLogger("flexlb")
 

@@ -9,7 +9,7 @@ import h2.connection
 import h2.events
 import h2.settings
 
-from flexlb.h2.frames import grpc_message_frame
+from flexlb.relay.h2.frames import grpc_message_frame
 from tests.conftest import generate_input, stream_stub, wait_for, worker_addr
 
 CLIENT_WINDOW = 16 * 1024

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from flexlb.h2 import frames as f
-from flexlb.h2.conn import ConnLimits, H2Connection, Stream
-from flexlb.h2.header_codec import Encoder
+from flexlb.relay.h2 import frames as f
+from flexlb.relay.h2.conn import ConnLimits, H2Connection, Stream
+from flexlb.relay.h2.header_codec import Encoder
 
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "a")]
 

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from flexlb.h2 import frames as f
+from flexlb.relay.h2 import frames as f
 
 
 def test_frame_header_layout() -> None:

@@ -8,8 +8,8 @@ import random
 import hpack
 import pytest
 
-from flexlb.h2.header_codec import CompressionError, Decoder, Encoder, FieldLimitExceeded
 from flexlb.ratelog import RateLimitedLog
+from flexlb.relay.h2.header_codec import CompressionError, Decoder, Encoder, FieldLimitExceeded
 
 GRPC_REQUEST = [
     (":method", "POST"), (":scheme", "http"), (":path", "/RpcService/GenerateStreamCall"),

@@ -879,9 +879,9 @@ def test_a_call_taken_over_moves_its_blocks_in_the_index() -> None:
 
 
 async def test_the_dispatcher_readdresses_a_pd_call_taken_over_by_another_prefill() -> None:
+    from flexlb.call.dispatch import Dispatcher, Planned, Rejection
     from flexlb.metrics import Metrics
     from flexlb.pb import model_rpc_service_pb2 as pb
-    from flexlb.servicer.dispatch import Dispatcher, Planned, Rejection
 
     router = Router(Cluster(addrs(Role.PREFILL, 2) + addrs(Role.DECODE, 1, base=9000)), Deploy.DISAGGREGATED,
                     make_strategy("COST_BASED_PREFILL"), make_strategy("ROUND_ROBIN"), rng=random.Random(1),

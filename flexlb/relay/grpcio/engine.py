@@ -15,8 +15,7 @@ import grpc
 
 from flexlb import wire
 from flexlb.balancer.router import Router
-from flexlb.pb import model_rpc_service_pb2 as pb
-from flexlb.servicer.dispatch import (
+from flexlb.call.dispatch import (
     BATCH_GENERATE,
     FAILOVER_CODES,
     GENERATE_STREAM,
@@ -25,7 +24,8 @@ from flexlb.servicer.dispatch import (
     Planned,
     Rejection,
 )
-from flexlb.upstream.pool import UpstreamPool
+from flexlb.pb import model_rpc_service_pb2 as pb
+from flexlb.relay.grpcio.pool import UpstreamPool
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 

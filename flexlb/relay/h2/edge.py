@@ -27,12 +27,12 @@ import grpc
 
 from flexlb import wire
 from flexlb.balancer.workers import WorkerAddr
+from flexlb.call.dispatch import BATCH_GENERATE, FAILOVER_CODES, GENERATE_STREAM, Dispatcher, Planned, Rejection
 from flexlb.config import EdgeLimits
-from flexlb.h2 import frames as f
-from flexlb.h2.conn import ConnLimits, H2Connection, Headers, Stream, WriteBatch
 from flexlb.metrics import Metrics
 from flexlb.ratelog import RateLimitedLog
-from flexlb.servicer.dispatch import BATCH_GENERATE, FAILOVER_CODES, GENERATE_STREAM, Dispatcher, Planned, Rejection
+from flexlb.relay.h2 import frames as f
+from flexlb.relay.h2.conn import ConnLimits, H2Connection, Headers, Stream, WriteBatch
 
 log = logging.getLogger("flexlb.h2")
 

@@ -15,8 +15,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flexlb.h2 import frames as f
-from flexlb.h2.header_codec import CompressionError, Decoder, Encoder, FieldLimitExceeded, Headers
+from flexlb.relay.h2 import frames as f
+from flexlb.relay.h2.header_codec import CompressionError, Decoder, Encoder, FieldLimitExceeded, Headers
 
 _FRAME_HEADER = struct.Struct(">BHBBI")
 _MAX_FRAME_LIMIT = 2**24 - 1

@@ -1,0 +1,1 @@
+"""FlexlbService: the decision API the RTP-LLM frontend asks (Schedule, Cancel, GetRequestState)."""

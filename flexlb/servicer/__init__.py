@@ -1,1 +1,0 @@
-"""grpc.aio servicers of the gateway: the RpcService relay, FlexlbService, health, reflection."""
