@@ -21,14 +21,14 @@ from flexlb import __version__, wire
 from flexlb.admin_http.consistency_routes import ConsistencyRoutes
 from flexlb.admin_http.server import AdminServer
 from flexlb.balancer.batcher import BatchConfig
-from flexlb.balancer.health import OutlierConfig, OutlierDetector
+from flexlb.balancer.factory import build_router
+from flexlb.balancer.health import OutlierConfig
 from flexlb.balancer.prefill_queue import PrefillQueueConfig
-from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
-from flexlb.balancer.router import Router
-from flexlb.balancer.strategies import make_strategy
-from flexlb.balancer.ttft import TtftModel, TtftPriors
+from flexlb.balancer.prefix_index import PrefixIndexConfig
+from flexlb.balancer.ttft import TtftPriors
 from flexlb.balancer.workers import Cluster, Role
 from flexlb.call.dispatch import Dispatcher
+from flexlb.call.lifecycle import CallPolicy
 from flexlb.config import NOT_ACTED_ON, KvCacheMode, Settings, masked
 from flexlb.consistency.election import ElectionConfig, Identity
 from flexlb.consistency.forwarding import MasterForwarder
@@ -61,29 +61,26 @@ class Gateway:
         self.consistency: Consistency | None = None
         self.cluster = Cluster(list(settings.workers))
         m = settings.master
-        index = None
-        if m.kv_cache is not KvCacheMode.NONE:
-            # LOCAL_STATIC: what the gateway sent; LOCAL_SYNC: that, reconciled with what workers report
-            index = PrefixIndex(PrefixIndexConfig(m.prefix_index_capacity_blocks, m.prefix_index_ttl_s))
-        self.router = Router(
+        self.router = build_router(
             self.cluster,
             settings.deploy,
-            make_strategy(m.load_balance_strategy),
-            make_strategy(m.decode_load_balance_strategy),
+            m.load_balance_strategy,
+            m.decode_load_balance_strategy,
             rng=random.Random(seed),
             clock=time.monotonic,
-            ttft=TtftModel(TtftPriors(base_ms=m.ttft_prior_base_ms,
-                                      ms_per_uncached_token=m.ttft_prior_us_per_token / 1000.0)),
-            index=index,
-            outliers=OutlierDetector(
-                OutlierConfig(
-                    consecutive_failures=m.outlier_consecutive_failures,
-                    base_ejection_s=m.outlier_base_ejection_ms / 1000.0,
-                    max_ejected_share=m.outlier_max_ejected_percent / 100.0,
-                )
+            ttft=TtftPriors(base_ms=m.ttft_prior_base_ms, ms_per_uncached_token=m.ttft_prior_us_per_token / 1000.0),
+            # LOCAL_STATIC: what the gateway sent; LOCAL_SYNC: that, reconciled with what workers report
+            index=PrefixIndexConfig(m.prefix_index_capacity_blocks, m.prefix_index_ttl_s)
+            if m.kv_cache is not KvCacheMode.NONE else None,
+            outliers=OutlierConfig(
+                consecutive_failures=m.outlier_consecutive_failures,
+                base_ejection_s=m.outlier_base_ejection_ms / 1000.0,
+                max_ejected_share=m.outlier_max_ejected_percent / 100.0,
             ),
             queue=PrefillQueueConfig(m.prefill_queue_depth, m.prefill_queue_aging, m.prefill_queue_max_hold_ms),
+            max_in_flight_per_worker=m.max_in_flight_per_worker,
         )
+        index = self.router.index
         self.metrics = Metrics()
         self.metrics.watch_cluster(self.cluster, self.is_draining, self.router.ttft, self._ha_gauges)
         self.pool = UpstreamPool(
@@ -98,11 +95,10 @@ class Gateway:
         )
         self.dispatcher.max_in_flight = m.max_in_flight
         self.dispatcher.max_new_tokens = settings.server.limits.max_new_tokens
-        self.router.max_in_flight_per_worker = m.max_in_flight_per_worker
-        if m.prefill_generate_timeout_ms > 0:
-            self.dispatcher.first_message_timeout_s = m.prefill_generate_timeout_ms / 1000.0
-        self.relay = RpcRelay(self.dispatcher, self.router, self.pool)
-        self.scheduler = Scheduler(self.router, self.metrics, self._master_host,
+        self.call_policy = CallPolicy(
+            first_message_timeout_s=m.prefill_generate_timeout_ms / 1000.0 if m.prefill_generate_timeout_ms else None)
+        self.relay = RpcRelay(self.dispatcher, self.call_policy, self.router, self.pool)
+        self.scheduler = Scheduler(self.router, self.metrics, self.dispatcher.release, self._master_host,
                                    lambda: self.dispatcher.block_size_tokens)
         self.health = health.aio.HealthServicer()
         # the token guards rotation too, so it is passed whether or not HA is on
@@ -167,7 +163,8 @@ class Gateway:
         await server.start()
         self._server = server
         if h2:
-            self.edge = Edge(self.dispatcher, self.metrics, s.limits, s.max_receive_message_bytes, lambda: grpc_port)
+            self.edge = Edge(self.dispatcher, self.call_policy, self.metrics, s.limits, s.max_receive_message_bytes,
+                             lambda: grpc_port)
             self.grpc_port = await self.edge.start(s.host, s.grpc_port, [w.addr for w in self.cluster.all()])
         else:
             self.grpc_port = grpc_port
@@ -176,6 +173,7 @@ class Gateway:
             self.cache_sync.start()
         if self.health_checker is not None:
             self.health_checker.start()
+        self.dispatcher.start_outlier_sweeps()
         admin_host = s.admin_host or s.host
         self.admin_port = self.admin.bind(admin_host, s.admin_port)
         self._start_consistency()
@@ -202,7 +200,8 @@ class Gateway:
         self._draining = True
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         deadline = time.monotonic() + timeout_s
-        while self.cluster.total_in_flight() > 0 and time.monotonic() < deadline:
+        # client calls only: Schedule reservations are the frontend's (it relays those calls itself)
+        while self.cluster.ledger.calls > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         # relayed calls are done (or out of time); what is left are long-lived health watches
         await self.stop(grace_s=min(0.5, max(0.0, deadline - time.monotonic())))
@@ -325,7 +324,8 @@ class Gateway:
             "master": self.consistency.identity.http_host_port if self.consistency is not None else "",
             "fencing_czxid": state.fencing_czxid if state is not None else 0,
             "election_changes": state.changes if state is not None else 0,
-            "in_flight": self.dispatcher.in_flight,
+            "in_flight": self.cluster.ledger.calls,
+            "reservations": self.cluster.ledger.reservations,
             "workers": workers,
         }
 

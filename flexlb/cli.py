@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from flexlb import __version__
 from flexlb.balancer.prefill_queue import PrefillQueueConfig
 from flexlb.balancer.strategies import strategy_names
-from flexlb.config import EDGE_LIMIT_FLAGS, NOT_ACTED_ON, CliOverrides, ConfigError, EdgeLimits, load_settings
+from flexlb.config import EDGE_LIMIT_FLAGS, NOT_ACTED_ON, CliOverrides, ConfigError, load_settings
 from flexlb.sim.engine import EngineParams
 from flexlb.sim.mock_worker import ROLE_NAMES, Faults, MockWorkerConfig
 
@@ -76,24 +76,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--advertise-host", default=None, help="host other replicas dial (default: --host, or this host)")
     p.add_argument("--relay-engine", default=None, choices=["h2", "grpcio"],
                    help="h2: HTTP/2 frame relay (default, ~5x less CPU); grpcio: grpc.aio re-originates each call")
-    d = EdgeLimits()
-    limit_help = {
-        "max_concurrent_streams": f"streams per client connection, advertised and enforced (default "
-                                  f"{d.max_concurrent_streams}; nginx 128)",
-        "max_header_list_bytes": f"request header list, decoded or encoded (default {d.max_header_list_bytes}; "
-                                 "Envoy 60 KiB)",
-        "max_header_fields": f"request header fields (default {d.max_header_fields}, as Envoy)",
-        "max_connections": "client connections (default 0: the open-file limit minus 256)",
-        "handshake_timeout_s": f"HTTP/2 preface + SETTINGS (default {d.handshake_timeout_s:g})",
-        "idle_timeout_s": f"a client connection without streams is closed (default {d.idle_timeout_s:g})",
-        "stream_idle_timeout_s": f"a call with no frame either way is ended (default {d.stream_idle_timeout_s:g}, "
-                                 "as Envoy)",
-        "request_buffer_bytes_per_connection": "unforwarded request bytes per client connection (default 16 MiB)",
-        "request_buffer_bytes": "unforwarded request bytes, whole gateway (default 256 MiB)",
-        "max_new_tokens": "refuse calls asking for more new tokens (default 0: no cap)",
-    }
-    for name, (flag, _, integer) in EDGE_LIMIT_FLAGS.items():
-        p.add_argument(flag, dest=name, type=int if integer else float, default=None, help=limit_help[name])
+    for name, row in EDGE_LIMIT_FLAGS.items():
+        p.add_argument(row.flag, dest=name, type=int if row.integer else float, default=None, help=row.help_text())
     p.add_argument("--log-level", default="INFO", type=str.upper,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], help="log level (default INFO)")
 

@@ -2,6 +2,10 @@
 
 Every error a user can cause raises ConfigError naming the field and what is accepted;
 `flexlb serve` prints it as one line and exits 2.
+
+WHALE_MASTER_CONFIG is the table MASTER_FIELDS, the edge limits EDGE_LIMITS (their flags EDGE_LIMIT_FLAGS),
+the other server flags SERVER_FLAGS: one row per setting, which parsing loops over and which
+scripts/config_table.py renders into the README. MODEL_SERVICE_CONFIG is parsed in flexlb/model_service.py.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flexlb.balancer.request import Deploy
@@ -23,9 +27,6 @@ from flexlb.balancer.workers import Role, WorkerAddr
 MASTER_ENV = ("WHALE_MASTER_CONFIG", "FLEXLB_CONFIG")
 MODEL_SERVICE_ENV = "MODEL_SERVICE_CONFIG"
 CONSISTENCY_ENV = ("WHALE_SYNC_LB_CONSISTENCY_CONFIG", "FLEXLB_SYNC_CONSISTENCY_CONFIG")
-
-# the engine's gRPC port is its HTTP port + 1 (RTP-LLM CommonConstants.GRPC_PORT_OFFSET)
-GRPC_PORT_OFFSET = 1
 
 
 class ConfigError(ValueError):
@@ -42,10 +43,6 @@ class KvCacheMode(enum.Enum):
     NONE = "NONE"
     LOCAL_STATIC = "LOCAL_STATIC"
     LOCAL_SYNC = "LOCAL_SYNC"
-
-
-# Fields of WHALE_MASTER_CONFIG that are parsed and validated but not acted on yet, with the reason.
-NOT_ACTED_ON: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -228,6 +225,15 @@ def _bind_host(path: str, value: Any) -> str:
     return bare
 
 
+def _host_port(path: str, text: Any) -> tuple[str, int]:
+    """'host:port' ([v6]:port too) with a port in 1-65535."""
+    s = _str(path, text).strip()
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+        raise ConfigError(path, f"expected 'ip:port', got {s!r}")
+    return host.strip("[]"), int(port)
+
+
 def _strategy(path: str, value: Any) -> str:
     return _enum(path, value, strategy_names())
 
@@ -241,147 +247,148 @@ def _deploy(path: str, value: Any) -> Deploy:
     return Deploy[text]
 
 
+# ---------------------------------------------------------------- field tables
+#
+# Each configuration section is one table of rows: the parser loops over the rows, and
+# scripts/config_table.py renders the same rows as the README's reference tables, so the two cannot drift.
+# A default is never written in a row: it is the dataclass's, shown through the row's Kind (or unit).
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one raw value becomes a setting: its parser and how the reference tables name and show it."""
+
+    name: str  # the tables' type column: "int", "number", "bool", "strategy name", ...
+    parse: Callable[[str, Any, float | None], Any]  # (field path, raw value, minimum) -> value, or ConfigError
+    show: Callable[[Any], str] = str  # a (default) value as the tables print it
+    choices: tuple[str, ...] = ()  # the accepted values, when there are few: the type column lists them
+
+
+def _at_least(minimum: float | None) -> int | None:
+    return None if minimum is None else int(minimum)
+
+
+def _code(value: Any) -> str:
+    return f"`{value.value if isinstance(value, enum.Enum) else value}`"
+
+
+def _enum_kind(cls: type[enum.Enum]) -> Kind:
+    values = [str(m.value) for m in cls]
+    return Kind("enum", lambda path, v, _lo: cls(_enum(path, v, values)), _code, tuple(values))
+
+
+INT = Kind("int", lambda path, v, lo: _int(path, v, _at_least(lo)), lambda v: f"{v:g}")
+INT_AS_FLOAT = Kind("int", lambda path, v, lo: float(_int(path, v, _at_least(lo))), lambda v: f"{v:g}")
+FLOAT = Kind("number", lambda path, v, lo: _float(path, v, lo), repr)
+BOOL = Kind("bool", lambda path, v, _lo: _bool(path, v), lambda v: str(v).lower())
+STRATEGY = Kind("strategy name", lambda path, v, _lo: _strategy(path, v), _code)
+DEPLOY = Kind("enum", lambda path, v, _lo: _deploy(path, v), _code, ("DISAGGREGATED", "PD_FUSION"))
+KV_CACHE = _enum_kind(KvCacheMode)
+
+ACTED_ON = "acted on"
+
+
+@dataclass(frozen=True)
+class MasterField:
+    """One field of WHALE_MASTER_CONFIG / FLEXLB_CONFIG: parsed by parse_master, a row of the README's table."""
+
+    key: str  # the JSON key: the original FlexLB name
+    attr: str  # the MasterConfig attribute it sets; its default is the dataclass's
+    kind: Kind
+    doc: str  # what it does (README)
+    minimum: float | None = None  # smallest accepted value (numbers); errors say "must be >= N"
+    maximum: float | None = None  # largest accepted value; errors say "must be <= N"
+    unit: str = ""
+    default_doc: str = ""  # shown instead of the default when that needs words (deploy: None = inferred)
+    status: str = ACTED_ON  # otherwise: why the field is parsed but not acted on yet (NOT_ACTED_ON)
+    # further JSON keys read into the same attribute (a later vocabulary, e.g. Java FlexLB HEAD's names);
+    # the first key present wins and errors name the key that was given
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key, *self.aliases)
+
+
+MASTER_FIELDS: tuple[MasterField, ...] = (
+    MasterField("deploy", "deploy", DEPLOY, "a call goes to a PREFILL + DECODE pair, or to one fused worker "
+                "(see Deployments; `PDFUSION` is read as `PD_FUSION`)", default_doc="inferred from the workers"),
+    MasterField("loadBalanceStrategy", "load_balance_strategy", STRATEGY,
+                "picks the PREFILL (or fused) worker (see Strategies)"),
+    MasterField("decodeLoadBalanceStrategy", "decode_load_balance_strategy", STRATEGY, "picks the DECODE worker"),
+    MasterField("prefillBatchWaitTimeMs", "prefill_batch_wait_time_ms", INT, "the batching window (0 = off)",
+                minimum=0, unit="ms"),
+    MasterField("batchSize", "batch_size", INT, "a window closes early at this many requests (1 = off)",
+                minimum=1, unit="requests"),
+    MasterField("kvCache", "kv_cache", KV_CACHE, "where the prefix index learns which KV blocks each worker holds: "
+                "`LOCAL_STATIC` what the gateway sent, `LOCAL_SYNC` that reconciled with what the workers report "
+                "(`GetCacheStatus`), `NONE` no index"),
+    MasterField("staticCacheBlockSize", "static_cache_block_size", INT, "the prefix index's block size",
+                minimum=1, unit="tokens"),
+    MasterField("prefixIndexCapacityBlocks", "prefix_index_capacity_blocks", INT,
+                "per-worker LRU bound of the prefix index", minimum=1, unit="blocks"),
+    MasterField("prefixIndexTtlS", "prefix_index_ttl_s", INT_AS_FLOAT, "index entries unused this long are dropped",
+                minimum=1, unit="s"),
+    MasterField("prefillLbTimeoutMs", "prefill_lb_timeout_ms", INT,
+                "bounds the batching window and the wait for the master's decision", minimum=0, unit="ms"),
+    MasterField("prefillGenerateTimeoutMs", "prefill_generate_timeout_ms", INT,
+                "time-to-first-token bound per attempt (0 = none)", minimum=0, unit="ms"),
+    MasterField("healthCheckIntervalMs", "health_check_interval_ms", INT, "active checks: probe interval (0 = off)",
+                minimum=0, unit="ms"),
+    MasterField("healthCheckTimeoutMs", "health_check_timeout_ms", INT, "active checks: timeout of one probe",
+                minimum=1, unit="ms"),
+    MasterField("outlierConsecutiveFailures", "outlier_consecutive_failures", INT,
+                "passive ejection: failures in a row that eject a worker", minimum=1, unit="failures"),
+    MasterField("outlierBaseEjectionMs", "outlier_base_ejection_ms", INT,
+                "passive ejection: first ejection time, doubling with each repeated ejection", minimum=1, unit="ms"),
+    MasterField("outlierMaxEjectedPercent", "outlier_max_ejected_percent", INT,
+                "passive ejection never takes out more of a role", minimum=0, maximum=100, unit="%"),
+    MasterField("maxInFlight", "max_in_flight", INT, "admission cap, whole gateway (0 = none)",
+                minimum=0, unit="calls"),
+    MasterField("maxInFlightPerWorker", "max_in_flight_per_worker", INT, "admission cap per worker (0 = none)",
+                minimum=0, unit="calls"),
+    MasterField("ttftPriorBaseMs", "ttft_prior_base_ms", INT,
+                "the TTFT model's starting prefill cost per request; learned online from there", minimum=0, unit="ms"),
+    MasterField("ttftPriorUsPerToken", "ttft_prior_us_per_token", INT,
+                "the TTFT model's starting prefill cost per uncached prompt token; learned online from there",
+                minimum=0, unit="µs"),
+    MasterField("enableGrpcPrefillMaster", "enable_grpc_prefill_master", BOOL,
+                "non-masters ask the elected master for each decision"),
+    MasterField("prefillQueueDepth", "prefill_queue_depth", INT,
+                "GenerateStreamCalls sent to one worker and not yet past their first message; the rest wait at "
+                "the gateway (0 = no queue)", minimum=0, unit="calls"),
+    MasterField("prefillQueueAging", "prefill_queue_aging", FLOAT,
+                "ms of priority a held call gains per ms it waits (0 = strict shortest-first)",
+                minimum=0.0, unit="ms per ms"),
+    MasterField("prefillQueueMaxHoldMs", "prefill_queue_max_hold_ms", INT,
+                "a call held this long is sent regardless (0 = no bound)", minimum=0, unit="ms"),
+)
+
+# Fields of WHALE_MASTER_CONFIG that are parsed and validated but not acted on yet, with the reason.
+NOT_ACTED_ON: dict[str, str] = {f.key: f.status for f in MASTER_FIELDS if f.status != ACTED_ON}
+
+
+def parse_fields(raw: Mapping[str, Any], name: str, fields: tuple[MasterField, ...]) -> dict[str, Any]:
+    """{attribute: value} of the rows whose key (or an alias) is in raw; ConfigError names `name.key`."""
+    out: dict[str, Any] = {}
+    for f in fields:
+        key = next((k for k in f.keys if k in raw), None)
+        if key is None:
+            continue
+        path = f"{name}.{key}"
+        value = f.kind.parse(path, raw[key], f.minimum)
+        if f.maximum is not None and value > f.maximum:
+            raise ConfigError(path, f"must be <= {f.maximum}, got {value}")
+        out[f.attr] = value
+    return out
+
+
 # ---------------------------------------------------------------- WHALE_MASTER_CONFIG
 
 
 def parse_master(raw: Mapping[str, Any], name: str = "WHALE_MASTER_CONFIG") -> MasterConfig:
     """Parse the master config object; unknown keys are ignored like the original (Jackson)."""
-    d = MasterConfig()
-    kw: dict[str, Any] = {}
-    p = f"{name}."
-    if "deploy" in raw:
-        kw["deploy"] = _deploy(p + "deploy", raw["deploy"])
-    if "loadBalanceStrategy" in raw:
-        kw["load_balance_strategy"] = _strategy(p + "loadBalanceStrategy", raw["loadBalanceStrategy"])
-    if "decodeLoadBalanceStrategy" in raw:
-        kw["decode_load_balance_strategy"] = _strategy(
-            p + "decodeLoadBalanceStrategy", raw["decodeLoadBalanceStrategy"]
-        )
-    if "prefillBatchWaitTimeMs" in raw:
-        kw["prefill_batch_wait_time_ms"] = _int(p + "prefillBatchWaitTimeMs", raw["prefillBatchWaitTimeMs"], 0)
-    if "kvCache" in raw:
-        kw["kv_cache"] = KvCacheMode(_enum(p + "kvCache", raw["kvCache"], [m.value for m in KvCacheMode]))
-    if "staticCacheBlockSize" in raw:
-        kw["static_cache_block_size"] = _int(p + "staticCacheBlockSize", raw["staticCacheBlockSize"], 1)
-    if "prefixIndexCapacityBlocks" in raw:
-        kw["prefix_index_capacity_blocks"] = _int(p + "prefixIndexCapacityBlocks", raw["prefixIndexCapacityBlocks"], 1)
-    if "prefixIndexTtlS" in raw:
-        kw["prefix_index_ttl_s"] = float(_int(p + "prefixIndexTtlS", raw["prefixIndexTtlS"], 1))
-    for key, attr, minimum in (
-        ("healthCheckIntervalMs", "health_check_interval_ms", 0),
-        ("healthCheckTimeoutMs", "health_check_timeout_ms", 1),
-        ("outlierConsecutiveFailures", "outlier_consecutive_failures", 1),
-        ("outlierBaseEjectionMs", "outlier_base_ejection_ms", 1),
-        ("outlierMaxEjectedPercent", "outlier_max_ejected_percent", 0),
-        ("maxInFlight", "max_in_flight", 0),
-        ("maxInFlightPerWorker", "max_in_flight_per_worker", 0),
-        ("ttftPriorBaseMs", "ttft_prior_base_ms", 0),
-        ("ttftPriorUsPerToken", "ttft_prior_us_per_token", 0),
-        ("prefillQueueDepth", "prefill_queue_depth", 0),
-        ("prefillQueueMaxHoldMs", "prefill_queue_max_hold_ms", 0),
-    ):
-        if key in raw:
-            kw[attr] = _int(p + key, raw[key], minimum)
-    if kw.get("outlier_max_ejected_percent", 0) > 100:
-        raise ConfigError(p + "outlierMaxEjectedPercent", f"must be <= 100, got {kw['outlier_max_ejected_percent']}")
-    if "prefillQueueAging" in raw:
-        kw["prefill_queue_aging"] = _float(p + "prefillQueueAging", raw["prefillQueueAging"], 0.0)
-    if "batchSize" in raw:
-        kw["batch_size"] = _int(p + "batchSize", raw["batchSize"], 1)
-    if "prefillLbTimeoutMs" in raw:
-        kw["prefill_lb_timeout_ms"] = _int(p + "prefillLbTimeoutMs", raw["prefillLbTimeoutMs"], 0)
-    if "prefillGenerateTimeoutMs" in raw:
-        kw["prefill_generate_timeout_ms"] = _int(p + "prefillGenerateTimeoutMs", raw["prefillGenerateTimeoutMs"], 0)
-    if "enableGrpcPrefillMaster" in raw:
-        kw["enable_grpc_prefill_master"] = _bool(p + "enableGrpcPrefillMaster", raw["enableGrpcPrefillMaster"])
-    return MasterConfig(**{**d.__dict__, **kw})
-
-
-# ---------------------------------------------------------------- MODEL_SERVICE_CONFIG
-
-_ENDPOINT_KEYS = {
-    "prefill_endpoint": Role.PREFILL,
-    "decode_endpoint": Role.DECODE,
-    "pd_fusion_endpoint": Role.PDFUSION,
-    "pdfusion_endpoint": Role.PDFUSION,
-    "fusion_endpoint": Role.PDFUSION,
-}
-
-
-def _host_port(path: str, text: Any) -> tuple[str, int]:
-    s = _str(path, text).strip()
-    host, sep, port = s.rpartition(":")
-    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
-        raise ConfigError(path, f"expected 'ip:port', got {s!r}")
-    return host.strip("[]"), int(port)
-
-
-def _endpoint_hosts(path: str, ep: Mapping[str, Any], env: Mapping[str, str]) -> list[tuple[str, int]]:
-    kind = ep.get("type", "")
-    if "address" not in ep:
-        raise ConfigError(path + ".address", "missing")
-    address = ep["address"]
-    if kind == "SpecifiedIpPortList" or isinstance(address, list):
-        items = address
-        if isinstance(address, str):
-            try:
-                items = json.loads(address)
-            except json.JSONDecodeError:
-                raise ConfigError(
-                    path + ".address", 'expected a JSON-array string such as "[\\"127.0.0.1:8080\\"]"'
-                ) from None
-        if not isinstance(items, list):
-            raise ConfigError(path + ".address", "expected a JSON array of 'ip:port' strings")
-        return [_host_port(f"{path}.address[{i}]", it) for i, it in enumerate(items)]
-    if kind in ("", "DomainAddress", "VipServer"):
-        # static discovery like the original's NoOpServiceDiscovery: env DOMAIN_ADDRESS:<address>
-        key = f"DOMAIN_ADDRESS:{_str(path + '.address', address)}"
-        hosts = env.get(key)
-        if hosts is None:
-            raise ConfigError(path + ".address", f"environment variable {key!r} is not set (type {kind!r})")
-        return [_host_port(key, h) for h in hosts.split(",") if h.strip()]
-    raise ConfigError(path + ".type", f"unknown value {kind!r}; accepted: SpecifiedIpPortList, DomainAddress")
-
-
-def _endpoint_workers(path: str, raw: Any, role: Role, group: str, env: Mapping[str, str]) -> list[WorkerAddr]:
-    ep = _obj(path, raw)
-    protocol = str(ep.get("protocol", "http")).lower()
-    if protocol not in ("http", "grpc"):
-        raise ConfigError(path + ".protocol", f"unknown value {protocol!r}; accepted: http, grpc")
-    out = []
-    for ip, port in _endpoint_hosts(path, ep, env):
-        if protocol == "http":
-            out.append(WorkerAddr(ip, port + GRPC_PORT_OFFSET, port, role, group))
-        else:
-            out.append(WorkerAddr(ip, port, port - GRPC_PORT_OFFSET, role, group))
-    return out
-
-
-def parse_model_service(
-    raw: Mapping[str, Any], env: Mapping[str, str], name: str = MODEL_SERVICE_ENV
-) -> tuple[str, list[WorkerAddr]]:
-    """Parse the service route: top-level *_endpoint fields (v1) and/or role_endpoints[] with groups."""
-    service_id = raw.get("service_id", "")
-    if not isinstance(service_id, str):
-        raise ConfigError(f"{name}.service_id", f"expected a string, got {service_id!r}")
-    workers: list[WorkerAddr] = []
-    for key, role in _ENDPOINT_KEYS.items():
-        if raw.get(key) is not None:
-            workers += _endpoint_workers(f"{name}.{key}", raw[key], role, "", env)
-    role_eps = raw.get("role_endpoints")
-    if role_eps is not None:
-        if not isinstance(role_eps, list):
-            raise ConfigError(f"{name}.role_endpoints", "expected a JSON array")
-        for i, entry in enumerate(role_eps):
-            p = f"{name}.role_endpoints[{i}]"
-            e = _obj(p, entry)
-            group = e.get("group", "") or ""
-            if not isinstance(group, str):
-                raise ConfigError(p + ".group", f"expected a string, got {group!r}")
-            for key, role in _ENDPOINT_KEYS.items():
-                if e.get(key) is not None:
-                    workers += _endpoint_workers(f"{p}.{key}", e[key], role, group, env)
-    return service_id, workers
+    return replace(MasterConfig(), **parse_fields(raw, name, MASTER_FIELDS))
 
 
 # ---------------------------------------------------------------- consistency
@@ -401,6 +408,175 @@ def parse_consistency(raw: Mapping[str, Any], name: str = CONSISTENCY_ENV[0]) ->
     return ConsistencyConfig(need, elect, zk_host, timeout)
 
 
+# ---------------------------------------------------------------- flags of `flexlb serve`
+
+
+def _with_unit(value: float, unit: str) -> str:
+    """65536, "bytes" -> "64 KiB"; 10.0, "s" -> "10 s"."""
+    if unit == "bytes":
+        for size, name in ((MIB, "MiB"), (1024, "KiB")):
+            if value >= size and value % size == 0:
+                return f"{int(value // size)} {name}"
+    text = f"{value:g}"
+    return f"{text} {unit}" if unit else text
+
+
+@dataclass(frozen=True)
+class LimitRow:
+    """One limit of the client-facing edge: a row of the README's limits table, and a flag when it has one."""
+
+    what: str  # the limit
+    hit: str  # what a client gets when it is hit
+    anchor: str  # the anchor default: what nginx, Envoy or grpc C-core do (doc text)
+    attr: str = ""  # the attribute of `of` holding the value ("": nothing to set, e.g. the transport's buffer)
+    # the `flexlb serve` flag ("": fixed); a row without one, on the attr of a row above that has one, shows "same"
+    flag: str = ""
+    kind: Kind = INT  # INT or FLOAT: how the flag's value is parsed
+    minimum: float | None = None  # smallest value the flag accepts
+    unit: str = ""  # "bytes" (shown in KiB/MiB), "s", ...
+    # the default when it needs words: a template of `value` (the default with its unit) and the defaults of `of`
+    default: str = ""
+    help: str = ""  # the flag's --help text, a template like `default`
+    of: type[Any] = EdgeLimits
+
+    @property
+    def integer(self) -> bool:
+        return self.kind is INT
+
+    def _fill(self, template: str) -> str:
+        value = _with_unit(getattr(self.of(), self.attr), self.unit) if self.attr else ""
+        return template.format(value=value, **vars(self.of()))
+
+    def default_text(self) -> str:
+        """The default as the README's table says it."""
+        return self._fill(self.default or "{value}")
+
+    def help_text(self) -> str:
+        """The flag's --help (argparse %-escaped)."""
+        return self._fill(self.help).replace("%", "%%")
+
+
+EDGE_LIMITS: tuple[LimitRow, ...] = (
+    LimitRow("concurrent streams per connection (advertised in SETTINGS and enforced)",
+             "RST_STREAM REFUSED_STREAM; a client refused more times than the limit (it ignores SETTINGS, it is "
+             "not racing them) gets GOAWAY ENHANCE_YOUR_CALM",
+             "nginx `http2_max_concurrent_streams` 128 (nginx closes such a client too); Envoy 2^31-1",
+             "max_concurrent_streams", "--max-concurrent-streams", minimum=1,
+             help="streams per client connection, advertised and enforced (default {value}; nginx 128)"),
+    LimitRow("request header list, decoded (RFC size: name + value + 32 per field)",
+             "grpc-status RESOURCE_EXHAUSTED naming the limit; connection kept",
+             "Envoy `max_request_headers_kb` 60; nginx 4 × 8k",  # noqa: RUF001
+             "max_header_list_bytes", "--max-header-list-bytes", minimum=1024, unit="bytes",
+             help="request header list, decoded or encoded (default {value}; Envoy 60 KiB)"),
+    LimitRow("encoded header block (HEADERS + CONTINUATION), counted as it arrives",
+             "GOAWAY ENHANCE_YOUR_CALM (never buffered past the limit or decoded)", "CVE-2024-27316 family",
+             "max_header_list_bytes", unit="bytes"),
+    LimitRow("request header fields", "RESOURCE_EXHAUSTED; more than twice as many: GOAWAY ENHANCE_YOUR_CALM",
+             "Envoy `max_headers_count` 100", "max_header_fields", "--max-header-fields", minimum=8,
+             help="request header fields (default {value}, as Envoy)"),
+    # parsed with the server flags (SERVER_FLAGS); cli.py declares it
+    LimitRow("request message (prefix, and after decompression)",
+             'RESOURCE_EXHAUSTED "larger than max (N vs. M)"; inflation stops at the cap and runs off the event '
+             "loop above 64 KiB compressed", "grpc C-core 4 MiB",
+             "max_receive_message_bytes", "--max-message-bytes", unit="bytes", of=ServerConfig),
+    LimitRow("request bytes not yet forwarded, per connection (the connection flow-control window: credit is "
+             "returned as bytes move on, not on receipt)",
+             "the client waits for window; one message up to `--max-message-bytes` may still complete when it is "
+             "the connection's only large one", "Envoy `per_connection_buffer_limit_bytes` 1 MiB",
+             "request_buffer_bytes_per_connection", "--request-buffer-bytes-per-connection", minimum=65_535,
+             unit="bytes", help="unforwarded request bytes per client connection (default {value})"),
+    LimitRow("request bytes not yet forwarded, whole gateway",
+             "every connection window beyond RFC 9113's initial 65,535 bytes is reserved from this pool; when it "
+             "is spent, new connections start with 65,535 and are topped up as others close",
+             "Envoy overload manager", "request_buffer_bytes", "--request-buffer-bytes", minimum=65_535,
+             unit="bytes", help="unforwarded request bytes, whole gateway (default {value})"),
+    LimitRow("control frames queued for a client that does not read (PING/SETTINGS ACKs, RST_STREAMs)",
+             "GOAWAY ENHANCE_YOUR_CALM, connection aborted", "Envoy `max_outbound_control_frames` 1000",
+             "max_outbound_control_frames"),
+    LimitRow("response DATA for a client that does not read",
+             "writing pauses (`pause_writing`); the worker is pushed back through its 256 KiB stream window", "—",
+             default="the transport's high-water mark"),
+    LimitRow("premature resets (client RST_STREAM before any response)",
+             "GOAWAY ENHANCE_YOUR_CALM; a stream reset in the same read as its request is never routed",
+             "Envoy's premature-reset rule (CVE-2023-44487)", "premature_reset_min_streams",
+             default="≥ {premature_reset_min_streams} streams and > {premature_reset_ratio:.0%} reset"),
+    LimitRow("PRIORITY frames", "GOAWAY ENHANCE_YOUR_CALM", "Envoy `max_inbound_priority_frames_per_stream` 100",
+             "max_inbound_priority_frames_per_stream", default="{value} per opened stream"),
+    LimitRow("consecutive empty DATA/CONTINUATION frames", "GOAWAY ENHANCE_YOUR_CALM",
+             "Envoy `max_consecutive_inbound_frames_with_empty_payload` 1", "max_consecutive_empty_frames"),
+    LimitRow("WINDOW_UPDATE frames", "GOAWAY ENHANCE_YOUR_CALM",
+             "Envoy `max_inbound_window_update_frames_per_data_frame_sent` 10",
+             "max_inbound_window_updates_per_data_frame", default="{value} per DATA frame sent (+ 2 per stream + 5)"),
+    LimitRow("handshake (preface + SETTINGS)", "connection closed", "nginx `client_header_timeout` 60 s",
+             "handshake_timeout_s", "--handshake-timeout-s", FLOAT, 0.01, "s",
+             help="HTTP/2 preface + SETTINGS (default {value})"),
+    LimitRow("connection without streams", "GOAWAY NO_ERROR",
+             "nginx `keepalive_timeout` 75 s; Envoy `idle_timeout` 1 h",
+             "idle_timeout_s", "--idle-timeout-s", FLOAT, 0.01, "s",
+             help="a client connection without streams is closed (default {value})"),
+    LimitRow("call with no frame either way", 'upstream cancelled; UNAVAILABLE "stream idle timeout"',
+             "Envoy `stream_idle_timeout` 5 min", "stream_idle_timeout_s", "--stream-idle-timeout-s", FLOAT, 0.01, "s",
+             help="a call with no frame either way is ended (default {value}, as Envoy)"),
+    LimitRow("client connections",
+             "the oldest connection without streams is closed (GOAWAY NO_ERROR); if none, the new one gets GOAWAY "
+             "ENHANCE_YOUR_CALM", "nginx `worker_connections` 512", "max_connections", "--max-connections", minimum=0,
+             default="open-file limit − {fd_headroom} (the soft limit is raised to the hard one at start)",  # noqa: RUF001
+             help="client connections (default {value}: the open-file limit minus {fd_headroom})"),
+    LimitRow("`generate_config.max_new_tokens`", "INVALID_ARGUMENT naming the cap (both engines)", "—",
+             "max_new_tokens", "--max-new-tokens", minimum=0, default="{value} (no cap)",
+             help="refuse calls asking for more new tokens (default {value}: no cap)"),
+)
+
+# `flexlb serve` flags of EdgeLimits: field -> its row (flag, parser, minimum, --help)
+EDGE_LIMIT_FLAGS: dict[str, LimitRow] = {r.attr: r for r in EDGE_LIMITS if r.flag and r.of is EdgeLimits}
+
+
+def _edge_limits(pairs: tuple[tuple[str, float], ...]) -> EdgeLimits:
+    updates: dict[str, Any] = {}
+    for name, value in pairs:
+        row = EDGE_LIMIT_FLAGS[name]
+        updates[name] = row.kind.parse(row.flag, value, row.minimum)
+    return EdgeLimits(**updates)
+
+
+def _not_below(path: str, value: Any, minimum: float | None) -> Any:
+    if minimum is not None and value < minimum:
+        raise ConfigError(path, f"must be >= {minimum:g}")
+    return value
+
+
+AS_GIVEN = Kind("string", lambda _path, v, _lo: v, _code)
+BIND_HOST = Kind("IP address or host name", lambda path, v, _lo: _bind_host(path, v), _code)
+RELAY_ENGINE = Kind("enum", lambda path, v, _lo: _enum(path, v.upper(), ["H2", "GRPCIO"]).lower(), _code,
+                    ("h2", "grpcio"))
+CLI_NUMBER = Kind("number", _not_below)  # argparse already made it a number
+
+
+@dataclass(frozen=True)
+class ServerFlag:
+    """A `flexlb serve` flag that sets ServerConfig (cli.py declares it and its --help)."""
+
+    flag: str
+    cli: str  # the CliOverrides attribute it arrives in (None: not given)
+    kind: Kind
+    attrs: tuple[str, ...]  # the ServerConfig attributes it sets
+    minimum: float | None = None
+
+
+SERVER_FLAGS: tuple[ServerFlag, ...] = (
+    ServerFlag("--host", "host", AS_GIVEN, ("host",)),
+    ServerFlag("--port", "grpc_port", INT, ("grpc_port",), 0),
+    ServerFlag("--admin-port", "admin_port", INT, ("admin_port",), 0),
+    ServerFlag("--max-message-bytes", "max_message_bytes", INT,
+               ("max_receive_message_bytes", "max_send_message_bytes"), 1024),
+    ServerFlag("--upstream-channels", "upstream_channels", INT, ("upstream_channels_per_worker",), 1),
+    ServerFlag("--relay-engine", "relay_engine", RELAY_ENGINE, ("relay_engine",)),
+    ServerFlag("--advertise-host", "advertise_host", AS_GIVEN, ("advertise_host",)),
+    ServerFlag("--admin-host", "admin_host", BIND_HOST, ("admin_host",)),
+    ServerFlag("--drain-timeout-s", "drain_timeout_s", CLI_NUMBER, ("drain_timeout_s",), 0),
+)
+
+
 # ---------------------------------------------------------------- assembling
 
 
@@ -411,28 +587,6 @@ def _env_json(env: Mapping[str, str], names: tuple[str, ...] | str) -> tuple[str
             return n, _obj(n, _load_json(n, text))
     return (names if isinstance(names, str) else names[0]), None
 
-
-# `flexlb serve` flags of EdgeLimits: field -> (flag, smallest accepted value, integer?)
-EDGE_LIMIT_FLAGS: dict[str, tuple[str, float, bool]] = {
-    "max_concurrent_streams": ("--max-concurrent-streams", 1, True),
-    "max_header_list_bytes": ("--max-header-list-bytes", 1024, True),
-    "max_header_fields": ("--max-header-fields", 8, True),
-    "max_connections": ("--max-connections", 0, True),
-    "handshake_timeout_s": ("--handshake-timeout-s", 0.01, False),
-    "idle_timeout_s": ("--idle-timeout-s", 0.01, False),
-    "stream_idle_timeout_s": ("--stream-idle-timeout-s", 0.01, False),
-    "request_buffer_bytes_per_connection": ("--request-buffer-bytes-per-connection", 65_535, True),
-    "request_buffer_bytes": ("--request-buffer-bytes", 65_535, True),
-    "max_new_tokens": ("--max-new-tokens", 0, True),
-}
-
-
-def _edge_limits(pairs: tuple[tuple[str, float], ...]) -> EdgeLimits:
-    updates: dict[str, float] = {}
-    for name, value in pairs:
-        flag, minimum, integer = EDGE_LIMIT_FLAGS[name]
-        updates[name] = _int(flag, value, int(minimum)) if integer else _float(flag, value, minimum)
-    return EdgeLimits(**updates)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -466,14 +620,12 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
     master_name, master_raw = _env_json(env, MASTER_ENV)
     master = parse_master(master_raw or {}, master_name)
     if cli.strategy:
-        master = MasterConfig(**{**master.__dict__, "load_balance_strategy": _strategy("--strategy", cli.strategy)})
+        master = replace(master, load_balance_strategy=_strategy("--strategy", cli.strategy))
     if cli.decode_strategy:
-        master = MasterConfig(
-            **{
-                **master.__dict__,
-                "decode_load_balance_strategy": _strategy("--decode-strategy", cli.decode_strategy),
-            }
-        )
+        master = replace(master, decode_load_balance_strategy=_strategy("--decode-strategy", cli.decode_strategy))
+
+    # imported here: flexlb.model_service builds on this module's value parsers and ConfigError
+    from flexlb.model_service import cli_workers, parse_model_service
 
     service_id, workers = "", []
     if cli.prefill or cli.decode or cli.fused:
@@ -482,9 +634,7 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
             ("--decode", Role.DECODE, cli.decode),
             ("--worker", Role.PDFUSION, cli.fused),
         ):
-            for a in addrs:
-                ip, port = _host_port(flag, a)
-                workers.append(WorkerAddr(ip, port, port - GRPC_PORT_OFFSET, role))
+            workers += cli_workers(flag, addrs, role)
     else:
         ms_name, ms_raw = _env_json(env, MODEL_SERVICE_ENV)
         if ms_raw is None:
@@ -525,35 +675,16 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", role_id):
         raise ConfigError("--role-id / HIPPO_ROLE", f"letters, digits, '_', '.', '-' only; got {role_id!r}")
     token = cli.admin_token if cli.admin_token is not None else env.get("FLEXLB_ADMIN_TOKEN", "")
-    consistency = ConsistencyConfig(**{**consistency.__dict__, "role_id": role_id, "admin_token": token})
+    consistency = replace(consistency, role_id=role_id, admin_token=token)
 
-    server = ServerConfig()
     updates: dict[str, Any] = {}
-    if cli.host is not None:
-        updates["host"] = cli.host
-    if cli.grpc_port is not None:
-        updates["grpc_port"] = _int("--port", cli.grpc_port, 0)
-    if cli.admin_port is not None:
-        updates["admin_port"] = _int("--admin-port", cli.admin_port, 0)
-    if cli.max_message_bytes is not None:
-        size = _int("--max-message-bytes", cli.max_message_bytes, 1024)
-        updates["max_receive_message_bytes"] = size
-        updates["max_send_message_bytes"] = size
-    if cli.upstream_channels is not None:
-        updates["upstream_channels_per_worker"] = _int("--upstream-channels", cli.upstream_channels, 1)
-    if cli.relay_engine is not None:
-        updates["relay_engine"] = _enum("--relay-engine", cli.relay_engine.upper(), ["H2", "GRPCIO"]).lower()
-    if cli.advertise_host is not None:
-        updates["advertise_host"] = cli.advertise_host
-    if cli.admin_host is not None:
-        updates["admin_host"] = _bind_host("--admin-host", cli.admin_host)
+    for sf in SERVER_FLAGS:
+        given = getattr(cli, sf.cli)
+        if given is not None:
+            updates.update(dict.fromkeys(sf.attrs, sf.kind.parse(sf.flag, given, sf.minimum)))
     if cli.limits:
         updates["limits"] = _edge_limits(cli.limits)
-    if cli.drain_timeout_s is not None:
-        if cli.drain_timeout_s < 0:
-            raise ConfigError("--drain-timeout-s", "must be >= 0")
-        updates["drain_timeout_s"] = cli.drain_timeout_s
-    server = ServerConfig(**{**server.__dict__, **updates})
+    server = replace(ServerConfig(), **updates)
     return Settings(
         server=server,
         master=master,

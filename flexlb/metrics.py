@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from flexlb.balancer.health import IN_ROTATION, WORKER_STATES, Ejection, worker_state
 from flexlb.balancer.ttft import TtftModel
 from flexlb.balancer.workers import Cluster
 
@@ -33,13 +34,23 @@ class _ClusterCollector(Collector):
             labels=["worker", "role"],
         )
         healthy = GaugeMetricFamily(
-            "flexlb_worker_healthy", "1 if the worker is in rotation", labels=["worker", "role"]
+            "flexlb_worker_healthy", "1 if the worker is in rotation (healthy, not ejected, not out by an operator)",
+            labels=["worker", "role"],
         )
+        state = GaugeMetricFamily(
+            "flexlb_worker_state", "1 for the state the worker is in (in_rotation, ejected, out_by_operator, "
+            "unhealthy), 0 for the others", labels=["worker", "role", "state"],
+        )
+        now = time.monotonic()  # the router's clock (passive ejection deadlines)
         for w in self._cluster.all():
             in_flight.add_metric([w.key, w.role.name], w.in_flight)
-            healthy.add_metric([w.key, w.role.name], 1 if w.healthy else 0)
+            current = worker_state(w, now)
+            healthy.add_metric([w.key, w.role.name], 1 if current == IN_ROTATION else 0)
+            for name in WORKER_STATES:
+                state.add_metric([w.key, w.role.name, name], 1 if name == current else 0)
         yield in_flight
         yield healthy
+        yield state
         if self._ttft is not None:
             coef = GaugeMetricFamily(
                 "flexlb_worker_prefill_coefficient", "Learned prefill model: ms = base + per_uncached_token * "
@@ -66,7 +77,12 @@ class _ClusterCollector(Collector):
             yield seen
             yield transit
         yield GaugeMetricFamily(
-            "flexlb_in_flight", "Calls in flight through this gateway", self._cluster.total_in_flight()
+            "flexlb_in_flight", "Client calls in flight through this gateway (a PD call counts once)",
+            self._cluster.ledger.calls,
+        )
+        yield GaugeMetricFamily(
+            "flexlb_reservations", "Schedule reservations holding load for a replica or frontend",
+            self._cluster.ledger.reservations,
         )
         yield GaugeMetricFamily(
             "flexlb_draining", "1 while the gateway drains before exit", 1 if self._draining() else 0
@@ -156,6 +172,10 @@ class Metrics:
             "flexlb_client_request_buffer_bytes", "Request bytes received from clients and not yet moved on",
             registry=r,
         )
+        self.worker_ejections = Counter(
+            "flexlb_worker_ejections", "Workers taken out of rotation by outlier detection, by reason "
+            "(consecutive_5xx, success_rate, failure_percentage)", ["worker", "role", "reason"], registry=r,
+        )
         self.ttft = Histogram(
             "flexlb_ttft_seconds",
             "Time from call start to the first response message",
@@ -163,6 +183,10 @@ class Metrics:
             buckets=_TTFT_BUCKETS_S,
             registry=r,
         )
+
+    def worker_ejected(self, ejection: Ejection) -> None:
+        """Count an ejection event returned by the outlier detector (flexlb_worker_ejections_total)."""
+        self.worker_ejections.labels(ejection.worker, ejection.role, ejection.reason).inc()
 
     def watch_edge(self, connections: Callable[[], int], buffered_bytes: Callable[[], int]) -> None:
         """Export the frame relay's client-side gauges (read at scrape time)."""

@@ -23,7 +23,7 @@ async def served(channel: grpc.aio.Channel, request_id: int = 900, timeout_s: fl
 
 async def released(gw: Gateway, what: str = "the attacker's calls released") -> None:
     """Nothing left in flight: the dispatcher and every worker are back to 0."""
-    await wait_for(lambda: gw.dispatcher.in_flight == 0 and gw.cluster.total_in_flight() == 0, 5.0, what)
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, 5.0, what)
 
 
 def protocol_errors(gw: Gateway, scope: str, code: str) -> float:

@@ -30,7 +30,7 @@ async def test_gateway_wide_cap(mock_workers, gateways, channels) -> None:
     assert sum(w.calls_received for w in ws) == 2  # the rejected call reached no worker
     for call in held:
         call.cancel()
-    await wait_for(lambda: gw.dispatcher.in_flight == 0, what="the held calls released")
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="the held calls released")
     assert len([m async for m in stub(generate_input(911), timeout=10)]) == 8
 
 
@@ -50,4 +50,4 @@ async def test_per_worker_cap(mock_workers, gateways, channels) -> None:
     assert pb.ErrorDetailsPB.FromString(trailer).error_code == 8404  # FlexLB's "no PDFUSION worker"
     for call in held:
         call.cancel()
-    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="the held calls released")
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="the held calls released")

@@ -81,7 +81,7 @@ async def test_stalled_client_is_bounded_and_others_keep_flowing(mock_workers, g
         assert others == [8] * 5
     finally:
         await stalled.close()
-    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="the stalled call released on disconnect")
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="the stalled call released on disconnect")
 
 
 async def _count(stub, request_id: int) -> int:  # type: ignore[no-untyped-def]

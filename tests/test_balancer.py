@@ -8,45 +8,10 @@ from collections import Counter
 import pytest
 
 from flexlb.balancer.request import Decision, Deploy, NoWorkerAvailable, RouteRequest
-from flexlb.balancer.router import Lease, Router
+from flexlb.balancer.router import Router
 from flexlb.balancer.strategies import make_strategy, strategy_names
-from flexlb.balancer.workers import Cluster, Role, WorkerAddr, WorkerState
-
-
-class FakeClock:
-    """A clock that only moves when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-        self.calls = 0
-
-    def __call__(self) -> float:
-        self.calls += 1
-        return self.now
-
-
-def addrs(role: Role, n: int, group: str = "", base: int = 8000) -> list[WorkerAddr]:
-    return [WorkerAddr(f"127.0.0.{i + 1}", base + i, base + i - 1, role, group) for i in range(n)]
-
-
-def make_router(
-    workers: list[WorkerAddr],
-    strategy: str = "ROUND_ROBIN",
-    decode_strategy: str = "ROUND_ROBIN",
-    deploy: Deploy | None = None,
-    seed: int = 7,
-) -> Router:
-    if deploy is None:
-        deploy = Deploy.DISAGGREGATED if any(w.role is Role.PREFILL for w in workers) else Deploy.PD_FUSION
-    return Router(
-        Cluster(workers),
-        deploy,
-        make_strategy(strategy),
-        make_strategy(decode_strategy),
-        rng=random.Random(seed),
-        clock=FakeClock(),
-    )
-
+from flexlb.balancer.workers import Cluster, Lease, Role, WorkerAddr, WorkerState
+from tests.balancer_support import FakeClock, addrs, end, make_router
 
 _ids = iter(range(1, 1 << 30))
 
@@ -68,7 +33,7 @@ def route_released(router: Router, n: int, pair: bool = True) -> list[Decision]:
     for _ in range(n):
         lease = router.route(req(), pair=pair)
         out.append(lease.decision)
-        assert lease.release()
+        assert end(router, lease)
     return out
 
 
@@ -102,10 +67,10 @@ def test_lowest_concurrency_picks_a_minimum() -> None:
         leases.append(lease)
         # randomly give some load back so minima move around
         if len(leases) > 3 and router._rng.random() < 0.5:
-            leases.pop(0).release()
+            router.release(leases.pop(0))
     for lease in leases + extra:
-        lease.release()
-    assert router.cluster.total_in_flight() == 0
+        router.release(lease)
+    assert router.cluster.ledger.calls == 0
 
 
 def test_lowest_concurrency_spreads_ties() -> None:
@@ -122,7 +87,7 @@ def test_lowest_concurrency_never_picks_busier_worker() -> None:
     picks = {d.target.key for d in route_released(router, 50)}
     assert busy.key not in picks
     assert len(picks) == 2
-    held.release()
+    router.release(held)
 
 
 def test_round_robin_lowest_concurrency_rotates_among_ties_only() -> None:
@@ -132,7 +97,7 @@ def test_round_robin_lowest_concurrency_rotates_among_ties_only() -> None:
     held = [hold(router, w0), hold(router, w1), hold(router, w1)]
     picks = [d.target.key for d in route_released(router, 6)]
     assert picks == [w2.key, w3.key] * 3
-    held[0].release()  # w0 joins the minimum; it was chosen longest ago, so it goes first
+    router.release(held[0])  # w0 joins the minimum; it was chosen longest ago, so it goes first
     picks = [d.target.key for d in route_released(router, 6)]
     assert picks == [w0.key, w2.key, w3.key] * 2
     # holding the picks makes the rotation follow the load: each pick raises that worker above the min
@@ -142,8 +107,8 @@ def test_round_robin_lowest_concurrency_rotates_among_ties_only() -> None:
     assert nxt.decision.target is w0
     assert [w.in_flight for w in (w0, w1, w2, w3)] == [2, 2, 1, 1]
     for lease in [*leases, nxt, *held[1:]]:
-        lease.release()
-    assert router.cluster.total_in_flight() == 0
+        router.release(lease)
+    assert router.cluster.ledger.calls == 0
 
 
 def test_random_covers_all_workers_and_is_seeded() -> None:
@@ -175,9 +140,8 @@ def test_make_strategy_names() -> None:
 
 
 def test_router_reads_the_injected_clock() -> None:
-    router = make_router(addrs(Role.PDFUSION, 2))
-    clock = router._clock
-    assert isinstance(clock, FakeClock)
+    clock = FakeClock()
+    router = make_router(addrs(Role.PDFUSION, 2), clock=clock)
     route_released(router, 3)
     assert clock.calls >= 3  # every decision reads the injected clock (releases may too)
 
@@ -192,10 +156,10 @@ def test_lease_release_is_idempotent() -> None:
     assert target.in_flight == 1
     assert target.dispatched_total == 1
     assert not lease.released
-    assert lease.release() is True
+    assert router.release(lease) == []
     assert lease.released
     assert target.in_flight == 0
-    assert lease.release() is False
+    assert router.release(lease) == []
     assert target.in_flight == 0
     assert target.dispatched_total == 1
 
@@ -208,14 +172,14 @@ def test_in_flight_returns_to_zero_after_many_cycles() -> None:
         for _ in range(500):
             if open_leases and rng.random() < 0.5:
                 lease = open_leases.pop(rng.randrange(len(open_leases)))
-                assert lease.release()
-                assert not lease.release()
+                assert end(router, lease)
+                assert not end(router, lease)
             else:
                 open_leases.append(router.route(req()))
-            assert router.cluster.total_in_flight() == len(open_leases)
+            assert router.cluster.ledger.calls == len(open_leases)
         for lease in open_leases:
-            lease.release()
-        assert router.cluster.total_in_flight() == 0, strategy
+            router.release(lease)
+        assert router.cluster.ledger.calls == 0, strategy
         assert sum(w.dispatched_total for w in router.cluster.all()) > 0
 
 
@@ -234,12 +198,12 @@ def test_pd_route_reserves_prefill_and_decode() -> None:
     assert d.decode is not None and d.decode.role is Role.DECODE
     assert d.target.in_flight == 1
     assert d.decode.in_flight == 1
-    assert router.cluster.total_in_flight() == 2
+    assert router.cluster.ledger.calls == 1  # one call, one leg on each of its workers
     assert "+" in d.strategy
-    lease.release()
+    router.release(lease)
     assert d.target.in_flight == 0 and d.decode.in_flight == 0
-    assert not lease.release()
-    assert router.cluster.total_in_flight() == 0
+    assert not end(router, lease)
+    assert router.cluster.ledger.calls == 0
 
 
 def test_pd_round_robin_on_both_sides() -> None:
@@ -276,7 +240,7 @@ def test_group_affinity_follows_decode_exclusion() -> None:
     for _ in range(20):
         lease = router.route(req(frozenset({decode_a.key})))
         assert lease.decision.target.addr.group == "b"
-        lease.release()
+        router.release(lease)
 
 
 def test_pd_lone_prefill_when_not_paired() -> None:
@@ -286,8 +250,8 @@ def test_pd_lone_prefill_when_not_paired() -> None:
     assert lease.decision.decode is None
     assert all(w.in_flight == 0 for w in router.cluster.of_role(Role.DECODE))
     assert lease.decision.target.in_flight == 1
-    lease.release()
-    assert router.cluster.total_in_flight() == 0
+    router.release(lease)
+    assert router.cluster.ledger.calls == 0
 
 
 # ------------------------------------------------------------------------------------- exclusion / health
@@ -300,7 +264,7 @@ def test_exclude_is_honoured() -> None:
     for _ in range(20):
         lease = router.route(req(excluded))
         assert lease.decision.target.key == states[1].key
-        lease.release()
+        router.release(lease)
 
 
 def test_all_excluded_raises_with_role() -> None:
@@ -311,7 +275,7 @@ def test_all_excluded_raises_with_role() -> None:
     assert info.value.role == "PDFUSION"
     assert "PDFUSION" in str(info.value)
     assert "excluded" in str(info.value)
-    assert router.cluster.total_in_flight() == 0
+    assert router.cluster.ledger.calls == 0
 
 
 @pytest.mark.parametrize("role", [Role.PREFILL, Role.DECODE])
@@ -321,7 +285,7 @@ def test_pd_all_of_one_role_excluded(role: Role) -> None:
     with pytest.raises(NoWorkerAvailable) as info:
         router.route(req(excluded))
     assert info.value.role == role.name
-    assert router.cluster.total_in_flight() == 0
+    assert router.cluster.ledger.calls == 0
 
 
 def test_no_worker_configured() -> None:
@@ -351,7 +315,7 @@ def test_unhealthy_then_excluded_healthy_falls_back_to_unhealthy() -> None:
     w0.healthy = False
     lease = router.route(req(frozenset({w1.key})))
     assert lease.decision.target is w0
-    lease.release()
+    router.release(lease)
 
 
 def test_can_route() -> None:
@@ -379,3 +343,79 @@ def test_duplicate_worker_is_one_worker() -> None:
     cluster = Cluster(w + w)
     assert len(cluster.all()) == 1
     assert cluster.get(w[0].key) is cluster.all()[0]
+
+
+# ---------------------------------------------------------------------------------------------- ledger
+
+
+def test_a_pd_call_counts_once_and_one_leg_on_each_worker() -> None:
+    router = make_router(pd_workers())
+    ledger = router.cluster.ledger
+    lease = router.route(req())
+    d = lease.decision
+    assert d.decode is not None
+    assert (ledger.calls, ledger.reservations) == (1, 0)
+    assert lease.workers == (d.target, d.decode) and lease.kind == "call"
+    assert [w.in_flight for w in router.cluster.all()] == [int(w is d.target or w is d.decode)
+                                                            for w in router.cluster.all()]
+    assert d.target.active_tokens == d.decode.active_tokens == 100
+    lone = router.route(req(), pair=False)  # a lone prefill call: one call, one leg
+    assert ledger.calls == 2 and lone.workers == (lone.decision.target,)
+    for x in (lease, lone):
+        router.release(x)
+    assert ledger.calls == 0 and all(w.in_flight == 0 and w.active_tokens == 0 for w in router.cluster.all())
+
+
+def test_a_reservation_is_load_but_not_a_call() -> None:
+    router = make_router(pd_workers())
+    ledger = router.cluster.ledger
+    reservation = router.route(req(), kind="reservation")
+    assert (ledger.calls, ledger.reservations) == (0, 1)
+    assert reservation.decision.target.in_flight == 1  # the workers still carry its load
+    call = router.route_to(req(), reservation.decision.target.key, reservation.decision.decode.key)  # type: ignore[union-attr]
+    assert (ledger.calls, ledger.reservations) == (1, 1)
+    assert call.decision.target is reservation.decision.target and call.decision.reason == "master+master"
+    router.release(reservation)
+    assert (ledger.calls, ledger.reservations) == (1, 0)
+    router.release(call)
+    assert (ledger.calls, ledger.reservations) == (0, 0)
+    with pytest.raises(ValueError, match="only relayed calls"):
+        router.route(req(), hold=True, kind="reservation")
+    with pytest.raises(ValueError, match="lease kind"):
+        router.route(req(), kind="schedule")
+    assert (ledger.calls, ledger.reservations) == (0, 0)
+    assert all(w.in_flight == 0 for w in router.cluster.all())
+
+
+def test_ledger_releases_once_and_moves_the_target_leg_only() -> None:
+    router = make_router(pd_workers())
+    p0, p1 = router.cluster.of_role(Role.PREFILL)
+    lease = router.route(req(frozenset({p1.key})))
+    d = lease.decision
+    assert d.target is p0 and d.decode is not None
+    ledger = router.cluster.ledger
+    ledger.move(lease, p1)
+    assert lease.moved and lease.decision.target is p1 and lease.decision.decode is d.decode
+    assert lease.workers == (p1, d.decode)
+    assert (p0.in_flight, p1.in_flight, d.decode.in_flight) == (0, 1, 1)
+    assert (p0.active_tokens, p1.active_tokens) == (0, 100)
+    assert p1.dispatched_total == 1 and p1.last_chosen_seq == lease.seq
+    assert ledger.release(lease) is True
+    assert ledger.release(lease) is False
+    assert (p1.in_flight, d.decode.in_flight, ledger.calls) == (0, 0, 0)
+    with pytest.raises(ValueError, match="released"):
+        ledger.move(lease, p0)
+
+
+def test_route_to_refuses_unknown_or_unusable_workers() -> None:
+    router = make_router(pd_workers())
+    p0 = router.cluster.of_role(Role.PREFILL)[0]
+    d0 = router.cluster.of_role(Role.DECODE)[0]
+    with pytest.raises(NoWorkerAvailable):
+        router.route_to(req(), "10.9.9.9:1", None)
+    with pytest.raises(NoWorkerAvailable):
+        router.route_to(req(), p0.key, "10.9.9.9:1")
+    d0.operator_out = True
+    with pytest.raises(NoWorkerAvailable):
+        router.route_to(req(), p0.key, d0.key)
+    assert router.cluster.ledger.calls == 0

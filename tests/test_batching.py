@@ -52,9 +52,9 @@ async def test_gateway_dispatches_a_burst_shortest_first(mock_workers, gateways,
     routed: list[int] = []
     route = gw.router.route
 
-    def recording_route(req, pair=True, hold=False):  # type: ignore[no-untyped-def]
+    def recording_route(req, **kw):  # type: ignore[no-untyped-def]
         routed.append(req.request_id)
-        return route(req, pair=pair, hold=hold)
+        return route(req, **kw)
 
     gw.router.route = recording_route  # type: ignore[method-assign]
 
@@ -71,7 +71,7 @@ async def test_gateway_dispatches_a_burst_shortest_first(mock_workers, gateways,
         # the frame relay opens the upstream streams in that order on one connection, so the worker's
         # FIFO serves them in that order (grpcio's separate calls may reach the worker in any order)
         assert w.request_ids_seen == [304, 302, 303, 301]
-    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="in-flight back to 0")
 
 
 async def test_window_never_holds_a_lone_request_past_its_wait(mock_workers, gateways, channels) -> None:
@@ -97,4 +97,4 @@ async def test_call_cancelled_in_the_window_reserves_nothing(mock_workers, gatew
     follower = stream_stub(channels(gw.grpc_port))(generate_input(501), timeout=10)
     assert len([m async for m in follower]) == 8
     assert w.request_ids_seen == [501]
-    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="in-flight back to 0")

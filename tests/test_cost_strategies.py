@@ -8,28 +8,19 @@ from collections import Counter
 
 import pytest
 
-from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
+from flexlb.balancer.factory import build_router
+from flexlb.balancer.prefix_index import PrefixIndexConfig
 from flexlb.balancer.request import Deploy, RouteRequest
-from flexlb.balancer.router import Lease, Router
 from flexlb.balancer.strategies import make_strategy
-from flexlb.balancer.ttft import TtftModel, TtftPriors
-from flexlb.balancer.workers import Cluster, Role, WorkerAddr, WorkerState
+from flexlb.balancer.ttft import TtftPriors
+from flexlb.balancer.workers import Cluster, Lease, Role, WorkerAddr, WorkerState
+from tests.balancer_support import FakeClock
 
 B = 512  # block size in tokens
 PRIORS = TtftPriors(base_ms=20.0, ms_per_uncached_token=0.1, ms_per_cached_token=0.0)
 KEYS = tuple(range(1000, 1020))  # a 20-block prompt: miss 20 + 0.1 * 10240 = 1044 ms, full hit 20.1 ms
 MISS_MS = 20.0 + 0.1 * len(KEYS) * B
 HIT_MS = 20.0 + 0.1 * 1  # the last token is always computed
-
-
-class Clock:
-    """Time only moves when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def addrs(n: int, role: Role = Role.PDFUSION, base: int = 9000, group: str = "") -> list[WorkerAddr]:
@@ -40,12 +31,14 @@ class Setup:
     def __init__(self, strategy: str, n: int = 4, priors: TtftPriors = PRIORS, seed: int = 1,
                  deploy: Deploy = Deploy.PD_FUSION, workers: list[WorkerAddr] | None = None,
                  decode_strategy: str = "WEIGHTED_CACHE") -> None:
-        self.clock = Clock()
-        self.ttft = TtftModel(priors)
-        self.index = PrefixIndex(PrefixIndexConfig(capacity_blocks=100_000, ttl_s=600.0))
+        self.clock = FakeClock()
         self.cluster = Cluster(workers if workers is not None else addrs(n))
-        self.router = Router(self.cluster, deploy, make_strategy(strategy), make_strategy(decode_strategy),
-                             rng=random.Random(seed), clock=self.clock, ttft=self.ttft, index=self.index)
+        self.router = build_router(self.cluster, deploy, strategy, decode_strategy, rng=random.Random(seed),
+                                   clock=self.clock, ttft=priors,
+                                   index=PrefixIndexConfig(capacity_blocks=100_000, ttl_s=600.0))
+        self.ttft = self.router.ttft
+        assert self.router.index is not None
+        self.index = self.router.index
         self.ws = self.cluster.all()
         self._rid = 0
 
@@ -58,6 +51,10 @@ class Setup:
     def route(self, keys: tuple[int, ...] = KEYS, prompt: int | None = None,
               exclude: frozenset[str] = frozenset()) -> Lease:
         return self.router.route(self.req(keys, prompt, exclude))
+
+    def end(self, lease: Lease) -> None:
+        """The call ended."""
+        self.router.release(lease)
 
     def backlog(self, w: WorkerState, *prefill_ms: float) -> None:
         """Requests dispatched to `w` right now that have not produced their first token."""
@@ -122,9 +119,9 @@ def test_cost_based_equals_shortest_ttft_on_an_idle_cluster() -> None:
         assert la.decision.estimate_ms == pytest.approx(lb.decision.estimate_ms)
         assert la.decision.reason.replace("shortest_ttft", "cost") == lb.decision.reason
         targets.append(la.decision.target.key)
-        for lease in (la, lb):  # first token: the cluster is idle again
-            lease.first_token(lease.decision.estimate_ms or 0.0)
-            lease.release()
+        for s, lease in ((a, la), (b, lb)):  # first token: the cluster is idle again
+            s.router.first_token(lease, lease.decision.estimate_ms or 0.0)
+            s.end(lease)
         for s in (a, b):
             s.clock.now += 0.5
     assert len(set(targets)) > 1
@@ -260,7 +257,7 @@ def test_speculative_insert_sends_an_identical_request_to_the_same_worker(name: 
     t = first.decision.target
     assert s.index.match(KEYS) == {t.key: len(KEYS)}
     assert first.decision.cached_tokens == 0
-    first.first_token(MISS_MS)  # the prefill is done; the worker is free again
+    s.router.first_token(first, MISS_MS)  # the prefill is done; the worker is free again
     second = s.route().decision
     assert second.target is t
     assert second.cached_tokens == len(KEYS) * B - 1
@@ -287,17 +284,17 @@ def test_first_token_feeds_the_model_and_clears_the_backlog() -> None:
     assert s.ttft.estimate_ms(w.key, 0, 0, s.clock.now)[1] > 0.0
     theta = list(m.theta)
     s.clock.now += 1.5
-    lease.first_token(1600.0, prefill_ms=1500.0, uncached_tokens=len(KEYS) * B, cached_tokens=0)
+    s.router.first_token(lease, 1600.0, prefill_ms=1500.0, uncached_tokens=len(KEYS) * B, cached_tokens=0)
     assert list(m.pending) == [other.seq]
     assert m.busy_since_s == s.clock.now
     assert m.observations == 1
     assert m.theta != theta
     assert m.prefill_ms(len(KEYS) * B, 0) > MISS_MS  # learned it is slower than the prior said
     assert m.abs_error_ms == pytest.approx(abs(lease.decision.estimate_ms - 1600.0))
-    lease.first_token(1.0, prefill_ms=1.0, uncached_tokens=1, cached_tokens=0)  # once only
+    s.router.first_token(lease, 1.0, prefill_ms=1.0, uncached_tokens=1, cached_tokens=0)  # once only
     assert m.observations == 1
-    assert lease.release() is True
-    assert lease.release() is False
+    assert s.router.release(lease) == [] and lease.released
+    assert s.router.release(lease) == []
     assert list(m.pending) == [other.seq]
     assert w.in_flight == 1
 
@@ -307,7 +304,7 @@ def test_first_token_without_engine_timing_updates_only_the_error() -> None:
     (w,) = s.ws
     lease = s.route()
     theta = list(s.ttft.worker(w.key).theta)
-    lease.first_token(2000.0)
+    s.router.first_token(lease, 2000.0)
     m = s.ttft.worker(w.key)
     assert m.theta == theta
     assert not m.pending
@@ -321,14 +318,14 @@ def test_release_without_first_token_removes_the_backlog() -> None:
     assert s.ttft.worker(w.key).pending
     assert w.in_flight == 1
     assert w.active_tokens == len(KEYS) * B
-    lease.release()
+    s.end(lease)
     m = s.ttft.worker(w.key)
     assert not m.pending
     assert m.backlog_ms == 0.0
     assert m.observations == 0
     assert s.ttft.estimate_ms(w.key, 0, 0, s.clock.now)[1] == 0.0
     assert (w.in_flight, w.active_tokens) == (0, 0)
-    lease.first_token(10.0, 5.0, 1, 0)  # after release: ignored
+    assert s.router.first_token(lease, 10.0, 5.0, 1, 0) == []  # after release: ignored
     assert m.observations == 0
 
 
@@ -338,8 +335,8 @@ def test_release_without_first_token_removes_the_backlog() -> None:
 def _sglang(in_flight: tuple[int, int, int]) -> tuple[Setup, list[WorkerState]]:
     s = Setup("SGLANG_CACHE_AWARE", n=3, priors=TINY)
     a, b, c = s.ws
-    s.route(KEYS[:10], exclude=s.only(a)).release()  # a's tree: the 10-block prefix
-    s.route(tuple(range(50, 55)), exclude=s.only(b)).release()  # b's tree: 5 unrelated blocks
+    s.end(s.route(KEYS[:10], exclude=s.only(a)))  # a's tree: the 10-block prefix
+    s.end(s.route(tuple(range(50, 55)), exclude=s.only(b)))  # b's tree: 5 unrelated blocks
     for w, n in zip(s.ws, in_flight, strict=True):
         w.in_flight = n
     return s, [a, b, c]
@@ -375,7 +372,7 @@ def test_sglang_match_ratio_threshold(shared: int, expect_holder: bool) -> None:
 
 def test_sglang_smallest_tree_then_records_the_choice() -> None:
     s, (_, b, c) = _sglang((0, 0, 0))
-    s.route(tuple(range(60, 67)), exclude=s.only(c)).release()  # c: 7 blocks
+    s.end(s.route(tuple(range(60, 67)), exclude=s.only(c)))  # c: 7 blocks
     d = s.route(tuple(range(8000, 8010))).decision  # no match anywhere
     assert (d.target, d.reason) == (b, "smallest_tree")
     d2 = s.route(tuple(range(8000, 8010))).decision  # now b holds it
@@ -389,7 +386,7 @@ def test_sglang_smallest_tree_then_records_the_choice() -> None:
 def test_dynamo_kv_cost_is_uncached_blocks_plus_active_blocks(holder_active_blocks: int, holder_wins: bool) -> None:
     s = Setup("DYNAMO_KV", n=2, priors=TINY)
     a, b = s.ws
-    s.route(KEYS[:4], exclude=s.only(a)).release()  # a holds 4 of the 10 blocks
+    s.end(s.route(KEYS[:4], exclude=s.only(a)))  # a holds 4 of the 10 blocks
     a.active_tokens = holder_active_blocks * B
     # a: (10 - 4) + active; b: 10 + 0
     d = s.route(KEYS[:10]).decision
@@ -400,7 +397,7 @@ def test_dynamo_kv_cost_is_uncached_blocks_plus_active_blocks(holder_active_bloc
 def test_dynamo_kv_active_tokens_count_in_fractional_blocks() -> None:
     s = Setup("DYNAMO_KV", n=2, priors=TINY)
     a, b = s.ws
-    s.route(KEYS[:4], exclude=s.only(a)).release()
+    s.end(s.route(KEYS[:4], exclude=s.only(a)))
     # a: (10 - 4) + 6.25 = 12.25 blocks; b: 10 + 2 = 12 -> b
     a.active_tokens = 6 * B + B // 4
     b.active_tokens = 2 * B
@@ -424,7 +421,7 @@ def test_weighted_cache_decode_frequency_ratio_is_exp_minus_one() -> None:
         assert lease.decision.decode is not None
         assert lease.decision.reason == "round_robin+kv_weighted"
         counts[lease.decision.decode.key] += 1
-        lease.release()
+        s.end(lease)
     assert (d0.active_tokens, d1.active_tokens) == (0, 1000)
     ratio = counts[d1.key] / counts[d0.key]
     assert ratio == pytest.approx(math.exp(-1.0), rel=0.15)

@@ -117,7 +117,7 @@ async def test_malformed_requests_cannot_pin_prefill_slots(mock_workers, gateway
         lambda: all(c.record(s).rst is not None or c.record(s).ended for s in sids) or c.ended(), 3.0)
     # the attacker is still connected: none of its requests holds a slot or waits for one
     assert answered, f"malformed requests were not refused at once: {c.describe()}"
-    assert gw.dispatcher.in_flight == 0 and len(gw.router.queue) == 0, (gw.dispatcher.in_flight, len(gw.router.queue))
+    assert gw.cluster.ledger.calls == 0 and len(gw.router.queue) == 0, (gw.cluster.ledger.calls, len(gw.router.queue))
     assert worker.calls_received == 0
     await served(channels(gw.grpc_port), timeout_s=2.0)
     assert not unhandled(loop_errors, caplog)

@@ -152,7 +152,7 @@ async def test_slow_reader_is_ended_by_the_stream_idle_timeout(never_read: bool,
 
     async def probe(clients: list[RawClient]) -> None:
         # still connected, still not reading or crediting: its calls are cancelled anyway
-        await wait_for(lambda: gw.dispatcher.in_flight == 0 and gw.cluster.total_in_flight() == 0, WAIT_S,
+        await wait_for(lambda: gw.cluster.ledger.calls == 0 and gw.cluster.ledger.calls == 0, WAIT_S,
                        "the slow reader's calls cancelled by the stream idle timeout")
         await served(channels(gw.grpc_port))
 

@@ -36,7 +36,7 @@ async def test_calls_fail_over_from_a_dead_worker_which_gets_ejected(mock_worker
     failovers = {s.labels["code"]: s.value for s in gw.metrics.failovers.collect()[0].samples
                  if s.name.endswith("_total")}
     assert failovers.get("UNAVAILABLE", 0) == 3
-    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="in-flight back to 0")
 
 
 async def test_every_worker_dead_ends_with_unavailable_promptly(mock_workers, gateways, channels) -> None:
@@ -49,7 +49,7 @@ async def test_every_worker_dead_ends_with_unavailable_promptly(mock_workers, ga
             pass
     assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
     assert loop.time() - t0 < 5
-    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="in-flight back to 0")
 
 
 async def test_hanging_worker_fails_over_after_the_first_token_bound(mock_workers, gateways, channels) -> None:
@@ -67,7 +67,7 @@ async def test_hanging_worker_fails_over_after_the_first_token_bound(mock_worker
     assert state is not None and state.probing  # ejected after consecutive time-outs
     # the hung worker saw its calls cancelled (nothing leaks there either)
     await wait_for(lambda: len(hung.cancelled_ids) == hung.calls_received, what="hung calls cancelled")
-    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="in-flight back to 0")
 
 
 async def test_first_token_bound_without_another_worker_is_deadline_exceeded(mock_workers, gateways,
@@ -79,7 +79,7 @@ async def test_first_token_bound_without_another_worker_is_deadline_exceeded(moc
             pass
     assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await wait_for(lambda: 840 in hung.cancelled_ids, what="the upstream call cancelled")
-    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="in-flight back to 0")
 
 
 async def test_admission_rejection_fails_over_without_ejecting(mock_workers, gateways, channels) -> None:
@@ -150,7 +150,7 @@ async def test_pd_decode_dying_mid_stream_surfaces_promptly(mock_workers, gatewa
         code = exc.code()
     assert code is not None and code != grpc.StatusCode.OK
     assert loop.time() - t0 < 3  # no call waits for a peer that is gone
-    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="in-flight back to 0")
 
 
 async def test_batch_generate_call_fails_over_too(mock_workers, gateways, channels) -> None:
@@ -164,4 +164,4 @@ async def test_batch_generate_call_fails_over_too(mock_workers, gateways, channe
     for i in range(3):
         reply = await stub(pb.BatchGenerateInputPB(inputs=[generate_input(880 + i, max_new_tokens=3)]), timeout=10)
         assert len(reply.results) == 1
-    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="in-flight back to 0")

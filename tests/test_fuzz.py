@@ -83,4 +83,4 @@ async def test_any_method_path_gets_a_status(path: str, fuzz_gateway) -> None:
 async def test_gateway_still_serves_after_the_fuzzing(fuzz_gateway) -> None:
     gw, ch = fuzz_gateway
     assert len([m async for m in stream_stub(ch)(generate_input(990), timeout=10)]) == 8
-    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="in-flight back to 0")
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="in-flight back to 0")

@@ -126,7 +126,7 @@ async def test_health_service_and_drain(mock_workers, gateways, channels) -> Non
     assert await stream.code() == grpc.StatusCode.OK
     assert len(rest) == 14 and rest[-1].flatten_output.finished[0]
     await asyncio.wait_for(drain, timeout=10)
-    assert gw.cluster.total_in_flight() == 0
+    assert gw.cluster.ledger.calls == 0
 
 
 async def test_reflection_lists_and_describes_every_service(mock_workers, gateways) -> None:
@@ -195,7 +195,8 @@ async def test_schedule_returns_a_pd_pair(mock_workers, gateways, channels) -> N
     assert reply.server_status[0].http_port == p.port - 1
     bad = await schedule(fpb.FlexlbScheduleRequestPB(request_id=10), timeout=5)
     assert not bad.success and bad.code == 8406
-    await wait_for(lambda: gw.cluster.total_in_flight() == 0, what="decision-only leaves no load")
+    await wait_for(lambda: gw.cluster.ledger.reservations == 0 and gw.cluster.ledger.calls == 0,
+                   what="decision-only leaves no load")
 
 
 async def test_schedule_reservations_for_replicas_and_client_block_keys(mock_workers, gateways, channels) -> None:
@@ -216,12 +217,12 @@ async def test_schedule_reservations_for_replicas_and_client_block_keys(mock_wor
     # a replica's request (forward_hop 1): the load stays reserved until its Cancel
     reply = await schedule(fpb.FlexlbScheduleRequestPB(request_id=77, seq_len=500, forward_hop=1), timeout=5)
     assert reply.success and reply.lifecycle.state == fpb.REQUEST_STATE_DISPATCHING
-    assert gw.cluster.total_in_flight() == 1
+    assert (gw.cluster.ledger.reservations, gw.cluster.ledger.calls) == (1, 0)  # load, not a client call
     found = await state(fpb.GetRequestStateRequestPB(request_id=77), timeout=5)
     assert found.found and found.lifecycle.batch_id == reply.lifecycle.batch_id
     done = await cancel(fpb.FlexlbCancelRequestPB(request_id=77, batch_id=reply.lifecycle.batch_id), timeout=5)
     assert done.found and done.lifecycle.state == fpb.REQUEST_STATE_CANCELLED
-    assert gw.cluster.total_in_flight() == 0
+    assert gw.cluster.ledger.reservations == 0
     assert not (await state(fpb.GetRequestStateRequestPB(request_id=77), timeout=5)).found
     # client-computed block keys (RTP-LLM hash, our block size): the same prefix goes where it went before
     tokens = list(range(1, 2001))

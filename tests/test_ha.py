@@ -102,7 +102,7 @@ async def test_consistency_endpoints_guard_and_answer(zookeeper, gateways, mock_
         assert snap["success"] and snap["master"] == master.consistency.master_http()
         status = snap["lbStatus"]
         assert status["master"] == master.consistency.identity.http_host_port
-        assert status["in_flight"] == master.dispatcher.in_flight == 1
+        assert status["in_flight"] == master.cluster.ledger.calls == 1
         assert sum(w["in_flight"] for w in status["workers"]) == 1 and len(status["workers"]) == 2
         # notifyMaster: the receiver refreshes its view
         for path in ("/load-balance/prefill/consistency/notifyMaster", "/rtp_llm/notify_master"):

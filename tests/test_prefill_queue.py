@@ -4,20 +4,24 @@ injected clock, queue-aware cost strategies, and the simulator driving it."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flexlb.balancer.events import HoldEvent, Released
+from flexlb.balancer.hold_driver import HoldDriver
 from flexlb.balancer.prefill_queue import PrefillQueue, PrefillQueueConfig
-from flexlb.balancer.request import Deploy, RouteRequest
-from flexlb.balancer.router import Lease, Router
-from flexlb.balancer.strategies import make_strategy, strategy_names
-from flexlb.balancer.workers import Cluster, Role, WorkerState
+from flexlb.balancer.prefix_index import PrefixIndexConfig
+from flexlb.balancer.request import RouteRequest
+from flexlb.balancer.router import Router
+from flexlb.balancer.strategies import strategy_names
+from flexlb.balancer.workers import Lease, Role, WorkerState
 from flexlb.sim.engine import EngineParams
 from flexlb.sim.simulator import TRACE_BLOCK_TOKENS, SimConfig, TraceRequest, simulate
-from tests.test_balancer import FakeClock, addrs
+from tests.balancer_support import FakeClock, Recorder, addrs, make_router
 
 W = "w"
 T0 = 1000.0  # a clock that does not start at 0, like time.monotonic()
@@ -250,21 +254,9 @@ def rreq(tokens: int, exclude: frozenset[str] = frozenset()) -> RouteRequest:
     return RouteRequest(request_id=next(_ids), prompt_tokens=tokens, max_new_tokens=8, exclude=exclude)
 
 
-class Recorder:
-    """What the router handed back: calls it released and calls it evicted."""
-
-    def __init__(self, router: Router) -> None:
-        self.released: list[Lease] = []
-        self.evicted: list[Lease] = []
-        router.on_release = self.released.append
-        router.on_evict = self.evicted.append
-
-
 def queued_router(n: int = 1, strategy: str = "COST_BASED_PREFILL", **queue: Any) -> tuple[Router, FakeClock, Recorder]:
     clock = FakeClock(T0)
-    router = Router(Cluster(addrs(Role.PDFUSION, n)), Deploy.PD_FUSION, make_strategy(strategy),
-                    make_strategy("ROUND_ROBIN"), rng=random.Random(1), clock=clock,
-                    queue=PrefillQueueConfig(**queue))
+    router = make_router(addrs(Role.PDFUSION, n), strategy, seed=1, clock=clock, queue=PrefillQueueConfig(**queue))
     return router, clock, Recorder(router)
 
 
@@ -285,21 +277,21 @@ def test_router_holds_beyond_depth_and_releases_the_shortest_on_first_token() ->
     assert w.in_flight == 3  # a held call keeps its reservation
     assert rec.released == [] and rec.evicted == []
 
-    a.first_token(5.0)
+    rec.first_token(a, 5.0)
     assert rec.released == [c]  # the shorter held call overtakes the one held before it
     assert not c.held and b.held
     assert pending(router, w) == [c.seq]
     assert router.held_calls() == 1
 
-    a.first_token(5.0)  # feedback is taken once: no second slot
+    rec.first_token(a, 5.0)  # feedback is taken once: no second slot
     assert rec.released == [c]
-    c.first_token(5.0)
+    rec.first_token(c, 5.0)
     assert rec.released == [c, b]
     assert pending(router, w) == [b.seq] and router.held_calls() == 0
-    b.first_token(5.0)
+    rec.first_token(b, 5.0)
     assert rec.released == [c, b] and pending(router, w) == []
     for lease in (a, b, c):
-        assert lease.release()
+        assert rec.release(lease)
     assert w.in_flight == 0 and w.active_tokens == 0
     assert router.ttft.total_pending == 0 and router.held_calls() == 0
     assert rec.evicted == []
@@ -311,11 +303,11 @@ def test_a_call_ending_before_its_first_token_frees_its_slot() -> None:
     a = router.route(rreq(1000), hold=True)
     b = router.route(rreq(1000), hold=True)
     assert b.held
-    assert a.release()  # failed or cancelled after it was sent, before any token
+    assert rec.release(a)  # failed or cancelled after it was sent, before any token
     assert rec.released == [b]
     assert pending(router, w) == [b.seq]
-    b.first_token(1.0)
-    b.release()
+    rec.first_token(b, 1.0)
+    rec.release(b)
     assert w.in_flight == 0 and router.ttft.total_pending == 0
 
 
@@ -325,18 +317,18 @@ def test_cancelled_held_call_leaves_the_queue_without_freeing_a_slot() -> None:
     a = router.route(rreq(1000), hold=True)
     b = router.route(rreq(100), hold=True)
     c = router.route(rreq(3000), hold=True)
-    assert b.release()  # the client went away while it was held
+    assert rec.release(b)  # the client went away while it was held
     assert not b.held and b.released
     assert rec.released == []  # a still has the slot: c stays held
     assert c.held and router.held_calls() == 1 and router.queue.held(w.key) == 1
     assert pending(router, w) == [a.seq]
     assert w.in_flight == 2
-    a.first_token(1.0)
+    rec.first_token(a, 1.0)
     assert rec.released == [c]  # b never comes back
-    c.first_token(1.0)
-    a.release()
-    c.release()
-    assert not b.release()
+    rec.first_token(c, 1.0)
+    rec.release(a)
+    rec.release(c)
+    assert not rec.release(b)
     assert w.in_flight == 0 and router.ttft.total_pending == 0 and router.held_calls() == 0
 
 
@@ -347,21 +339,21 @@ def test_depth_zero_never_holds() -> None:
     assert not any(lease.held for lease in leases)
     assert len(pending(router, w)) == 10 and router.held_calls() == 0
     for lease in leases:
-        lease.release()
+        rec.release(lease)
     assert rec.released == [] and w.in_flight == 0
 
 
 @pytest.mark.parametrize("strategy", strategy_names())
 def test_only_the_ttft_aware_strategies_hold(strategy: str) -> None:
     # their estimates order the queue; round robin and the peer baselines route straight through
-    router, _, _ = queued_router(strategy=strategy, depth=1)
+    router, _, rec = queued_router(strategy=strategy, depth=1)
     a = router.route(rreq(1000), hold=True)
     b = router.route(rreq(1000), hold=True)
     assert not a.held
     assert b.held is (strategy in {"SHORTEST_TTFT", "COST_BASED_PREFILL", "CACHE_AWARE"})
-    a.release()
-    b.release()
-    assert router.cluster.total_in_flight() == 0 and router.held_calls() == 0
+    rec.release(a)
+    rec.release(b)
+    assert router.cluster.ledger.calls == 0 and router.held_calls() == 0
 
 
 def test_without_hold_a_call_is_never_held_but_takes_a_slot() -> None:
@@ -372,13 +364,13 @@ def test_without_hold_a_call_is_never_held_but_takes_a_slot() -> None:
     assert len(pending(router, w)) == 3
     queued = router.route(rreq(10), hold=True)
     assert queued.held  # the worker's slot is taken by calls the queue did not hold
-    direct[0].first_token(1.0)
-    direct[1].first_token(1.0)
+    rec.first_token(direct[0], 1.0)
+    rec.first_token(direct[1], 1.0)
     assert rec.released == []  # one is still prefilling
-    direct[2].release()
+    rec.release(direct[2])
     assert rec.released == [queued]
     for lease in [*direct, queued]:
-        lease.release()
+        rec.release(lease)
     assert w.in_flight == 0 and router.ttft.total_pending == 0
 
 
@@ -387,13 +379,13 @@ def test_depth_two_releases_two_at_a_time() -> None:
     w = router.cluster.all()[0]
     a, b, c, d = (router.route(rreq(n), hold=True) for n in (1000, 1000, 3000, 100))
     assert [x.held for x in (a, b, c, d)] == [False, False, True, True]
-    a.first_token(1.0)
+    rec.first_token(a, 1.0)
     assert rec.released == [d]
     assert sorted(pending(router, w)) == sorted([b.seq, d.seq])
-    d.first_token(1.0)
+    rec.first_token(d, 1.0)
     assert rec.released == [d, c]
     for x in (a, b, c, d):
-        x.release()
+        rec.release(x)
     assert w.in_flight == 0 and router.ttft.total_pending == 0 and router.held_calls() == 0
 
 
@@ -408,20 +400,19 @@ def test_queues_are_per_worker() -> None:
     assert [x.decision.target for x in (a0, a1, b0, b1)] == [w0, w1, w0, w1]
     assert [x.held for x in (a0, a1, b0, b1)] == [False, False, True, True]
     assert (router.queue.held(w0.key), router.queue.held(w1.key)) == (1, 1)
-    a1.first_token(1.0)
+    rec.first_token(a1, 1.0)
     assert rec.released == [b1]  # w1's slot frees w1's call only
-    a0.first_token(1.0)
+    rec.first_token(a0, 1.0)
     assert rec.released == [b1, b0]
     for x in (a0, a1, b0, b1):
-        x.release()
-    assert router.cluster.total_in_flight() == 0
+        rec.release(x)
+    assert router.cluster.ledger.calls == 0
 
 
 def test_pd_calls_are_held_for_their_prefill_worker() -> None:
     clock = FakeClock(T0)
-    router = Router(Cluster(addrs(Role.PREFILL, 1) + addrs(Role.DECODE, 1, base=9000)), Deploy.DISAGGREGATED,
-                    make_strategy("COST_BASED_PREFILL"), make_strategy("WEIGHTED_CACHE"), rng=random.Random(1),
-                    clock=clock, queue=PrefillQueueConfig(depth=1))
+    router = make_router(addrs(Role.PREFILL, 1) + addrs(Role.DECODE, 1, base=9000), "COST_BASED_PREFILL",
+                         "WEIGHTED_CACHE", seed=1, clock=clock, queue=PrefillQueueConfig(depth=1))
     rec = Recorder(router)
     (p,), (d,) = router.cluster.of_role(Role.PREFILL), router.cluster.of_role(Role.DECODE)
     a = router.route(rreq(1000), hold=True)
@@ -432,35 +423,90 @@ def test_pd_calls_are_held_for_their_prefill_worker() -> None:
     assert (p.in_flight, d.in_flight) == (2, 2)  # the held call keeps its decode reservation too
     lone = router.route(rreq(1000), pair=False, hold=False)  # e.g. a BatchGenerateCall on the prefill worker
     assert not lone.held and lone.decision.decode is None
-    a.first_token(1.0)
+    rec.first_token(a, 1.0)
     assert rec.released == []  # the lone call still prefills there
-    lone.release()
+    rec.release(lone)
     assert rec.released == [b]
     for x in (a, b):
-        x.first_token(1.0)
-        x.release()
+        rec.first_token(x, 1.0)
+        rec.release(x)
     assert (p.in_flight, d.in_flight) == (0, 0) and router.ttft.total_pending == 0
 
 
-def test_callbacks_are_queued_never_nested() -> None:
+def test_events_are_delivered_after_the_router_call_never_nested() -> None:
     router, _, _ = queued_router(depth=1)
     log: list[str] = []
+    later: list[Callable[[], None]] = []  # the event loop's call_soon queue
 
-    def on_release(lease: Lease) -> None:
+    def deliver(event: HoldEvent) -> None:
+        lease = event.lease
         log.append(f"enter {lease.seq}")
-        lease.release()  # the caller is gone: ends before its first token, which frees the slot again
+        # the caller is gone: it ends before its first token, which frees the slot again
+        driver.after(router.release(lease))
         log.append(f"exit {lease.seq}")
 
-    router.on_release = on_release
+    driver = HoldDriver(router, lambda delay, fn: _NoTimer(), later.append, deliver)
     a = router.route(rreq(100), hold=True)
     held = [router.route(rreq(100 * (i + 2)), hold=True) for i in range(3)]
     assert all(x.held for x in held)
-    a.first_token(1.0)
+    events = router.first_token(a, 1.0)
+    assert [e.lease for e in events] == [held[0]] and log == []  # nothing is delivered inside the call
+    driver.after(events)
+    assert log == [] and len(later) == 1  # nor inside after(): it is deferred
+    while later:
+        later.pop(0)()
     s = [x.seq for x in held]
     assert log == [f"enter {s[0]}", f"exit {s[0]}", f"enter {s[1]}", f"exit {s[1]}", f"enter {s[2]}",
                    f"exit {s[2]}"]
-    a.release()
-    assert router.cluster.total_in_flight() == 0 and router.ttft.total_pending == 0 and router.held_calls() == 0
+    router.release(a)
+    assert router.cluster.ledger.calls == 0 and router.ttft.total_pending == 0 and router.held_calls() == 0
+
+
+class _NoTimer:
+    def cancel(self) -> None:
+        pass
+
+
+def test_release_returns_the_events_it_causes_exactly_once() -> None:
+    router, _, _ = queued_router(depth=1)
+    a = router.route(rreq(1000), hold=True, payload="a")
+    b = router.route(rreq(1000), hold=True, payload="b")
+    assert b.held and router.queue.get(b.seq) is not None
+    record = router.queue.get(b.seq)
+    assert record is not None and (record.lease, record.payload, record.request.prompt_tokens) == (b, "b", 1000)
+    events = router.release(a)  # ends before its first token: its slot goes to b
+    assert events == [Released(b, "b")] and not b.held
+    assert router.release(a) == [] and router.first_token(a, 1.0) == []
+    assert router.first_token(b, 1.0) == [] and router.first_token(b, 1.0) == []
+    assert router.release(b) == [] and router.release(b) == []
+    assert router.cluster.ledger.calls == 0 and router.ttft.total_pending == 0
+
+
+def test_drop_held_releases_the_held_calls_whose_caller_left() -> None:
+    router, _, _ = queued_router(depth=1)
+    w = router.cluster.all()[0]
+    gone = {"b", "d"}
+    a = router.route(rreq(1000), hold=True, payload="a")
+    b, c, d = (router.route(rreq(1000), hold=True, payload=p) for p in "bcd")
+    assert (b.held, c.held, d.held) == (True, True, True)
+    dropped = router.drop_held(lambda payload: payload in gone)
+    assert dropped == [(b, "b"), (d, "d")] and all(x.released and not x.held for x, _ in dropped)
+    assert router.held_calls() == 1 and c.held and w.in_flight == 2
+    assert router.drop_held(lambda payload: payload in gone) == []
+    assert router.first_token(a, 1.0) == [Released(c, "c")]  # the one left gets the slot
+    for x in (a, c):
+        router.release(x)
+    assert router.cluster.ledger.calls == 0 and router.ttft.total_pending == 0
+
+
+def test_only_the_strategies_the_queue_config_names_hold() -> None:
+    router, _, _ = queued_router(strategy="ROUND_ROBIN", depth=1, strategies=frozenset({"ROUND_ROBIN"}))
+    router.route(rreq(1000), hold=True)
+    assert router.route(rreq(1000), hold=True).held
+    cost, _, _ = queued_router(strategy="COST_BASED_PREFILL", depth=1, strategies=frozenset())
+    cost.route(rreq(1000), hold=True)
+    assert not cost.route(rreq(1000), hold=True).held
+    assert PrefillQueueConfig().applies_to("CACHE_AWARE") and not PrefillQueueConfig(depth=0).applies_to("CACHE_AWARE")
 
 
 # ---------------------------------------------------------------------------------------------- maintain / evict
@@ -474,19 +520,19 @@ def test_maintain_releases_calls_held_past_max_hold() -> None:
     clock.now = T0 + 0.5
     c = router.route(rreq(1000), hold=True)
     clock.now = T0 + 0.999
-    router.maintain()
+    rec.maintain()
     assert rec.released == []
     clock.now = T0 + 1.0
-    router.maintain()
+    rec.maintain()
     assert rec.released == [b] and not b.held  # sent although a still holds the slot
     assert pending(router, w) == [a.seq, b.seq]
     assert c.held
     clock.now = T0 + 1.5
-    router.maintain()
+    rec.maintain()
     assert rec.released == [b, c]
     assert router.held_calls() == 0 and rec.evicted == []
     for x in (a, b, c):
-        x.release()
+        rec.release(x)
     assert w.in_flight == 0 and router.ttft.total_pending == 0
 
 
@@ -495,7 +541,7 @@ def test_maintain_with_no_max_hold_keeps_calls_held() -> None:
     router.route(rreq(1000), hold=True)
     b = router.route(rreq(1000), hold=True)
     clock.now = T0 + 86_400
-    router.maintain()
+    rec.maintain()
     assert b.held and rec.released == []
 
 
@@ -520,21 +566,21 @@ def test_maintain_hands_back_calls_held_for_an_unusable_worker(how: str) -> None
     other = router.route(rreq(1000, frozenset({w0.key})), hold=True)
     other_held = router.route(rreq(1000, frozenset({w0.key})), hold=True)
     assert (b.held, c.held, other_held.held) == (True, True, True)
-    router.maintain()
+    rec.maintain()
     assert rec.evicted == [] and rec.released == []
     _out_of_rotation(w0, how, T0)
-    router.maintain()
+    rec.maintain()
     assert rec.evicted == [c, b]  # in release order
     assert all(x.evicted and not x.held and not x.released for x in (b, c))
     assert other_held.held and not other_held.evicted  # w1's queue is untouched
     assert rec.released == []
     assert router.queue.held(w0.key) == 0 and router.held_calls() == 1
     # the owner gives the evicted reservations back (and routes the calls again elsewhere)
-    assert b.release() and c.release()
+    assert rec.release(b) and rec.release(c)
     assert rec.released == [] and pending(router, w0) == [a.seq]
     for x in (a, other, other_held):
-        x.release()
-    assert router.cluster.total_in_flight() == 0
+        rec.release(x)
+    assert router.cluster.ledger.calls == 0
 
 
 def test_calls_held_for_a_fail_open_worker_stay_held() -> None:
@@ -544,9 +590,9 @@ def test_calls_held_for_a_fail_open_worker_stay_held() -> None:
     a = router.route(rreq(1000), hold=True)
     b = router.route(rreq(1000), hold=True)
     assert a.decision.target is w and b.decision.target is w and b.held
-    router.maintain()
+    rec.maintain()
     assert rec.evicted == []  # evicted, it could only be routed again to this same worker
-    a.first_token(1.0)
+    rec.first_token(a, 1.0)
     assert rec.released == [b]
 
 
@@ -557,10 +603,10 @@ def test_first_token_of_an_unusable_worker_evicts_instead_of_releasing() -> None
     b = router.route(rreq(1000, frozenset({other.key})), hold=True)
     assert a.decision.target is w and b.decision.target is w and b.held
     w.operator_out = True  # another worker can take b: it goes back for re-routing
-    a.first_token(1.0)
+    rec.first_token(a, 1.0)
     assert rec.released == [] and rec.evicted == [b]
-    b.release()
-    a.release()
+    rec.release(b)
+    rec.release(a)
     assert w.in_flight == 0 and router.ttft.total_pending == 0
 
 
@@ -572,15 +618,15 @@ def test_evict_held_hands_back_every_call_of_one_worker() -> None:
     held0 = [x for x in leases if x.held and x.decision.target is w0]
     held1 = [x for x in leases if x.held and x.decision.target is w1]
     assert len(held0) == 2 and len(held1) == 2
-    router.evict_held(w0.key)
+    rec.evict_held(w0.key)
     assert rec.evicted == held0 and all(x.evicted and not x.held for x in held0)
     assert all(x.held and not x.evicted for x in held1)
     assert router.queue.held(w0.key) == 0 and router.held_calls() == 2
-    router.evict_held(w0.key)  # nothing left: nothing more
+    rec.evict_held(w0.key)  # nothing left: nothing more
     assert rec.evicted == held0
     for x in leases:
-        x.release()
-    assert router.cluster.total_in_flight() == 0 and router.held_calls() == 0
+        rec.release(x)
+    assert router.cluster.ledger.calls == 0 and router.held_calls() == 0
 
 
 def test_ejected_worker_back_in_rotation_keeps_its_queue() -> None:
@@ -590,7 +636,7 @@ def test_ejected_worker_back_in_rotation_keeps_its_queue() -> None:
     b = router.route(rreq(1000), hold=True)
     w.ejected_until_s = T0 + 1.0  # ejected for a second, no probe pending
     clock.now = T0 + 1.0
-    router.maintain()
+    rec.maintain()
     assert b.held and rec.evicted == []
 
 
@@ -775,25 +821,22 @@ def test_an_idle_worker_takes_over_the_call_held_for_a_busy_one() -> None:
     assert first.decision.target is busy and second.held and second.decision.target is busy
     assert (busy.in_flight, idle.in_flight) == (2, 0)
     idle.operator_out = False
-    router.maintain()  # the idle worker hears of no first token: the upkeep lets it look
+    rec.maintain()  # the idle worker hears of no first token: the upkeep lets it look
     assert rec.released == [second] and second.moved and not second.held
     assert second.decision.target is idle and second.decision.reason.endswith("+moved")
     assert (busy.in_flight, idle.in_flight) == (1, 1)
     assert pending(router, idle) == [second.seq] and router.held_calls() == 0
-    second.first_token(10.0)
-    first.first_token(10.0)
-    first.release()
-    second.release()
+    rec.first_token(second, 10.0)
+    rec.first_token(first, 10.0)
+    rec.release(first)
+    rec.release(second)
     assert (busy.in_flight, idle.in_flight) == (0, 0) and router.ttft.total_pending == 0
 
 
 def test_no_take_over_when_the_call_would_lose_its_cached_prefix() -> None:
-    from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
-
     clock = FakeClock(T0)
-    router = Router(Cluster(addrs(Role.PDFUSION, 2)), Deploy.PD_FUSION, make_strategy("COST_BASED_PREFILL"),
-                    make_strategy("ROUND_ROBIN"), rng=random.Random(1), clock=clock,
-                    index=PrefixIndex(PrefixIndexConfig(1000, 600.0)), queue=PrefillQueueConfig(depth=1))
+    router = make_router(addrs(Role.PDFUSION, 2), "COST_BASED_PREFILL", seed=1, clock=clock,
+                         index=PrefixIndexConfig(1000, 600.0), queue=PrefillQueueConfig(depth=1))
     rec = Recorder(router)
     busy, idle = router.cluster.all()
     idle.operator_out = True
@@ -809,20 +852,19 @@ def test_no_take_over_when_the_call_would_lose_its_cached_prefix() -> None:
     assert follow.held and follow.decision.cached_tokens == 100 * 64 - 1
     assert long_hit.held and long_hit.decision.cached_tokens == 64
     idle.operator_out = False
-    router.maintain()
+    rec.maintain()
     # both would recompute on `idle` what `busy` holds for them (1 block, 100 blocks): neither moves
     assert rec.released == []
     assert long_hit.held and follow.held and follow.decision.target is busy
     for x in (short, long_hit, follow):
-        x.release()
+        rec.release(x)
     assert busy.in_flight == idle.in_flight == 0
 
 
 def test_a_pd_call_taken_over_keeps_its_decode_peer() -> None:
     clock = FakeClock(T0)
-    router = Router(Cluster(addrs(Role.PREFILL, 2) + addrs(Role.DECODE, 1, base=9000)), Deploy.DISAGGREGATED,
-                    make_strategy("COST_BASED_PREFILL"), make_strategy("ROUND_ROBIN"), rng=random.Random(1),
-                    clock=clock, queue=PrefillQueueConfig(depth=1))
+    router = make_router(addrs(Role.PREFILL, 2) + addrs(Role.DECODE, 1, base=9000), "COST_BASED_PREFILL", seed=1,
+                         clock=clock, queue=PrefillQueueConfig(depth=1))
     rec = Recorder(router)
     busy, idle = router.cluster.of_role(Role.PREFILL)
     (decode,) = router.cluster.of_role(Role.DECODE)
@@ -831,35 +873,32 @@ def test_a_pd_call_taken_over_keeps_its_decode_peer() -> None:
     second = router.route(rreq(2000), hold=True)
     assert second.held
     idle.operator_out = False
-    router.maintain()
+    rec.maintain()
     assert rec.released == [second] and second.decision.target is idle and second.decision.decode is decode
     assert decode.in_flight == 2
-    first.release()
-    second.release()
+    rec.release(first)
+    rec.release(second)
     assert busy.in_flight == idle.in_flight == decode.in_flight == 0
 
 
 def test_transit_is_learned_from_the_engine_time_and_counted_in_estimates() -> None:
-    router, clock, _ = queued_router(n=1, depth=1)
+    router, clock, rec = queued_router(n=1, depth=1)
     (w,) = router.cluster.all()
     a = router.route(rreq(1000), hold=True)
     clock.now += 0.150  # the first message arrives 150 ms after the call was sent
-    a.first_token(150.0, 120.0, 1000, 0, engine_ms=140.0)  # of which the engine spent 140 ms
+    rec.first_token(a, 150.0, 120.0, 1000, 0, engine_ms=140.0)  # of which the engine spent 140 ms
     assert router.ttft.worker(w.key).transit_ms == pytest.approx(10.0)
-    a.release()
+    rec.release(a)
     b = router.route(rreq(1000), hold=True)
     # its estimate: its own prefill plus the hops; its slot is taken for both
     assert b.decision.estimate_ms == pytest.approx(b.decision.prefill_ms + 10.0)
     assert router.ttft.worker(w.key).backlog_ms == pytest.approx(b.decision.prefill_ms + 10.0)
-    b.release()
+    rec.release(b)
 
 
 def test_a_call_taken_over_moves_its_blocks_in_the_index() -> None:
-    from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
-
-    router = Router(Cluster(addrs(Role.PDFUSION, 2)), Deploy.PD_FUSION, make_strategy("COST_BASED_PREFILL"),
-                    make_strategy("ROUND_ROBIN"), rng=random.Random(1), clock=FakeClock(T0),
-                    index=PrefixIndex(PrefixIndexConfig(1000, 600.0)), queue=PrefillQueueConfig(depth=1))
+    router = make_router(addrs(Role.PDFUSION, 2), "COST_BASED_PREFILL", seed=1, clock=FakeClock(T0),
+                         index=PrefixIndexConfig(1000, 600.0), queue=PrefillQueueConfig(depth=1))
     rec = Recorder(router)
     busy, idle = router.cluster.all()
     idle.operator_out = True
@@ -870,12 +909,12 @@ def test_a_call_taken_over_moves_its_blocks_in_the_index() -> None:
                         hold=True)
     assert cold.held and router.index.match(tuple(range(50, 60))) == {busy.key: 10}
     idle.operator_out = False
-    router.maintain()
+    rec.maintain()
     assert rec.released == [cold] and cold.decision.target is idle
     assert router.index.match(tuple(range(50, 60))) == {idle.key: 10}  # no longer expected on `busy`
     assert router.index.match(tuple(range(1, 11))) == {busy.key: 10}
-    first.release()
-    cold.release()
+    rec.release(first)
+    rec.release(cold)
 
 
 async def test_the_dispatcher_readdresses_a_pd_call_taken_over_by_another_prefill() -> None:
@@ -883,11 +922,12 @@ async def test_the_dispatcher_readdresses_a_pd_call_taken_over_by_another_prefil
     from flexlb.metrics import Metrics
     from flexlb.pb import model_rpc_service_pb2 as pb
 
-    router = Router(Cluster(addrs(Role.PREFILL, 2) + addrs(Role.DECODE, 1, base=9000)), Deploy.DISAGGREGATED,
-                    make_strategy("COST_BASED_PREFILL"), make_strategy("ROUND_ROBIN"), rng=random.Random(1),
-                    clock=FakeClock(T0), queue=PrefillQueueConfig(depth=1))
+    router = make_router(addrs(Role.PREFILL, 2) + addrs(Role.DECODE, 1, base=9000), "COST_BASED_PREFILL", seed=1,
+                         clock=FakeClock(T0), queue=PrefillQueueConfig(depth=1))
     metrics = Metrics()
-    dispatcher = Dispatcher(router, metrics, lambda: False, 64)
+    later: list[Callable[[], None]] = []  # the event loop's call_soon: deliveries wait for the loop
+    dispatcher = Dispatcher(router, metrics, lambda: False, 64, call_later=lambda delay, fn: _NoTimer(),
+                            defer=later.append)
     _, idle = router.cluster.of_role(Role.PREFILL)
     (decode,) = router.cluster.of_role(Role.DECODE)
     idle.operator_out = True
@@ -901,8 +941,10 @@ async def test_the_dispatcher_readdresses_a_pd_call_taken_over_by_another_prefil
     dispatcher.submit_generate(body(2), sent.append, lambda: True)
     assert len(sent) == 1 and dispatcher.held_calls() == 1
     idle.operator_out = False
-    router.maintain()  # the idle prefill takes the held call over
-    assert len(sent) == 2 and dispatcher.held_calls() == 0
+    dispatcher.holds.after(router.maintain())  # the idle prefill takes the held call over
+    assert len(sent) == 1 and dispatcher.held_calls() == 0  # released, and delivered only from the loop
+    later.pop()()
+    assert len(sent) == 2 and not later
     second = sent[1]
     assert isinstance(second, Planned) and second.lease.decision.target is idle
     # the prefill finds its peers in role_addrs: [PREFILL, DECODE] must name the worker it goes to now
@@ -914,4 +956,4 @@ async def test_the_dispatcher_readdresses_a_pd_call_taken_over_by_another_prefil
         assert isinstance(planned, Planned)
         dispatcher.finish(planned, "OK", 1)
     dispatcher.close()
-    assert dispatcher.in_flight == 0 and router.cluster.total_in_flight() == 0
+    assert router.cluster.ledger.calls == 0

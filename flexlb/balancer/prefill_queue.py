@@ -14,15 +14,24 @@ connection with a thousand calls queued delays another's call by about one of it
 a single client (the RTP-LLM frontend multiplexing everything, or the simulator) sees the plain
 order. Estimates (`ahead`, `before`) use the plain order.
 
-Pure: no clock, no asyncio; the router passes the time and owns the leases.
+This is the one record of a held call (its lease, request and the owner's payload). Pure: no clock,
+no asyncio; the router passes the time.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-UPKEEP_INTERVAL_S = 0.1  # while calls are held, the owner calls Router.maintain() this often
+from flexlb.balancer.request import RouteRequest
+from flexlb.balancer.workers import Lease
+
+UPKEEP_INTERVAL_S = 0.1  # while calls are held, HoldDriver runs Router.maintain() this often
+
+# the TTFT-aware strategies, whose estimates order the queue; the simple ones and the peer baselines
+# route straight through
+HOLDING_STRATEGIES = frozenset({"SHORTEST_TTFT", "COST_BASED_PREFILL", "CACHE_AWARE"})
 
 
 @dataclass(frozen=True)
@@ -32,17 +41,22 @@ class PrefillQueueConfig:
     depth: int = 2  # calls sent to one worker and not yet past their first token; 0 turns the queue off
     aging: float = 1.0  # priority gained per ms held, in ms of prefill
     max_hold_ms: float = 30_000.0  # a call held this long is released regardless of depth (0: never)
+    strategies: frozenset[str] = HOLDING_STRATEGIES  # prefill strategies whose calls may be held
 
     @property
     def enabled(self) -> bool:
         """Whether calls can be held at all."""
         return self.depth > 0
 
+    def applies_to(self, strategy: str) -> bool:
+        """Whether calls routed by this prefill strategy may be held."""
+        return self.enabled and strategy in self.strategies
+
 
 @dataclass(frozen=True)
 class HeldCall:
-    """One held call: its lease sequence number, estimated prefill (with the worker's transit) and when it
-    was held."""
+    """One held call: its lease sequence number, estimated prefill (with the worker's transit), when it was
+    held, its order key; and what the router holds it with: the lease, the request, the owner's payload."""
 
     seq: int
     worker: str
@@ -50,6 +64,9 @@ class HeldCall:
     held_s: float
     key: float
     client: str = ""
+    lease: Lease | None = None
+    request: RouteRequest | None = None
+    payload: object = None
 
 
 class PrefillQueue:
@@ -81,9 +98,11 @@ class PrefillQueue:
         """Where a call of this estimated prefill, held now, sorts (lower leaves first)."""
         return prefill_ms + self.config.aging * now_s * 1000.0
 
-    def push(self, worker: str, seq: int, prefill_ms: float, now_s: float, client: str = "") -> HeldCall:
+    def push(self, worker: str, seq: int, prefill_ms: float, now_s: float, client: str = "",
+             lease: Lease | None = None, request: RouteRequest | None = None, payload: object = None) -> HeldCall:
         """Hold a call for `worker` (from `client`: calls of several clients share the worker fairly)."""
-        call = HeldCall(seq, worker, prefill_ms, now_s, self.order_key(prefill_ms, now_s), client)
+        call = HeldCall(seq, worker, prefill_ms, now_s, self.order_key(prefill_ms, now_s), client, lease, request,
+                        payload)
         keys = self._keys.setdefault(worker, [])
         i = bisect.bisect_right(keys, (call.key, seq))
         keys.insert(i, (call.key, seq))
@@ -97,6 +116,14 @@ class PrefillQueue:
         self._prefill.setdefault(worker, []).insert(i, prefill_ms)
         self._calls[seq] = call
         return call
+
+    def get(self, seq: int) -> HeldCall | None:
+        """The held call of a lease sequence number, if it is held."""
+        return self._calls.get(seq)
+
+    def calls(self) -> Iterator[HeldCall]:
+        """Every held call, in the order they were held."""
+        return iter(list(self._calls.values()))
 
     def remove(self, seq: int) -> HeldCall | None:
         """Take one call out (cancelled, or released out of order); None if it is not held."""

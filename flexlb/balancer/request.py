@@ -31,6 +31,11 @@ class RouteRequest:
     client: str = ""
 
 
+def cached_tokens(req: RouteRequest, matched_blocks: int) -> int:
+    """Prompt tokens a worker holding `matched_blocks` leading blocks reuses (the last token is always computed)."""
+    return min(matched_blocks * req.block_size_tokens, max(req.prompt_tokens - 1, 0))
+
+
 @dataclass(frozen=True)
 class Pick:
     """One strategy's choice among candidates, with the reason it chose it."""

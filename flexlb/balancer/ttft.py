@@ -51,6 +51,9 @@ class WorkerTtft:
     # request's hop there, the first message's hop back, the PD ALLOCATE round trip): part of every
     # TTFT, and of the time a prefill slot stays taken when the gateway sends one call at a time
     transit_ms: float = 0.0
+    # until then the worker counts as busy with calls that failed on it before their first token: a
+    # worker failing fast must not look idle (the work is charged as if it had run; see TtftModel.failed)
+    failed_busy_until_s: float = 0.0
 
     def prefill_ms(self, uncached_tokens: int, cached_tokens: int) -> float:
         """Predicted prefill duration of one request on this worker."""
@@ -63,11 +66,13 @@ class WorkerTtft:
         return self.prefill_ms(uncached_tokens, cached_tokens) + self.transit_ms
 
     def queue_wait_ms(self, now_s: float) -> float:
-        """Work dispatched here and not yet past its first token, minus what is already done of it."""
+        """Work dispatched here and not yet past its first token, minus what is already done of it (at least
+        what is left of the charge for calls that failed here)."""
+        failed_ms = (self.failed_busy_until_s - now_s) * 1000.0 if self.failed_busy_until_s > now_s else 0.0
         if not self.pending:
-            return 0.0
+            return failed_ms
         done_ms = (now_s - self.busy_since_s) * 1000.0
-        return max(0.0, self.backlog_ms - done_ms)
+        return max(0.0, self.backlog_ms - done_ms, failed_ms)
 
 
 class TtftModel:
@@ -131,6 +136,16 @@ class TtftModel:
         else:
             w.backlog_ms = 0.0
         return item.dispatched_s
+
+    def failed(self, key: str, request_id: int, now_s: float) -> None:
+        """The request failed on the worker before its first token (the worker's fault): it leaves the backlog
+        but its estimated prefill stays charged to the worker, from now, as if it had run. Nothing is learnt."""
+        w = self.worker(key)
+        item = w.pending.get(request_id)
+        if item is None:
+            return
+        self.started_or_gone(key, request_id, now_s)
+        w.failed_busy_until_s = max(w.failed_busy_until_s, now_s) + item.estimate_ms / 1000.0
 
     def observe_transit(self, key: str, transit_ms: float) -> None:
         """One call's time outside the engine: sent to first message minus the engine's own time."""

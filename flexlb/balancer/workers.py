@@ -1,10 +1,15 @@
-"""Workers as the balancer sees them: address, role, group and the in-flight ledger."""
+"""Workers as the balancer sees them: address, role, group, and the ledger of the load reserved on them."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # request.py imports this module for WorkerState
+    from flexlb.balancer.request import Decision
 
 
 class Role(enum.Enum):
@@ -46,10 +51,12 @@ class WorkerAddr:
 
 @dataclass
 class WorkerState:
-    """Mutable state of one worker, owned by the Cluster and changed only through it."""
+    """Mutable state of one worker; its load (in_flight, active_tokens, dispatched_total) is written only by
+    the Cluster's Ledger."""
 
     addr: WorkerAddr
     healthy: bool = True
+    # leases on this worker not yet released: each leg counts, a PD call is one here and one on its decode
     in_flight: int = 0
     # prompt tokens of the calls in flight (a KV-footprint proxy for decode choice and baselines)
     active_tokens: int = 0
@@ -77,17 +84,100 @@ class WorkerState:
     def __post_init__(self) -> None:
         self.key = self.addr.key
 
-
     @property
     def role(self) -> Role:
         """The worker's role."""
         return self.addr.role
 
 
+LEASE_KINDS = ("call", "reservation")
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """Load reserved for one relayed call ("call") or one Schedule reservation ("reservation").
+
+    A plain record: the Ledger writes the load fields, the Router the hold flags; nothing here calls back.
+    """
+
+    decision: Decision
+    seq: int
+    active_tokens: int
+    kind: str = "call"
+    # the legs carrying the load: the target, and the decode peer in PD
+    workers: tuple[WorkerState, ...] = ()
+    released: bool = False
+    first_token_seen: bool = False
+    # in the gateway's prefill queue: routed, not yet sent (a Released event says when it may go)
+    held: bool = False
+    # taken out of the queue because its worker went away: release it and route the call again
+    evicted: bool = False
+    # taken over while held by an idle worker from a busier one's queue: decision.target changed
+    moved: bool = False
+
+
+class Ledger:
+    """The only writer of the workers' load: reserves, releases (exactly once) and moves leases."""
+
+    def __init__(self) -> None:
+        self._open = dict.fromkeys(LEASE_KINDS, 0)
+
+    @property
+    def calls(self) -> int:
+        """Relayed calls in flight (held ones included); a PD call counts once."""
+        return self._open["call"]
+
+    @property
+    def reservations(self) -> int:
+        """Schedule reservations not yet released."""
+        return self._open["reservation"]
+
+    def reserve(self, decision: Decision, seq: int, active_tokens: int, kind: str = "call") -> Lease:
+        """Put one call's load on the decision's workers (each leg counts on its own worker)."""
+        if kind not in self._open:
+            raise ValueError(f"lease kind {kind!r}; expected one of {', '.join(LEASE_KINDS)}")
+        legs = (decision.target,) if decision.decode is None else (decision.target, decision.decode)
+        for w in legs:
+            w.in_flight += 1
+            w.active_tokens += active_tokens
+            w.dispatched_total += 1
+            w.last_chosen_seq = seq
+        self._open[kind] += 1
+        return Lease(decision, seq, active_tokens, kind, legs)
+
+    def release(self, lease: Lease) -> bool:
+        """Give the lease's load back; False if it was already given back."""
+        if lease.released:
+            return False
+        lease.released = True
+        for w in lease.workers:
+            w.in_flight -= 1
+            w.active_tokens -= lease.active_tokens
+        self._open[lease.kind] -= 1
+        return True
+
+    def move(self, lease: Lease, new_target: WorkerState) -> None:
+        """Move the target leg of a lease to another worker (a held call taken over); the decode leg stays."""
+        if lease.released:
+            raise ValueError(f"lease {lease.seq} is released: it has no load to move")
+        old = lease.workers[0]
+        old.in_flight -= 1
+        old.active_tokens -= lease.active_tokens
+        new_target.in_flight += 1
+        new_target.active_tokens += lease.active_tokens
+        new_target.dispatched_total += 1
+        new_target.last_chosen_seq = lease.seq
+        lease.workers = (new_target, *lease.workers[1:])
+        lease.decision = dataclasses.replace(lease.decision, target=new_target)
+        lease.moved = True
+
+
 class Cluster:
     """All workers by role, in a stable order (the order of the configuration)."""
 
     def __init__(self, addrs: list[WorkerAddr]) -> None:
+        # every reservation of load on these workers goes through it
+        self.ledger = Ledger()
         self._by_key: dict[str, WorkerState] = {}
         self._by_role: dict[Role, list[WorkerState]] = {}
         for addr in addrs:
@@ -112,7 +202,3 @@ class Cluster:
     def all(self) -> list[WorkerState]:
         """Every worker."""
         return list(self._by_key.values())
-
-    def total_in_flight(self) -> int:
-        """Sum of in-flight calls over all workers."""
-        return sum(w.in_flight for w in self._by_key.values())

@@ -1,13 +1,17 @@
 """What both relay engines do around the bytes: parse once, route, write role_addrs, account, reject.
 
-The grpcio engine (servicer/relay.py) and the HTTP/2 frame engine (flexlb/h2/) share this, so a
-call is routed, rejected and counted the same way whichever engine carries it.
+The call lifecycle (flexlb/call/lifecycle.py) drives it for both engines (flexlb/relay/grpcio and
+flexlb/relay/h2), so a call is routed, held, rejected, blamed and counted the same way whichever engine
+carries it. It owns nothing the balancer owns: load is the Cluster's ledger, held calls are the prefill
+queue's; what routing does to held calls comes back as events, which its HoldDriver delivers from the
+event loop (never inside another call's I/O callback).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +22,10 @@ from google.protobuf.message import DecodeError
 
 from flexlb import wire
 from flexlb.balancer.batcher import BatchConfig, Batcher, dispatch_order
-from flexlb.balancer.prefill_queue import UPKEEP_INTERVAL_S
+from flexlb.balancer.events import Evicted, HoldEvent, Released
+from flexlb.balancer.failures import FailureKind
+from flexlb.balancer.health import Ejection
+from flexlb.balancer.hold_driver import Cancellable, HoldDriver
 from flexlb.balancer.prefix import prompt_block_keys
 from flexlb.balancer.request import NoWorkerAvailable, RouteRequest
 from flexlb.balancer.router import Lease, Router
@@ -29,15 +36,10 @@ from flexlb.pb import model_rpc_service_pb2 as pb
 if TYPE_CHECKING:  # the forwarder is plugged in by the composition root
     from flexlb.consistency.forwarding import MasterChoice, MasterForwarder
 
+log = logging.getLogger("flexlb.call")
+
 GENERATE_STREAM = "GenerateStreamCall"
 BATCH_GENERATE = "BatchGenerateCall"
-# request headers that belong to this hop, not to the call (PITFALLS: grpc.aio metadata)
-HOP_HEADERS = frozenset({"user-agent", "te", "content-type"})
-# failures before the first response message that another worker may not have: fail over
-FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            grpc.StatusCode.DEADLINE_EXCEEDED})
-# of those, the ones that say the worker itself is sick (RESOURCE_EXHAUSTED is admission: busy, not sick)
-WORKER_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # FlexLB's per-role "no available worker" codes (flexlb-original.md §1.2)
 NO_WORKER_CODE = {"PREFILL": 8402, "DECODE": 8403, "PDFUSION": 8404}
 _ROLE_ENUM = {Role.PREFILL: pb.RoleAddrPB.PREFILL, Role.DECODE: pb.RoleAddrPB.DECODE}
@@ -58,14 +60,15 @@ class Rejection(Exception):
         return wire.error_trailer(self.error_code, self.message) if self.error_code is not None else ()
 
 
-@dataclass(frozen=True)
-class _Held:
-    """A call waiting in the prefill queue: its plan, how to hand it on, whether its caller is still there."""
+@dataclass(eq=False)
+class _HeldWaiter:
+    """What the prefill queue holds a call with (its payload): how to hand the call on once released,
+    whether its caller is still there, and the plan (set once routed)."""
 
-    planned: Planned
     done: Callable[[Planned | Rejection], None]
     alive: Callable[[], bool]
     since_s: float
+    planned: Planned | None = None
 
 
 @dataclass
@@ -79,6 +82,14 @@ class _Prepared:
 
 
 _Waiting = tuple[_Prepared, Callable[["Planned | Rejection"], None], Callable[[], bool]]
+
+
+def _loop_call_later(delay_s: float, fn: Callable[[], None]) -> Cancellable:
+    return asyncio.get_running_loop().call_later(delay_s, fn)
+
+
+def _loop_defer(fn: Callable[[], None]) -> object:
+    return asyncio.get_running_loop().call_soon(fn)
 
 
 @dataclass
@@ -117,30 +128,25 @@ class Dispatcher:
     """Parses, routes and accounts calls; raises Rejection for anything the gateway answers itself."""
 
     def __init__(self, router: Router, metrics: Metrics, is_draining: Callable[[], bool],
-                 block_size_tokens: int = 64, batch: BatchConfig | None = None) -> None:
+                 block_size_tokens: int = 64, batch: BatchConfig | None = None, *,
+                 call_later: Callable[[float, Callable[[], None]], Cancellable] = _loop_call_later,
+                 defer: Callable[[Callable[[], None]], object] = _loop_defer) -> None:
+        """`call_later` and `defer` are the event loop's (a test passes its own fake timers)."""
         self.router = router
         self.metrics = metrics
         self._is_draining = is_draining
         # tokens per KV block for the prefix index (staticCacheBlockSize)
         self.block_size_tokens = block_size_tokens
         self._batcher: Batcher[_Waiting] | None = Batcher(batch) if batch is not None and batch.enabled else None
-        self.max_attempts = 3  # first try + failovers
         self.max_in_flight = 0  # admission cap for the whole gateway (0: none)
         self.max_new_tokens = 0  # generate_config.max_new_tokens cap (0: none)
         self.forwarder: MasterForwarder | None = None  # enableGrpcPrefillMaster on a replica
         self._tasks: set[asyncio.Task[None]] = set()
-        self.in_flight = 0
-        # prefillGenerateTimeoutMs: a first response message later than this fails over (None: no bound)
-        self.first_message_timeout_s: float | None = None
-        self.min_retry_budget_s = 0.05  # a failover needs at least this much of the client's deadline left
         self._window_timer: asyncio.TimerHandle | None = None
-        # calls routed into the prefill queue, waiting for their worker's free slot
-        self._held: dict[int, _Held] = {}
-        self._upkeep: asyncio.TimerHandle | None = None
-        # sweep of the prefill queue: dead callers, overdue calls, lost workers
-        self.upkeep_interval_s = UPKEEP_INTERVAL_S
-        router.on_release = self._released
-        router.on_evict = self._evicted
+        self._call_later = call_later
+        # the prefill queue's upkeep and the delivery of its events; a sweep also drops callers that left
+        self.holds = HoldDriver(router, call_later, defer, self._on_hold_event, self._drop_dead_held)
+        self._outlier_timer: Cancellable | None = None
 
     def is_draining(self) -> bool:
         """True once the gateway stopped taking new calls."""
@@ -151,20 +157,20 @@ class Dispatcher:
         self.metrics.rejected.labels(method, rejection.code.name, rejection.reason).inc()
 
     def _route(self, method: str, req: RouteRequest, pair: bool, master_choice: MasterChoice | None = None,
-               hold: bool = False) -> Lease:
+               hold: bool = False, payload: object = None) -> Lease:
         """Admission checks, then the router's choice (or the master's, reserved here too)."""
         if self._is_draining():
             raise Rejection(
                 grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; retry on another replica", "draining"
             )
-        if self.max_in_flight and self.in_flight >= self.max_in_flight:
+        if self.max_in_flight and self.router.cluster.ledger.calls >= self.max_in_flight:
             raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"gateway at its in-flight cap ({self.max_in_flight} calls); retry later", "overloaded")
         try:
             if master_choice is not None:
                 lease = self.router.route_to(req, master_choice.target, master_choice.decode)
             else:
-                lease = self.router.route(req, pair=pair, hold=hold)
+                lease = self.router.route(req, pair=pair, hold=hold, payload=payload)
         except NoWorkerAvailable as exc:
             if exc.saturated:
                 raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "worker_cap",
@@ -172,7 +178,6 @@ class Dispatcher:
             raise Rejection(
                 grpc.StatusCode.UNAVAILABLE, str(exc), "no_worker", NO_WORKER_CODE.get(exc.role, 8402)
             ) from None
-        self.in_flight += 1
         d = lease.decision
         self.metrics.decisions.labels(d.strategy, d.reason).inc()
         return lease
@@ -211,10 +216,14 @@ class Dispatcher:
                             f"({self.max_new_tokens})", "max_new_tokens")
 
     def _route_prepared(self, prepared: _Prepared, attempt: int = 1,
-                        master_choice: MasterChoice | None = None, hold: bool = False) -> Planned:
-        lease = self._route(GENERATE_STREAM, prepared.req, pair=True, master_choice=master_choice, hold=hold)
-        return Planned(lease, _addressed(prepared, lease), GENERATE_STREAM, prepared.started_s, prepared.req,
-                       prepared, attempt, master_choice)
+                        master_choice: MasterChoice | None = None, hold: _HeldWaiter | None = None) -> Planned:
+        lease = self._route(GENERATE_STREAM, prepared.req, pair=True, master_choice=master_choice,
+                            hold=hold is not None, payload=hold)
+        planned = Planned(lease, b"" if lease.held else _addressed(prepared, lease), GENERATE_STREAM,
+                          prepared.started_s, prepared.req, prepared, attempt, master_choice)
+        if hold is not None:
+            hold.planned = planned
+        return planned
 
     def plan_generate(self, body: bytes) -> Planned:
         """Route a GenerateStreamCall now; in PD mode the request gets role_addrs = [PREFILL, DECODE]."""
@@ -285,83 +294,84 @@ class Dispatcher:
 
     def _deliver(self, prepared: _Prepared, done: Callable[[Planned | Rejection], None],
                  alive: Callable[[], bool]) -> None:
-        """Route a call; hand it to `done` now, or once the prefill queue releases it."""
+        """Route a call; hand it to `done` now, or once a Released event names it."""
+        waiter = _HeldWaiter(done, alive, time.monotonic())
         try:
-            planned = self._route_prepared(prepared, hold=True)
+            planned = self._route_prepared(prepared, hold=waiter)
         except Rejection as rejection:
             done(rejection)
             return
         if not planned.lease.held:
             done(planned)
             return
-        seq = planned.lease.seq
-        self._held[seq] = _Held(planned, done, alive, time.monotonic())
         self.metrics.prefill_queue_held.inc()
-        self._arm()
+        self.holds.arm()
 
-    def _arm(self) -> None:
-        """Run the sweep one upkeep interval from now, unless it is already due."""
-        if self._upkeep is None:
-            self._upkeep = asyncio.get_running_loop().call_later(self.upkeep_interval_s, self._sweep)
-
-    def _unhold(self, lease: Lease) -> _Held | None:
-        entry = self._held.pop(lease.seq, None)
-        if entry is not None:
-            self.metrics.prefill_queue_held.dec()
-            if lease.held is False and not lease.evicted and entry.alive():
-                # counted only for calls that go to their worker now
-                self.metrics.prefill_queue_wait.observe(time.monotonic() - entry.since_s)
-        return entry
-
-    def _released(self, lease: Lease) -> None:
-        """The router gave a held call its worker's free slot: send it (or free the slot if the caller left)."""
-        entry = self._unhold(lease)
-        if entry is None:
+    def _on_hold_event(self, event: HoldEvent) -> None:
+        """Deliver one event of the prefill queue (from the event loop, after the router call returned)."""
+        waiter = event.payload
+        assert isinstance(waiter, _HeldWaiter) and waiter.planned is not None
+        self.metrics.prefill_queue_held.dec()
+        planned = waiter.planned
+        if isinstance(event, Evicted):
+            # its worker went away while it waited: give the reservation back and route it elsewhere
+            self.release(planned.lease)
+            prepared = planned.prepared
+            if waiter.alive() and prepared is not None:
+                gone = event.lease.decision.target.key
+                req = dataclasses.replace(prepared.req, exclude=prepared.req.exclude | {gone})
+                self._deliver(dataclasses.replace(prepared, req=req), waiter.done, waiter.alive)
             return
-        planned, done, alive = entry.planned, entry.done, entry.alive
-        if not alive():
+        assert isinstance(event, Released)
+        if not waiter.alive():
             self.finish(planned, "CANCELLED", 0)
             return
-        if lease.moved and planned.prepared is not None:
-            # an idle worker took it over from a busier one's queue: address the request to it
+        self.metrics.prefill_queue_wait.observe(time.monotonic() - waiter.since_s)
+        if event.lease.moved:
+            # an idle worker took it over from a busier one's queue
             self.metrics.prefill_queue_moved.inc()
-            planned = dataclasses.replace(planned, body=_addressed(planned.prepared, lease))
-        done(planned)
+        assert planned.prepared is not None
+        waiter.done(dataclasses.replace(planned, body=_addressed(planned.prepared, event.lease)))
 
-    def _evicted(self, lease: Lease) -> None:
-        """The held call's worker went away: give its reservation back and route it again elsewhere."""
-        entry = self._unhold(lease)
-        if entry is None:
-            return
-        planned, done, alive = entry.planned, entry.done, entry.alive
-        if lease.release():
-            self.in_flight -= 1
-        prepared = planned.prepared
-        if not alive() or prepared is None:
-            return
-        req = dataclasses.replace(prepared.req, exclude=prepared.req.exclude | {lease.decision.target.key})
-        self._deliver(dataclasses.replace(prepared, req=req), done, alive)
+    def _drop_dead_held(self) -> None:
+        """Upkeep: held calls whose caller left are taken out (they held no slot: nothing else moves)."""
+        for _, waiter in self.router.drop_held(lambda w: isinstance(w, _HeldWaiter) and not w.alive()):
+            self.metrics.prefill_queue_held.dec()
+            if isinstance(waiter, _HeldWaiter) and waiter.planned is not None:
+                self._account(waiter.planned, "CANCELLED", 0)
 
-    def _sweep(self) -> None:
-        """Periodic upkeep while calls are held: drop callers that left, let the router release what is due."""
-        self._upkeep = None
-        for entry in list(self._held.values()):
-            if not entry.alive() and self._unhold(entry.planned.lease) is not None:
-                self.finish(entry.planned, "CANCELLED", 0)
-        self.router.maintain()
-        if self._held:
-            self._arm()
+    def release(self, lease: Lease) -> None:
+        """Give a lease's load back (once) and deliver what that does to held calls (Schedule uses it too)."""
+        self.holds.after(self.router.release(lease))
+
+    def start_outlier_sweeps(self) -> None:
+        """Run the success-rate and failure-percentage detectors once per second (they wait for their
+        interval): the composition root calls this once the event loop runs."""
+        if self._outlier_timer is None:
+            self._outlier_timer = self._call_later(1.0, self._outlier_sweep)
+
+    def _outlier_sweep(self) -> None:
+        self._outlier_timer = self._call_later(1.0, self._outlier_sweep)
+        for ejection in self.router.evaluate_outliers():
+            self._ejected(ejection)
+
+    def _ejected(self, ejection: Ejection) -> None:
+        self.metrics.worker_ejected(ejection)
+        log.warning("worker %s (%s) ejected for %.1f s (%s, ejection %d): %s", ejection.worker, ejection.role,
+                    ejection.duration_s, ejection.reason, ejection.ejections, ejection.detail)
+        self.holds.after(self.router.evict_held(ejection.worker))
 
     def close(self) -> None:
         """Stop the timers (the gateway is stopping)."""
-        for timer in (self._upkeep, self._window_timer):
+        self.holds.close()
+        for timer in (self._window_timer, self._outlier_timer):
             if timer is not None:
                 timer.cancel()
-        self._upkeep = self._window_timer = None
+        self._window_timer = self._outlier_timer = None
 
     def held_calls(self) -> int:
         """Calls waiting in the prefill queue."""
-        return len(self._held)
+        return self.router.held_calls()
 
     def plan_batch(self, body: bytes) -> Planned:
         """Route a BatchGenerateCall to one worker (the engine generates each input locally)."""
@@ -388,38 +398,33 @@ class Dispatcher:
         lease = self._route(BATCH_GENERATE, req, pair=False)
         return Planned(lease, body, BATCH_GENERATE, started_s, req)
 
-    def retry(self, planned: Planned, code: grpc.StatusCode, deadline_s: float | None) -> Planned | None:
-        """The attempt failed before any response message: end it, blame the worker, route again elsewhere.
-
-        Returns the next attempt, or None when attempts, time or workers are used up (the caller
-        then gives the client the last failure). `deadline_s` is the call's monotonic deadline.
-        """
+    def reroute(self, planned: Planned, code_name: str, kind: FailureKind) -> Planned | None:
+        """The attempt failed before any response message: end it (its worker judged by `kind`) and route
+        the call again without that worker; None when no other worker can take it."""
         target = planned.lease.decision.target
-        # blame first: if that ejects the worker, the slot this attempt frees is not refilled there
-        ejected = code in WORKER_FAULTS and self.router.worker_failed(target)
-        self.finish(planned, code.name, 0)
-        if ejected:
-            self.router.evict_held(target.key)
-        if planned.req is None or planned.attempt >= self.max_attempts:
-            return None
-        if deadline_s is not None and deadline_s - time.monotonic() < self.min_retry_budget_s:
+        self.finish(planned, code_name, 0, kind)
+        if planned.req is None:
             return None
         req = dataclasses.replace(planned.req, exclude=planned.req.exclude | {target.key})
-        self.metrics.failovers.labels(planned.method, code.name).inc()
         try:
             if planned.prepared is not None:
                 prepared = dataclasses.replace(planned.prepared, req=req)
-                return self._route_prepared(prepared, planned.attempt + 1)
-            lease = self._route(planned.method, req, pair=False)
+                nxt = self._route_prepared(prepared, planned.attempt + 1)
+            else:
+                lease = self._route(planned.method, req, pair=False)
+                nxt = Planned(lease, planned.body, planned.method, planned.started_s, req, None, planned.attempt + 1)
         except Rejection:
             return None
-        return Planned(lease, planned.body, planned.method, planned.started_s, req, None, planned.attempt + 1)
+        self.metrics.failovers.labels(planned.method, code_name).inc()
+        log.info("failover of %s call %d: %s from %s (%s), attempt %d on %s", planned.method,
+                 req.request_id, code_name, target.key, kind.value, nxt.attempt, nxt.lease.decision.target.key)
+        return nxt
 
     def first_message(self, planned: Planned, message: bytes | None) -> None:
         """The first response message arrived: record TTFT and feed the balancer what the worker said."""
         ttft_s = time.monotonic() - planned.started_s
         decision = planned.lease.decision
-        self.router.worker_succeeded(decision.target)
+        self.router.outliers.success(decision.target)
         self.metrics.ttft.labels(decision.target.key).observe(ttft_s)
         if decision.estimate_ms is not None:
             self.metrics.ttft_estimate_error.observe(abs(decision.estimate_ms / 1000.0 - ttft_s))
@@ -436,18 +441,29 @@ class Dispatcher:
                 engine_ms = aux.first_token_cost_time_us / 1000.0
                 cached = aux.total_reuse_len
                 uncached = max(aux.input_len - cached, 0)
-        planned.lease.first_token(ttft_s * 1000.0, prefill_ms, uncached, cached, engine_ms)
+        self.holds.after(self.router.first_token(planned.lease, ttft_s * 1000.0, prefill_ms, uncached, cached,
+                                                 engine_ms))
 
-    def finish(self, planned: Planned, code_name: str, messages: int) -> None:
-        """Release the call's load exactly once and count how it ended."""
+    def finish(self, planned: Planned, code_name: str, messages: int, kind: FailureKind | None = None,
+               mid_stream: bool = False) -> None:
+        """End the attempt exactly once: judge its worker by `kind` (None: not judged), then give its load back
+        and count how it ended. `mid_stream`: its first message was already counted as the worker's success."""
         lease = planned.lease
-        if not lease.release():
+        if lease.released:
             return
-        self.in_flight -= 1
+        # judged before the release: if that ejects the worker, the slot this frees is not refilled there
+        if kind is not None:
+            ejection = self.router.attempt_ended(lease, kind, mid_stream)
+            if ejection is not None:
+                self._ejected(ejection)
+        self.release(lease)
         if planned.master_choice is not None and self.forwarder is not None:
             self.forwarder.release(planned.master_choice)
-        t = lease.decision.target
-        self.metrics.requests.labels(planned.method, t.key, t.role.name, lease.decision.strategy, code_name).inc()
+        self._account(planned, code_name, messages)
+
+    def _account(self, planned: Planned, code_name: str, messages: int) -> None:
+        d = planned.lease.decision
+        self.metrics.requests.labels(planned.method, d.target.key, d.target.role.name, d.strategy, code_name).inc()
         self.metrics.latency.labels(planned.method).observe(time.monotonic() - planned.started_s)
         if messages:
             self.metrics.relayed_messages.labels(planned.method).inc(messages)

@@ -43,9 +43,12 @@ class _Reservation:
 class Scheduler:
     """Serves /FlexlbService/Schedule, Cancel and GetRequestState."""
 
-    def __init__(self, router: Router, metrics: Metrics, master_host: Callable[[], str] = lambda: "",
+    def __init__(self, router: Router, metrics: Metrics, release: Callable[[Lease], None],
+                 master_host: Callable[[], str] = lambda: "",
                  block_size_tokens: Callable[[], int] = lambda: 64, reservation_ttl_s: float = 600.0) -> None:
+        """`release` gives a reservation's load back and delivers what that frees (Dispatcher.release)."""
         self.router = router
+        self._release = release
         self.metrics = metrics
         self._master_host = master_host
         self._block_size_tokens = block_size_tokens
@@ -114,7 +117,7 @@ class Scheduler:
         if isinstance(route, fpb.FlexlbScheduleResponsePB):
             return route
         try:
-            lease = self.router.route(route)
+            lease = self.router.route(route, kind="reservation")
         except NoWorkerAvailable as exc:
             return self._fail(_NO_WORKER_CODE.get(exc.role, 8402), str(exc))
         d = lease.decision
@@ -126,7 +129,7 @@ class Scheduler:
             self._reservations[lease.seq] = _Reservation(lease, req.request_id, expires)
             lifecycle.state = fpb.REQUEST_STATE_DISPATCHING
         else:
-            lease.release()  # decision only: the caller talks to the worker itself
+            self._release(lease)  # decision only: the caller talks to the worker itself
             lifecycle.state = fpb.REQUEST_STATE_COMPLETED
         chosen = [d.target] if d.decode is None else [d.target, d.decode]
         return fpb.FlexlbScheduleResponsePB(
@@ -141,7 +144,7 @@ class Scheduler:
             if r.expires_s > now:
                 break
             del self._reservations[seq]
-            r.lease.release()
+            self._release(r.lease)
 
     def _find(self, request_id: int, batch_id: int) -> tuple[int, _Reservation] | None:
         if batch_id and batch_id in self._reservations:
@@ -162,7 +165,7 @@ class Scheduler:
             return fpb.FlexlbCancelResponsePB(found=False)
         seq, r = found
         del self._reservations[seq]
-        r.lease.release()
+        self._release(r.lease)
         return fpb.FlexlbCancelResponsePB(found=True, lifecycle=fpb.RequestLifecyclePB(
             request_id=r.request_id, batch_id=seq, state=fpb.REQUEST_STATE_CANCELLED))
 

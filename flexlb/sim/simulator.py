@@ -2,8 +2,8 @@
 
 The workers use the mock worker's engine model (flexlb/sim/engine.py: FIFO prefill of
 a + b·uncached tokens with an LRU prefix cache, cached prefix taken when the prefill starts);
-routing runs the SAME balancer core as the live gateway (Router, strategies, prefix index,
-TTFT model), fed the same feedback (first token, end of call).
+routing runs the SAME balancer core as the live gateway (build_router: Router, strategies, prefix
+index, TTFT model; HoldDriver for the prefill queue), fed the same feedback (first token, end of call).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import random
 import statistics
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +24,15 @@ from typing import Any
 import numpy as np
 
 from flexlb.balancer.batcher import BatchConfig, Batcher, dispatch_order
-from flexlb.balancer.prefill_queue import UPKEEP_INTERVAL_S, PrefillQueueConfig
+from flexlb.balancer.events import HoldEvent, Released
+from flexlb.balancer.factory import build_router
+from flexlb.balancer.hold_driver import HoldDriver
+from flexlb.balancer.prefill_queue import PrefillQueueConfig
 from flexlb.balancer.prefix import block_keys
-from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
+from flexlb.balancer.prefix_index import PrefixIndexConfig
 from flexlb.balancer.request import Deploy, RouteRequest
-from flexlb.balancer.router import Lease, Router
-from flexlb.balancer.strategies import make_strategy
-from flexlb.balancer.ttft import TtftModel, TtftPriors
-from flexlb.balancer.workers import Cluster, Role, WorkerAddr
+from flexlb.balancer.ttft import TtftPriors
+from flexlb.balancer.workers import Cluster, Lease, Role, WorkerAddr
 from flexlb.sim.engine import EngineParams, PrefillPlan, PrefixCache, plan_prefill_keys
 
 TRACE_BLOCK_TOKENS = 512  # a Mooncake hash id stands for 512 prompt tokens
@@ -142,11 +143,30 @@ class _Job:
     tokens: int
     keys: tuple[int, ...]
     output_tokens: int
-    lease: Lease
-    worker: str
-    decode: str | None
+    # set once routed (the job is the held call's payload, so it exists before its lease)
+    routed: Lease | None = None
+    worker: str = ""
+    decode: str | None = None
     plan: PrefillPlan | None = None
     first_token_s: float = 0.0
+
+    @property
+    def lease(self) -> Lease:
+        """The load routing reserved for it."""
+        assert self.routed is not None, "the job was not routed"
+        return self.routed
+
+
+@dataclass
+class _Timer:
+    """A HoldDriver timer on the virtual clock: an entry of the event heap that can be cancelled."""
+
+    fn: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """Skip it when its time comes."""
+        self.cancelled = True
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -169,17 +189,16 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
         addrs = [WorkerAddr("10.0.0.1", 1000 + i, 999 + i, Role.PDFUSION) for i in range(cfg.workers)]
     now = [0.0]
     cluster = Cluster(addrs)
-    router = Router(
+    router = build_router(
         cluster,
         Deploy.DISAGGREGATED if pd else Deploy.PD_FUSION,
-        make_strategy(cfg.strategy),
-        make_strategy(cfg.decode_strategy),
+        cfg.strategy,
+        cfg.decode_strategy,
         rng=rng,
         clock=lambda: now[0],
-        ttft=TtftModel(TtftPriors(base_ms=params.prefill_base_ms,
-                                  ms_per_uncached_token=params.prefill_ms_per_uncached_token,
-                                  ms_per_cached_token=params.prefill_ms_per_cached_token)),
-        index=PrefixIndex(PrefixIndexConfig(cfg.index_capacity_blocks, cfg.index_ttl_s)),
+        ttft=TtftPriors(base_ms=params.prefill_base_ms, ms_per_uncached_token=params.prefill_ms_per_uncached_token,
+                        ms_per_cached_token=params.prefill_ms_per_cached_token),
+        index=PrefixIndexConfig(cfg.index_capacity_blocks, cfg.index_ttl_s),
         queue=cfg.queue,
     )
     prefill_role = Role.PREFILL if pd else Role.PDFUSION
@@ -222,34 +241,38 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
     batcher: Batcher[tuple[np.ndarray, float, float]] | None = Batcher(cfg.batch) if cfg.batch.enabled else None
     window_seq = [0]
 
-    held: dict[int, _Job] = {}  # lease seq → job waiting in the gateway's prefill queue
-    upkeep = [False]  # an upkeep event is pending (the gateway sweeps its queue while calls are held)
+    def call_later(delay_s: float, fn: Callable[[], None]) -> _Timer:
+        timer = _Timer(fn)
+        push(now[0] + delay_s, "timer", timer)
+        return timer
 
-    def released(lease: Lease) -> None:
-        job = held.pop(lease.seq)
-        job.worker = lease.decision.target.key  # an idle worker may have taken it over
+    def deliver(event: HoldEvent) -> None:
+        # workers never leave the simulation, so nothing is evicted: every event lets a held job go
+        assert isinstance(event, Released)
+        job = event.payload
+        assert isinstance(job, _Job)
+        job.worker = event.lease.decision.target.key  # an idle worker may have taken it over
         workers[job.worker].queue.append(job)
         start_next(workers[job.worker])
 
-    router.on_release = released
+    # the jobs held in the gateway's prefill queue are its payloads; the upkeep runs on the virtual clock
+    driver = HoldDriver(router, call_later, lambda fn: fn(), deliver)
 
     def dispatch(req: RouteRequest, prompt: np.ndarray, arrival_s: float, keying_us: float) -> None:
-        t0 = time.perf_counter()
-        lease = router.route(req, hold=True)
-        decision_us.append(keying_us + (time.perf_counter() - t0) * 1e6)
-        target = lease.decision.target.key
+        r = trace[req.request_id]
         worker_keys = req.block_keys if params.block_size_tokens == cfg.router_block_tokens else tuple(
             block_keys(prompt, params.block_size_tokens))
-        decode_key = lease.decision.decode.key if lease.decision.decode else None
-        r = trace[req.request_id]
-        job = _Job(req.request_id, arrival_s, len(prompt), worker_keys, max(r.output_length, 1), lease, target,
-                   decode_key)
+        job = _Job(req.request_id, arrival_s, len(prompt), worker_keys, max(r.output_length, 1))
+        t0 = time.perf_counter()
+        lease = router.route(req, hold=True, payload=job)
+        decision_us.append(keying_us + (time.perf_counter() - t0) * 1e6)
+        target = lease.decision.target.key
+        job.routed = lease
+        job.worker = target
+        job.decode = lease.decision.decode.key if lease.decision.decode else None
         share[target] += 1
         if lease.held:
-            held[lease.seq] = job
-            if not upkeep[0]:
-                upkeep[0] = True
-                push(now[0] + UPKEEP_INTERVAL_S, "upkeep", None)
+            driver.arm()
             return
         workers[target].queue.append(job)
         start_next(workers[target])
@@ -281,11 +304,9 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
                     deadline = batcher.deadline_s()
                     assert deadline is not None
                     push(deadline, "flush", window_seq[0])
-        elif kind == "upkeep":
-            router.maintain()  # prefillQueueMaxHoldMs, as the gateway's sweep
-            upkeep[0] = bool(held)
-            if held:
-                push(t + UPKEEP_INTERVAL_S, "upkeep", None)
+        elif kind == "timer":
+            if not payload.cancelled:
+                payload.fn()  # the driver's upkeep: prefillQueueMaxHoldMs and take-overs, as the gateway's
         elif kind == "flush":
             if batcher is not None and payload == window_seq[0] and len(batcher):
                 dispatch_batch(batcher.take())
@@ -304,7 +325,8 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
                 est_err_ms.append(abs(job.lease.decision.estimate_ms - observed))
             hit_tokens += plan.cached_tokens
             prompt_tokens += job.tokens
-            job.lease.first_token(observed, plan.duration_ms, plan.uncached_tokens, plan.cached_tokens)
+            driver.after(router.first_token(job.lease, observed, plan.duration_ms, plan.uncached_tokens,
+                                            plan.cached_tokens))
             # decode: a step per remaining output token, slower as the decoding batch grows
             decoder = decoders[job.decode] if job.decode else w
             decoder.decoding += 1
@@ -317,8 +339,9 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
             decoder = decoders[job.decode] if job.decode else workers[job.worker]
             decoder.decoding -= 1
             e2e_ms.append((t - job.arrival_s) * 1000.0)
-            job.lease.release()
+            driver.after(router.release(job.lease))
 
+    driver.close()
     span_s = max(now[0], 1e-9)
     prefill_work_ms = sum(w.prefill_ms_total for w in workers.values())
     total = max(len(ttft_ms), 1)

@@ -1,12 +1,11 @@
-"""Decode choice by KV footprint: weighted random, exp(-k * (used - least used))."""
+"""Decode choice by KV footprint: the scorer behind WEIGHTED_CACHE (weighted random, exp(-k x extra KV))."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-from flexlb.balancer.request import Pick, RouteRequest
-from flexlb.balancer.strategies.base import PickContext
+from flexlb.balancer.request import RouteRequest
+from flexlb.balancer.strategies.base import PickContext, Scored, Scorer
 from flexlb.balancer.workers import WorkerState
 
 
@@ -17,22 +16,11 @@ def kv_used_tokens(w: WorkerState) -> int:
     return max(reported, w.active_tokens)
 
 
-class WeightedCache:
-    """Weighted random over decode workers; the least used KV weighs 1, each token more weighs less.
+class KvUsedScorer(Scorer):
+    """Cost: KV tokens in use on the worker."""
 
-    Random rather than argmin so that several gateway replicas seeing the same state do not
-    all send the next request to the same decode worker.
-    """
+    name = "kv_used"
 
-    name = "WEIGHTED_CACHE"
-    holds = False
-
-    def __init__(self, decay_per_token: float = 0.001) -> None:
-        self.decay_per_token = decay_per_token
-
-    def pick(self, candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Pick:
-        """Sample a worker with weight exp(-k * (KV tokens in use - minimum))."""
-        used = [kv_used_tokens(w) for w in candidates]
-        least = min(used)
-        weights = [math.exp(-self.decay_per_token * (u - least)) for u in used]
-        return Pick(ctx.rng.choices(candidates, weights=weights)[0], "kv_weighted")
+    def score(self, candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Scored:
+        """KV tokens in use per candidate."""
+        return Scored(candidates, [float(kv_used_tokens(w)) for w in candidates])

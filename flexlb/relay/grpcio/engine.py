@@ -2,53 +2,75 @@
 
 Requests are parsed once (for routing) and forwarded as the client's bytes unless PD needs
 role_addrs written; responses are relayed as bytes, never re-encoded; metadata, status,
-details and trailers (grpc-status-details-bin included) come back verbatim.
+details and trailers (grpc-status-details-bin included) come back verbatim. What happens to a
+call (which worker, failover, timeouts, its finish) is its `CallLife`'s; this moves bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 
 from flexlb import wire
 from flexlb.balancer.router import Router
-from flexlb.call.dispatch import (
-    BATCH_GENERATE,
-    FAILOVER_CODES,
-    GENERATE_STREAM,
-    HOP_HEADERS,
-    Dispatcher,
-    Planned,
-    Rejection,
-)
+from flexlb.call.dispatch import BATCH_GENERATE, GENERATE_STREAM, Dispatcher, Planned
+from flexlb.call.failures_wire import engine_code_from_trailers
+from flexlb.call.lifecycle import CallLife, CallPolicy, Metadata
+from flexlb.call.metadata import forwarded_metadata
 from flexlb.pb import model_rpc_service_pb2 as pb
 from flexlb.relay.grpcio.pool import UpstreamPool
 
-Metadata = tuple[tuple[str, str | bytes], ...]
+
+@dataclass(frozen=True)
+class _Attempt:
+    planned: Planned
+    metadata: Metadata
+    timeout_s: float | None
+    generation: int
 
 
-def forwardable_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
-    """Client metadata minus pseudo-headers, hop headers and grpc-* (the deadline travels as a timeout)."""
-    if not metadata:
-        return ()
-    return tuple(
-        (k, v) for k, v in metadata if not k.startswith(":") and not k.startswith("grpc-") and k not in HOP_HEADERS
-    )
+@dataclass(frozen=True)
+class _Answer:
+    code: grpc.StatusCode
+    message: str
+    trailer: tuple[tuple[str, bytes], ...]
 
 
-async def abort_with(context: grpc.aio.ServicerContext, rejection: Rejection) -> None:
-    """End the call with the rejection's status (and ErrorDetailsPB trailer)."""
-    await context.abort(rejection.code, rejection.message, trailing_metadata=rejection.trailer())
+class _Port:
+    """The lifecycle's port for one grpc.aio call: what it asks is queued for the handler coroutine to run."""
+
+    def __init__(self) -> None:
+        self.steps: asyncio.Queue[_Attempt | _Answer] = asyncio.Queue()
+        self.generation = 0  # bumped by stop_attempt: a read that fails after it belongs to an abandoned attempt
+        self.current: grpc.aio.Call | None = None
+        self.messages = 0
+
+    def start_attempt(self, planned: Planned, metadata: Metadata, timeout_s: float | None) -> None:
+        self.steps.put_nowait(_Attempt(planned, metadata, timeout_s, self.generation))
+
+    def stop_attempt(self) -> None:
+        self.generation += 1
+        if self.current is not None and not self.current.done():
+            self.current.cancel()
+
+    def answer(self, code: grpc.StatusCode, message: str, trailer: tuple[tuple[str, bytes], ...]) -> None:
+        self.steps.put_nowait(_Answer(code, message, trailer))
+
+
+async def _abort_relayed(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError) -> None:
+    """The worker's status, details and trailers, verbatim (a tuple: grpc.aio.Metadata turns into UNKNOWN)."""
+    await context.abort(exc.code(), exc.details() or "", trailing_metadata=tuple(exc.trailing_metadata() or ()))
 
 
 class RpcRelay:
     """Serves GenerateStreamCall and BatchGenerateCall (relayed) and CheckHealth (answered here)."""
 
-    def __init__(self, dispatcher: Dispatcher, router: Router, pool: UpstreamPool) -> None:
+    def __init__(self, dispatcher: Dispatcher, policy: CallPolicy, router: Router, pool: UpstreamPool) -> None:
         self.dispatcher = dispatcher
+        self.policy = policy
         self.router = router
         self.pool = pool
 
@@ -67,137 +89,108 @@ class RpcRelay:
             methods[BATCH_GENERATE] = grpc.unary_unary_rpc_method_handler(self.batch_generate_call)
         return grpc.method_handlers_generic_handler(wire.RPC_SERVICE, methods)
 
-    async def _plan(self, context: grpc.aio.ServicerContext, method: str, request: bytes) -> Planned:
-        result: Planned | Rejection
-        if method == GENERATE_STREAM:
-            future: asyncio.Future[Planned | Rejection] = asyncio.get_running_loop().create_future()
-
-            def done(outcome: Planned | Rejection) -> None:
-                if not future.done():
-                    future.set_result(outcome)
-
-            # a cancelled handler cancels the future: the batching window then skips the call
-            self.dispatcher.submit_generate(request, done, alive=lambda: not future.cancelled(),
-                                            client=context.peer())
-            result = await future
-        else:
-            try:
-                result = self.dispatcher.plan_batch(request)
-            except Rejection as rejection:
-                result = rejection
-        if isinstance(result, Rejection):
-            self.dispatcher.reject(method, result)
-            await abort_with(context, result)
-            raise result  # unreachable: abort raises
-        return result
-
     async def generate_stream_call(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
-        """Route, forward the request bytes and relay the worker's stream message by message.
-
-        A failure before the first response message fails over to another worker (bounded by the
-        dispatcher); after it, the worker's status goes to the client unchanged.
-        """
-        planned = await self._plan(context, GENERATE_STREAM, request)
-        remaining = context.time_remaining()
-        deadline_s = None if remaining is None else time.monotonic() + remaining
-        while True:
-            outcome = await self._attempt(planned, context, deadline_s)
-            if isinstance(outcome, Planned):
-                planned = outcome  # failed over: try the next worker
-                continue
-            return
-
-    async def _attempt(self, planned: Planned, context: grpc.aio.ServicerContext,
-                       deadline_s: float | None) -> Planned | None:
-        """One upstream call; returns the next attempt when it failed over, else None."""
-        code = grpc.StatusCode.UNKNOWN
-        timeout = None if deadline_s is None else max(deadline_s - time.monotonic(), 0.001)
-        call = self.pool.generate_stream(planned.lease.decision.target.addr)(
-            planned.body, timeout=timeout, metadata=forwardable_metadata(context.invocation_metadata())
-        )
-        messages = 0
-        retry_with: Planned | None = None
-        try:
-            first_timeout = self.dispatcher.first_message_timeout_s
-            try:
-                message = await asyncio.wait_for(call.read(), first_timeout) if first_timeout else await call.read()
-            except TimeoutError:
-                call.cancel()
-                code = grpc.StatusCode.DEADLINE_EXCEEDED
-                retry_with = self.dispatcher.retry(planned, code, deadline_s)
-                if retry_with is not None:
-                    return retry_with
-                await context.abort(code, "no first token within prefillGenerateTimeoutMs")
-            # headers only now: a failed-over attempt must not have shown the client its metadata
-            await context.send_initial_metadata(tuple(await call.initial_metadata()))
-            while message is not grpc.aio.EOF:
-                if messages == 0:
-                    self.dispatcher.first_message(planned, message)
-                messages += 1
-                await context.write(message)
-                message = await call.read()
-            code = await call.code()
-            if code != grpc.StatusCode.OK:  # read() reports some failures as EOF: the status is final
-                await context.abort(code, await call.details() or "",
-                                    trailing_metadata=tuple(await call.trailing_metadata() or ()))
-            context.set_trailing_metadata(tuple(await call.trailing_metadata()))
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if messages == 0 and code in FAILOVER_CODES and not context.cancelled():
-                retry_with = self.dispatcher.retry(planned, code, deadline_s)
-                if retry_with is not None:
-                    return retry_with
-            await self._abort_relayed(context, exc)
-        except BaseException:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            if not call.done():
-                call.cancel()
-            if retry_with is None:
-                self.dispatcher.finish(planned, code.name, messages)
-        return None
-
-    @staticmethod
-    async def _abort_relayed(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError) -> None:
-        """The worker's status, details and trailers, verbatim (a tuple: grpc.aio.Metadata turns into UNKNOWN)."""
-        await context.abort(exc.code(), exc.details() or "", trailing_metadata=tuple(exc.trailing_metadata() or ()))
+        """Relay the worker's stream message by message; attempts are the lifecycle's to start and stop."""
+        await self._run(GENERATE_STREAM, request, context)
 
     async def batch_generate_call(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """Route the whole batch to one worker (local generation, no PD hand-off) and relay the reply."""
-        planned = await self._plan(context, BATCH_GENERATE, request)
+        """Relay the one reply of the worker the whole batch was routed to."""
+        reply = await self._run(BATCH_GENERATE, request, context)
+        assert reply is not None
+        return reply
+
+    async def _run(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes | None:
+        port = _Port()
         remaining = context.time_remaining()
         deadline_s = None if remaining is None else time.monotonic() + remaining
-        while True:
-            code = grpc.StatusCode.UNKNOWN
-            timeout = None if deadline_s is None else max(deadline_s - time.monotonic(), 0.001)
-            call = self.pool.batch_generate(planned.lease.decision.target.addr)(
-                planned.body, timeout=timeout, metadata=forwardable_metadata(context.invocation_metadata())
-            )
-            retry_with: Planned | None = None
-            try:
-                reply: bytes = await call
-                code = grpc.StatusCode.OK
-                self.dispatcher.router.worker_succeeded(planned.lease.decision.target)
+        # grpc C-core ends the handler at the client's deadline itself
+        life = CallLife(self.dispatcher, self.policy, port, asyncio.get_running_loop(), method,
+                        forwarded_metadata(context.invocation_metadata() or ()), deadline_s, context.peer(),
+                        enforce_deadline=False)
+        try:
+            life.request(request)
+            while True:
+                step = await port.steps.get()
+                if isinstance(step, _Answer):
+                    await context.abort(step.code, step.message, trailing_metadata=step.trailer)
+                if not isinstance(step, _Attempt) or step.generation != port.generation:
+                    continue  # an attempt the lifecycle stopped before it began
+                run = self._stream_attempt if method == GENERATE_STREAM else self._unary_attempt
+                done, reply = await run(step, port, life, context)
+                if done:
+                    return reply
+        finally:
+            if not life.finished:
+                # the handler was cancelled, or writing to the client failed (it left): the call is over
+                life.cancelled(port.messages)
+            port.stop_attempt()
+
+    async def _failed(self, exc: grpc.aio.AioRpcError, step: _Attempt, port: _Port, life: CallLife,
+                      context: grpc.aio.ServicerContext) -> None:
+        """An attempt failed with the worker's status: fail over (return), or relay it verbatim (raises)."""
+        engine_code = engine_code_from_trailers(exc.trailing_metadata() or ())
+        if step.generation != port.generation:
+            return  # the lifecycle stopped it (first-message timeout): its next step is queued
+        if port.messages == 0 and life.attempt_failed(exc.code().name, engine_code):
+            return
+        life.ended(exc.code().name, port.messages, engine_code)
+        await _abort_relayed(context, exc)
+
+    async def _stream_attempt(self, step: _Attempt, port: _Port, life: CallLife,
+                              context: grpc.aio.ServicerContext) -> tuple[bool, bytes | None]:
+        call = self.pool.generate_stream(step.planned.lease.decision.target.addr)(
+            step.planned.body, timeout=step.timeout_s, metadata=tuple(step.metadata))
+        port.current = call
+        try:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                code = await call.code()  # read() reports some failures as EOF: the status is final
+                if code != grpc.StatusCode.OK:
+                    raise grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(),
+                                               await call.details())
+            else:
+                life.first_message(message)
+                # headers only now: a failed-over attempt must not have shown the client its metadata
                 await context.send_initial_metadata(tuple(await call.initial_metadata()))
-                context.set_trailing_metadata(tuple(await call.trailing_metadata()))
-                return reply
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                if code in FAILOVER_CODES and not context.cancelled():
-                    retry_with = self.dispatcher.retry(planned, code, deadline_s)
-                if retry_with is None:
-                    await self._abort_relayed(context, exc)
-                    raise
-            except BaseException:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                if not call.done():
-                    call.cancel()
-                if retry_with is None:
-                    self.dispatcher.finish(planned, code.name, 1 if code == grpc.StatusCode.OK else 0)
-            planned = retry_with
+                while message is not grpc.aio.EOF:
+                    port.messages += 1
+                    await context.write(message)
+                    message = await call.read()
+                code = await call.code()
+                if code != grpc.StatusCode.OK:
+                    raise grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(),
+                                               await call.details())
+            context.set_trailing_metadata(tuple(await call.trailing_metadata()))
+            life.ended(grpc.StatusCode.OK.name, port.messages)
+            return True, None
+        except grpc.aio.AioRpcError as exc:
+            await self._failed(exc, step, port, life, context)
+            return False, None
+        except asyncio.CancelledError:
+            if step.generation != port.generation and not _cancelling():
+                return False, None  # our own cancel of an abandoned attempt, not the handler's
+            raise
+
+    async def _unary_attempt(self, step: _Attempt, port: _Port, life: CallLife,
+                             context: grpc.aio.ServicerContext) -> tuple[bool, bytes | None]:
+        call = self.pool.batch_generate(step.planned.lease.decision.target.addr)(
+            step.planned.body, timeout=step.timeout_s, metadata=tuple(step.metadata))
+        port.current = call
+        try:
+            reply: bytes = await call
+        except grpc.aio.AioRpcError as exc:
+            await self._failed(exc, step, port, life, context)
+            return False, None
+        except asyncio.CancelledError:
+            if step.generation != port.generation and not _cancelling():
+                return False, None
+            raise
+        life.first_message(None)
+        port.messages = 1
+        await context.send_initial_metadata(tuple(await call.initial_metadata()))
+        context.set_trailing_metadata(tuple(await call.trailing_metadata()))
+        life.ended(grpc.StatusCode.OK.name, 1)
+        return True, reply
 
     async def check_health(self, request: pb.EmptyPB, context: grpc.aio.ServicerContext) -> pb.CheckHealthResponsePB:
         """OK while the gateway can route (not draining, every needed role has a worker in rotation)."""
@@ -206,3 +199,9 @@ class RpcRelay:
         if not self.router.can_route():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no worker in rotation for a needed role")
         return pb.CheckHealthResponsePB(health="OK")
+
+
+def _cancelling() -> bool:
+    """Whether the running task itself is being cancelled (the client left), not only a call it awaited."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -27,7 +27,10 @@ import grpc
 
 from flexlb import wire
 from flexlb.balancer.workers import WorkerAddr
-from flexlb.call.dispatch import BATCH_GENERATE, FAILOVER_CODES, GENERATE_STREAM, Dispatcher, Planned, Rejection
+from flexlb.call.dispatch import BATCH_GENERATE, GENERATE_STREAM, Dispatcher, Planned, Rejection
+from flexlb.call.failures_wire import engine_code_from_trailers
+from flexlb.call.lifecycle import CallLife, CallPolicy, Metadata
+from flexlb.call.metadata import forwarded_metadata
 from flexlb.config import EdgeLimits
 from flexlb.metrics import Metrics
 from flexlb.ratelog import RateLimitedLog
@@ -96,12 +99,12 @@ _NO_REQUEST = Rejection(grpc.StatusCode.INTERNAL, "Half-closed without a request
 
 
 class Call:
-    """One client stream relayed to one upstream stream."""
+    """The HTTP/2 side of one client stream: its bytes and streams. A routed call's decisions are its `life`'s;
+    this is the `CallPort` the lifecycle drives (start an attempt, stop it, answer the client)."""
 
-    __slots__ = ("body", "body_end", "buffered", "deadline_at", "deadline_timer", "declared_bytes", "down",
-                 "down_conn", "ended", "first", "first_timer", "messages", "method", "msg_left", "path",
-                 "pending_initial", "planned", "prefix", "request_head", "request_headers", "response_started",
-                 "up", "up_conn")
+    __slots__ = ("attempt", "body", "body_end", "buffered", "closed", "declared_bytes", "down", "down_conn", "first",
+                 "life", "messages", "method", "msg_left", "path", "pending_initial", "prefix", "request_head",
+                 "request_headers", "requested", "response_started", "up", "up_conn")
 
     def __init__(self, down_conn: DownstreamConnection, down: Stream, path: str, method: str | None,
                  request_headers: Headers) -> None:
@@ -110,43 +113,39 @@ class Call:
         self.path = path
         self.method = method  # None: passed through to the gateway's own grpc server
         self.request_headers = request_headers
+        self.life: CallLife | None = None  # routed calls only
         self.body = bytearray()  # request bytes not yet sent upstream
         self.body_end = False  # the client half-closed before the upstream stream existed
         self.buffered = 0  # received request bytes this call holds (counted against the buffer limits)
         self.declared_bytes: int | None = None  # framed size of the request message, from its prefix
         self.request_head = b""  # a passed-through request's first bytes, until its prefix is known
+        self.requested = False  # the whole request went to the lifecycle
         self.up: Stream | None = None
         self.up_conn: UpstreamConnection | None = None
-        self.planned: Planned | None = None
+        self.attempt = 0  # numbers attempts, so that a late connect of an abandoned one is ignored
         self.response_started = False
         self.messages = 0
         self.msg_left = 0  # bytes left of the response message being relayed
         self.prefix = b""  # a gRPC message prefix split across DATA frames
         self.first: bytearray | None = None  # the first response message while it arrives
-        self.deadline_at: float | None = None
-        self.deadline_timer: asyncio.TimerHandle | None = None
-        self.ended = False
+        self.closed = False
         self.pending_initial: Headers | None = None  # worker headers held until its first message
-        self.first_timer: asyncio.TimerHandle | None = None  # prefillGenerateTimeoutMs of this attempt
+
+    @property
+    def ended(self) -> bool:
+        """Whether nothing more happens on this call."""
+        return self.closed
 
     def start_response(self) -> None:
         """Something goes to the client now: release held headers first; no failover after this."""
-        if self.first_timer is not None:
-            self.first_timer.cancel()
-            self.first_timer = None
         if self.pending_initial is not None:
             headers, self.pending_initial = self.pending_initial, None
             self.down_conn.send_headers(self.down, headers, False)
         self.response_started = True
 
-    def reset_attempt(self) -> None:
-        """Forget the failed attempt's upstream state before the next one."""
-        if self.first_timer is not None:
-            self.first_timer.cancel()
-            self.first_timer = None
+    def _forget_attempt(self) -> None:
         self.up = None
         self.up_conn = None
-        self.planned = None
         self.pending_initial = None
         self.messages = 0
         self.msg_left = 0
@@ -160,6 +159,62 @@ class Call:
         if down.pending or up is None:
             return down.last_active_s
         return max(down.last_active_s, up.last_active_s)
+
+    # ---------------------------------------------------------------- the CallPort
+
+    def start_attempt(self, planned: Planned, metadata: Metadata, timeout_s: float | None) -> None:
+        """Open a stream to the planned worker with the request (role_addrs written for PD)."""
+        if self.closed:
+            return
+        self._forget_attempt()
+        self.attempt += 1
+        attempt = self.attempt
+        addr = planned.lease.decision.target.addr
+        headers: Headers = [
+            (":method", "POST"), (":scheme", "http"), (":path", self.path), (":authority", addr.key),
+            ("te", "trailers"), ("content-type", "application/grpc"), *metadata,  # type: ignore[list-item]
+        ]
+        if timeout_s is not None:
+            headers.append(("grpc-timeout", f.format_grpc_timeout(timeout_s)))
+        framed = f.grpc_message_frame(planned.body)
+        edge = self.down_conn.edge
+
+        def start(conn: UpstreamConnection) -> None:
+            if not self.closed and self.attempt == attempt:
+                try:
+                    conn.open_stream_for(self, headers, framed, True)
+                except Exception as exc:
+                    edge.call_failed(self, exc)
+
+        def fail(reason: str) -> None:
+            if self.closed or self.attempt != attempt or self.life is None:
+                return
+            try:
+                if not self.life.attempt_failed(grpc.StatusCode.UNAVAILABLE.name):
+                    self.life.give_up(grpc.StatusCode.UNAVAILABLE, reason)
+            except Exception as exc:
+                edge.call_failed(self, exc)
+
+        edge.with_upstream(addr.key, addr.ip, addr.grpc_port, start, fail)
+
+    def stop_attempt(self) -> None:
+        """Cancel the worker stream of the attempt in progress."""
+        self.attempt += 1  # a connect still in progress for it starts nothing
+        if self.up is not None and self.up_conn is not None:
+            self.up_conn.reset(self.up, f.CANCEL)
+        self._forget_attempt()
+
+    def answer(self, code: grpc.StatusCode, message: str, trailer: tuple[tuple[str, bytes], ...]) -> None:
+        """End the client's stream with a gateway-made status, then let the call go."""
+        status = _status_headers(code, message, trailer)
+        down_conn, down = self.down_conn, self.down
+        with contextlib.suppress(Exception):
+            if down.pending or down.id in down_conn.blocked_streams():
+                # trailers would wait behind data the client is not taking: drop both
+                down_conn.reset(down, f.CANCEL)
+            else:
+                self.down_conn.edge.answer(down_conn, down, status[2:] if self.response_started else status)
+        self.close()
 
     # ---------------------------------------------------------------- response side
 
@@ -193,23 +248,50 @@ class Call:
     def _first_complete(self) -> None:
         message = bytes(self.first) if self.first is not None else None
         self.first = None
-        if self.planned is not None:
-            self.down_conn.edge.dispatcher.first_message(self.planned, message)
+        if self.life is not None:
+            self.life.first_message(message)
 
-    def finish(self, code_name: str) -> None:
-        """Release the load and the held request bytes, and count the ending, once."""
-        if self.ended:
+    # ---------------------------------------------------------------- ends
+
+    def reject(self, rejection: Rejection) -> None:
+        """Answer the call with a gateway-made status (before anything reached a worker)."""
+        if self.life is not None:
+            self.life.reject(rejection)
             return
-        self.ended = True
-        if self.deadline_timer is not None:
-            self.deadline_timer.cancel()
-        if self.first_timer is not None:
-            self.first_timer.cancel()
+        self.down_conn.edge.dispatcher.reject(self.path, rejection)
+        self.answer(rejection.code, rejection.message, rejection.trailer())
+
+    def client_left(self) -> None:
+        """The client reset the stream or its connection is gone."""
+        if self.closed:
+            return
+        if self.life is not None:
+            self.life.cancelled(self.messages)  # it stops the attempt
+        elif self.up is not None and self.up_conn is not None:
+            self.up_conn.reset(self.up, f.CANCEL)
+        self.close()
+
+    def worker_gone(self, message: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+        """The worker's stream failed without a status: fail over if nothing was relayed, else end the call."""
+        if self.closed:
+            return
+        life = self.life
+        if life is None:
+            self.answer(code, message, ())
+            return
+        if not self.response_started and life.attempt_failed(code.name):
+            return
+        life.give_up(code, message, self.messages)  # answers (trailers after what was relayed) and closes
+
+    def close(self) -> None:
+        """Let go of the call's engine state: held request bytes, the edge's record (once)."""
+        if self.closed:
+            return
+        self.closed = True
         self.body = bytearray()
-        self.down_conn.edge.release_buffered(self, self.buffered)
-        if self.planned is not None:
-            self.down_conn.edge.dispatcher.finish(self.planned, code_name, self.messages)
-        self.down_conn.edge.calls.discard(self)
+        edge = self.down_conn.edge
+        edge.release_buffered(self, self.buffered)
+        edge.calls.discard(self)
 
 
 class DownstreamConnection(H2Connection):
@@ -252,25 +334,24 @@ class DownstreamConnection(H2Connection):
         call = Call(self, stream, path, ROUTED_PATHS.get(path) if method_ok else None, headers)
         stream.owner = call
         edge.calls.add(call)
-        if timeout_header is not None:
-            timeout_s = f.parse_grpc_timeout(timeout_header)
-            if timeout_s is None:
-                # what grpc C-core answers (and a client sees the same from a worker behind the gateway)
-                edge.reject(call, Rejection(grpc.StatusCode.INTERNAL, "Error parsing 'grpc-timeout' metadata",
-                                            "bad_request"))
-                return
-            call.deadline_at = self.loop.time() + timeout_s
-            call.deadline_timer = self.loop.call_at(call.deadline_at, edge.on_deadline, call)
-        if call.method is None:
+        timeout_s = f.parse_grpc_timeout(timeout_header) if timeout_header is not None else None
+        if call.method is not None:
+            deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
+            call.life = CallLife(edge.dispatcher, edge.policy, call, self.loop, call.method,
+                                 forwarded_metadata(headers), deadline_s, self.client_id)
+        if timeout_header is not None and timeout_s is None:
+            # what grpc C-core answers (and a client sees the same from a worker behind the gateway)
+            call.reject(Rejection(grpc.StatusCode.INTERNAL, "Error parsing 'grpc-timeout' metadata", "bad_request"))
+            return
+        if call.life is None:
             if end_stream and path in wire.ONE_REQUEST_PATHS:
-                edge.reject(call, _NO_REQUEST)
+                call.reject(_NO_REQUEST)
                 return
             edge.open_passthrough(call, end_stream)
         elif end_stream:
             self._ready.append(call)
-        elif edge.is_draining():
-            edge.reject(call, Rejection(grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; retry elsewhere",
-                                        "draining"))
+        else:
+            call.life.admitted()  # answers at once while draining
 
     def on_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         call = stream.owner
@@ -288,7 +369,7 @@ class DownstreamConnection(H2Connection):
                     if call.up is not None and call.up_conn is not None:
                         call.up_conn.reset(call.up, f.CANCEL)
                     self.credit(stream, len(data))
-                    edge.reject(call, problem)
+                    call.reject(problem)
                     return
             # passthrough: credit comes back as the control server takes the bytes (up.on_sent)
             if call.up is not None and call.up_conn is not None:
@@ -299,7 +380,7 @@ class DownstreamConnection(H2Connection):
                 call.body += data
                 call.body_end = end_stream
             return
-        if call.planned is not None:
+        if call.requested:
             self.credit(stream, len(data))  # a unary request has one message; anything after it is dropped
             return
         call.body += data
@@ -307,15 +388,15 @@ class DownstreamConnection(H2Connection):
         if call.declared_bytes is None and len(call.body) >= 5:
             call.declared_bytes = 5 + int.from_bytes(call.body[1:5], "big")
             if call.declared_bytes - 5 > edge.max_message_bytes:
-                edge.reject(call, Rejection(
+                call.reject(Rejection(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"request message larger than max ({call.declared_bytes - 5} vs. {edge.max_message_bytes})",
                     "too_large"))
                 return
             edge.maybe_extend(call)
         if call.declared_bytes is not None and len(call.body) > call.declared_bytes:
-            edge.reject(call, Rejection(grpc.StatusCode.INVALID_ARGUMENT, "expected exactly one request message",
-                                        "bad_request"))
+            call.reject(Rejection(grpc.StatusCode.INVALID_ARGUMENT, "expected exactly one request message",
+                                  "bad_request"))
             return
         # the stream window follows the message as it arrives; the connection window bounds what is held
         self.credit_stream(stream, len(data))
@@ -346,14 +427,12 @@ class DownstreamConnection(H2Connection):
         ready, self._ready = self._ready, []
         for call in ready:
             if not call.ended:  # a reset in the same read means the call is never routed (Rapid Reset)
-                self.edge.dispatch(call)
+                self.edge.request_complete(call)
 
     def on_reset(self, stream: Stream, error_code: int, local: bool) -> None:
         call = stream.owner
-        if isinstance(call, Call) and not call.ended:
-            if call.up is not None and call.up_conn is not None:
-                call.up_conn.reset(call.up, f.CANCEL)
-            call.finish("CANCELLED")
+        if isinstance(call, Call):
+            call.client_left()
 
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
         pass  # the client stops opening streams; the ones we have finish normally
@@ -385,7 +464,7 @@ class DownstreamConnection(H2Connection):
             self.on_reset(stream, f.CANCEL, local=True)
         self.streams.clear()
         for call in self._ready:
-            call.finish("CANCELLED")
+            call.client_left()
         self._ready.clear()
 
 
@@ -453,7 +532,7 @@ class UpstreamConnection(H2Connection):
     def _relay_headers(self, stream: Stream, call: Call, headers: Headers, end_stream: bool) -> None:
         down_conn, down = call.down_conn, call.down
         if not end_stream:
-            if call.method is None or call.messages:
+            if call.life is None or call.messages:
                 call.response_started = True
                 down_conn.send_headers(down, headers, False)
             else:
@@ -465,12 +544,16 @@ class UpstreamConnection(H2Connection):
         code = _CODE_NAMES.get(status or "", "UNKNOWN")
         if not stream.closed_local:
             self.reset(stream, f.NO_ERROR)
-        if (call.method is not None and not call.response_started and call.messages == 0
-                and code in _FAILOVER_NAMES and self.edge.failover(call, grpc.StatusCode[code])):
+        life = call.life
+        engine_code = engine_code_from_trailers(headers) if life is not None and code != "OK" else None
+        if life is not None and not call.response_started and call.messages == 0 \
+                and life.attempt_failed(code, engine_code):
             return
         call.start_response()
         self.edge.answer(down_conn, down, headers)
-        call.finish(code)
+        if life is not None:
+            life.ended(code, call.messages, engine_code)
+        call.close()
 
     def _relay_data(self, stream: Stream, call: Call, data: bytes, end_stream: bool) -> None:
         # the connection window comes back at once: only the stream window may wait for a slow client,
@@ -493,21 +576,17 @@ class UpstreamConnection(H2Connection):
         if end_stream:
             # a gRPC response ends with trailers; a worker that ends without them failed the call
             self.remote_end(stream)
-            status = _status_headers(grpc.StatusCode.INTERNAL, "worker ended the stream without trailers")
-            self.edge.answer(call.down_conn, down, status[2:])
-            call.finish("INTERNAL")
+            call.worker_gone("worker ended the stream without trailers", grpc.StatusCode.INTERNAL)
 
     def _relay_reset(self, call: Call, error_code: int) -> None:
         if call.response_started:
             call.down_conn.reset(call.down, error_code)
-            call.finish("CANCELLED" if error_code == f.CANCEL else "INTERNAL")
+            if call.life is not None:
+                call.life.ended("CANCELLED" if error_code == f.CANCEL else "INTERNAL", call.messages)
+            call.close()
             return
         # nothing reached the client yet: the worker refused or dropped the stream
-        if call.method is not None and self.edge.failover(call, grpc.StatusCode.UNAVAILABLE):
-            return
-        self.edge.answer(call.down_conn, call.down, _status_headers(
-            grpc.StatusCode.UNAVAILABLE, f"worker reset the stream (HTTP/2 error {error_code})"))
-        call.finish("UNAVAILABLE")
+        call.worker_gone(f"worker reset the stream (HTTP/2 error {error_code})")
 
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
         self.accepting = False
@@ -537,21 +616,11 @@ class UpstreamConnection(H2Connection):
                 self.edge.call_failed(call, exc)
 
     def _lost(self, call: Call) -> None:
-        message = "connection to the worker lost"
-        if call.response_started:
-            # keep the status where clients look for it: trailers after what was relayed
-            self.edge.answer(call.down_conn, call.down, [
-                ("grpc-status", str(grpc.StatusCode.UNAVAILABLE.value[0])),
-                ("grpc-message", f.encode_grpc_message(message))])
-        else:
-            if call.method is not None and self.edge.failover(call, grpc.StatusCode.UNAVAILABLE):
-                return
-            self.edge.answer(call.down_conn, call.down, _status_headers(grpc.StatusCode.UNAVAILABLE, message))
-        call.finish("UNAVAILABLE")
+        # after relayed messages the status still goes where clients look for it: trailers
+        call.worker_gone("connection to the worker lost")
 
 
 _CODE_NAMES = {str(c.value[0]): c.name for c in grpc.StatusCode}
-_FAILOVER_NAMES = frozenset(c.name for c in FAILOVER_CODES)
 
 
 def _open_file_limit() -> int:
@@ -562,9 +631,10 @@ def _open_file_limit() -> int:
 class Edge:
     """Listens on the gateway's gRPC port and relays at the HTTP/2 frame level."""
 
-    def __init__(self, dispatcher: Dispatcher, metrics: Metrics, limits: EdgeLimits, max_message_bytes: int,
-                 control_port: Callable[[], int]) -> None:
+    def __init__(self, dispatcher: Dispatcher, policy: CallPolicy, metrics: Metrics, limits: EdgeLimits,
+                 max_message_bytes: int, control_port: Callable[[], int]) -> None:
         self.dispatcher = dispatcher
+        self.policy = policy
         self.metrics = metrics
         self.limits = limits
         self.max_message_bytes = max_message_bytes
@@ -616,8 +686,8 @@ class Edge:
         limits = self.limits
         self.max_connections = limits.max_connections or max(16, _open_file_limit() - limits.fd_headroom)
         for addr in warm:
-            self._with_upstream(addr.key, addr.ip, addr.grpc_port, lambda conn: None, lambda reason: None)
-        self._with_upstream("control", "127.0.0.1", self._control_port(), lambda conn: None, lambda reason: None)
+            self.with_upstream(addr.key, addr.ip, addr.grpc_port, lambda conn: None, lambda reason: None)
+        self.with_upstream("control", "127.0.0.1", self._control_port(), lambda conn: None, lambda reason: None)
         self.metrics.watch_edge(lambda: len(self.downstream), lambda: self.buffered)
         self.server = await self.loop.create_server(lambda: DownstreamConnection(self), host, port,
                                                     reuse_port=False)
@@ -751,7 +821,10 @@ class Edge:
                 call.up_conn.reset(call.up, f.CANCEL)
         with contextlib.suppress(Exception):
             call.down_conn.reset(call.down, f.INTERNAL_ERROR)
-        call.finish("INTERNAL")
+        with contextlib.suppress(Exception):
+            if call.life is not None:
+                call.life.ended("INTERNAL", call.messages)
+        call.close()
 
     # ---------------------------------------------------------------- request buffering
 
@@ -812,7 +885,7 @@ class Edge:
         finally:
             self._connecting.pop(key, None)
 
-    def _with_upstream(self, key: str, host: str, port: int, start: Callable[[UpstreamConnection], None],
+    def with_upstream(self, key: str, host: str, port: int, start: Callable[[UpstreamConnection], None],
                        fail: Callable[[str], None]) -> None:
         conn = self._ready_upstream(key)
         if conn is not None:
@@ -842,140 +915,37 @@ class Edge:
         if stream.closed_local and not stream.closed_remote and stream.id in conn.streams:
             conn.reset(stream, f.NO_ERROR)
 
-    def reject(self, call: Call, rejection: Rejection) -> None:
-        """Answer a call with a gateway-made status."""
-        self.dispatcher.reject(call.method or call.path, rejection)
-        self.answer(call.down_conn, call.down, _status_headers(rejection.code, rejection.message,
-                                                               rejection.trailer()))
-        call.finish(rejection.code.name)
-
-    def dispatch(self, call: Call) -> None:
-        """The whole request is in: route it (possibly after the batching window) and open the upstream stream."""
+    def request_complete(self, call: Call) -> None:
+        """A routed call's whole request is in: hand its message to the call's lifecycle (inflated first)."""
+        life = call.life
+        assert life is not None
         body = bytes(call.body)
         call.body = bytearray()
+        call.requested = True
         # the request is the dispatcher's now (bounded by admission), no longer the connection's buffer
         self.release_buffered(call, call.buffered)
         try:
-            if self.is_draining():
-                raise Rejection(grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; retry elsewhere", "draining")
             message = self._unframe(call, body)
         except Rejection as rejection:
-            self.reject(call, rejection)
+            life.reject(rejection)
             return
         if message is None:
-            task = self.loop.create_task(self._inflate_then_route(call, body))
+            task = self.loop.create_task(self._inflate_then_request(call, body))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
-        self._route(call, message)
+        life.request(message)
 
-    async def _inflate_then_route(self, call: Call, body: bytes) -> None:
+    async def _inflate_then_request(self, call: Call, body: bytes) -> None:
         encoding = next((v for k, v in call.request_headers if k == "grpc-encoding"), "identity")
+        assert call.life is not None
         try:
             message = await self.loop.run_in_executor(None, _inflate, body[5:], encoding, self.max_message_bytes)
         except Rejection as rejection:
-            if not call.ended:
-                self.reject(call, rejection)
+            call.life.reject(rejection)
             return
         if not call.ended:
-            self._route(call, message)
-
-    def _route(self, call: Call, message: bytes) -> None:
-        try:
-            if call.method == GENERATE_STREAM:
-                self.dispatcher.submit_generate(message, lambda outcome: self._routed_safely(call, outcome),
-                                                alive=lambda: not call.ended, client=call.down_conn.client_id)
-                return
-            planned = self.dispatcher.plan_batch(message)
-        except Rejection as rejection:
-            self.reject(call, rejection)
-            return
-        self._routed_safely(call, planned)
-
-    def _routed_safely(self, call: Call, outcome: Planned | Rejection) -> None:
-        # a held call may be released from inside another call's I/O: its failure must stay its own
-        try:
-            self._routed(call, outcome)
-        except Exception as exc:
-            if isinstance(outcome, Planned) and call.planned is None:
-                call.planned = outcome  # so that finish() releases what routing reserved
-            self.call_failed(call, exc)
-
-    def _routed(self, call: Call, outcome: Planned | Rejection) -> None:
-        if isinstance(outcome, Rejection):
-            self.reject(call, outcome)
-            return
-        planned = outcome
-        call.planned = planned
-        if call.ended:
-            # the client left while the call was being placed: give the reservation back
-            self.dispatcher.finish(planned, "CANCELLED", 0)
-            return
-        addr: WorkerAddr = planned.lease.decision.target.addr
-        timeout_s = self.dispatcher.first_message_timeout_s
-        if timeout_s is not None and call.method == GENERATE_STREAM:
-            call.first_timer = self.loop.call_later(timeout_s, self.on_first_message_timeout, call, planned)
-        headers: Headers = [
-            (":method", "POST"), (":scheme", "http"), (":path", call.path), (":authority", addr.key),
-            ("te", "trailers"), ("content-type", "application/grpc"),
-        ]
-        for k, v in call.request_headers:
-            if k[0] != ":" and not k.startswith("grpc-") and k not in ("te", "content-type", "content-length"):
-                headers.append((k, v))
-        if call.deadline_at is not None:
-            headers.append(("grpc-timeout", f.format_grpc_timeout(max(call.deadline_at - self.loop.time(), 1e-6))))
-        framed = f.grpc_message_frame(planned.body)
-
-        def start(conn: UpstreamConnection) -> None:
-            if not call.ended and call.planned is planned:
-                try:
-                    conn.open_stream_for(call, headers, framed, True)
-                except Exception as exc:
-                    self.call_failed(call, exc)
-
-        def fail(reason: str) -> None:
-            if call.ended or call.planned is not planned:
-                return
-            try:
-                if self.failover(call, grpc.StatusCode.UNAVAILABLE):
-                    return
-                self.answer(call.down_conn, call.down, _status_headers(grpc.StatusCode.UNAVAILABLE, reason))
-                call.finish("UNAVAILABLE")
-            except Exception as exc:
-                self.call_failed(call, exc)
-
-        self._with_upstream(addr.key, addr.ip, addr.grpc_port, start, fail)
-
-    def failover(self, call: Call, code: grpc.StatusCode) -> bool:
-        """The attempt failed before its first message: route again elsewhere. False: give up (caller answers)."""
-        planned = call.planned
-        if planned is None or call.ended:
-            return False
-        if call.up is not None and call.up_conn is not None:
-            call.up_conn.reset(call.up, f.CANCEL)
-        call.reset_attempt()
-        deadline_s = None
-        if call.deadline_at is not None:
-            deadline_s = time.monotonic() + (call.deadline_at - self.loop.time())
-        nxt = self.dispatcher.retry(planned, code, deadline_s)
-        if nxt is None:
-            return False
-        self._routed(call, nxt)
-        return True
-
-    def on_first_message_timeout(self, call: Call, planned: Planned) -> None:
-        """prefillGenerateTimeoutMs passed without a first message: cancel this attempt, fail over or give up."""
-        if call.ended or call.planned is not planned or call.messages:
-            return
-        call.first_timer = None
-        try:
-            if self.failover(call, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return
-            self.answer(call.down_conn, call.down, _status_headers(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "no first token within prefillGenerateTimeoutMs"))
-            call.finish("DEADLINE_EXCEEDED")
-        except Exception as exc:
-            self.call_failed(call, exc)
+            call.life.request(message)
 
     def _unframe(self, call: Call, body: bytes) -> bytes | None:
         """The request message; None when it must be inflated off the event loop first."""
@@ -1010,37 +980,18 @@ class Edge:
 
         def fail(reason: str) -> None:
             if not call.ended:
-                self.answer(call.down_conn, call.down, _status_headers(grpc.StatusCode.UNAVAILABLE, reason))
-                call.finish("UNAVAILABLE")
+                call.answer(grpc.StatusCode.UNAVAILABLE, reason, ())
 
-        self._with_upstream("control", "127.0.0.1", self._control_port(), start, fail)
-
-    def on_deadline(self, call: Call) -> None:
-        """The client's deadline passed: cancel upstream, tell the client."""
-        self._end_locally(call, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        self.with_upstream("control", "127.0.0.1", self._control_port(), start, fail)
 
     def on_stream_idle(self, call: Call) -> None:
         """Nothing moved on the call for the stream idle timeout: cancel upstream, tell the client."""
         self.metrics.client_connection_closes.labels("stream_idle_timeout").inc()
-        self._end_locally(call, grpc.StatusCode.UNAVAILABLE, "stream idle timeout")
-
-    def _end_locally(self, call: Call, code: grpc.StatusCode, message: str) -> None:
-        if call.ended:
+        if call.life is not None:
+            call.life.give_up(grpc.StatusCode.UNAVAILABLE, "stream idle timeout", call.messages)
             return
-        if call.up is not None and call.up_conn is not None:
-            call.up_conn.reset(call.up, f.CANCEL)
-        status = [("grpc-status", str(code.value[0])), ("grpc-message", f.encode_grpc_message(message))]
-        down = call.down
-        with contextlib.suppress(Exception):
-            if down.pending or down.id in call.down_conn.blocked_streams():
-                # trailers would wait behind data the client is not taking: drop both
-                call.down_conn.reset(down, f.CANCEL)
-            elif call.response_started:
-                self.answer(call.down_conn, call.down, status)
-            else:
-                self.answer(call.down_conn, call.down,
-                            [(":status", "200"), ("content-type", "application/grpc"), *status])
-        call.finish(code.name)
+        call.stop_attempt()
+        call.answer(grpc.StatusCode.UNAVAILABLE, "stream idle timeout", ())
 
     def in_flight_streams(self) -> int:
         """Calls currently relayed (routed or passed through)."""

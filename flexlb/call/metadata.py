@@ -1,0 +1,18 @@
+"""Which client metadata a worker sees: the one filter both engines use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+V = TypeVar("V")  # str (HTTP/2 headers) or str | bytes (grpc.aio metadata, binary values as bytes)
+
+# headers of this hop, not of the call: each hop writes its own (PITFALLS: grpc.aio refuses some of them, and
+# grpc-timeout is recomputed from what is left of the deadline, grpc-encoding describes bytes we re-frame)
+HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "content-length"})
+
+
+def forwarded_metadata(headers: Iterable[tuple[str, V]]) -> list[tuple[str, V]]:
+    """The client's metadata to send on to the worker: no pseudo-headers, no hop headers, no grpc-* headers."""
+    return [(k, v) for k, v in headers
+            if k and k[0] != ":" and not k.startswith("grpc-") and k not in HOP_HEADERS]
