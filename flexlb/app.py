@@ -18,8 +18,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flexlb import __version__, wire
+from flexlb.admin_http import views
 from flexlb.admin_http.consistency_routes import ConsistencyRoutes
 from flexlb.admin_http.server import AdminServer
+from flexlb.admin_http.views import workers_view
 from flexlb.balancer.batcher import BatchConfig
 from flexlb.balancer.factory import build_router
 from flexlb.balancer.health import OutlierConfig
@@ -288,37 +290,6 @@ class Gateway:
     def snapshot(self) -> dict[str, Any]:
         """The balancer's state as the master sees it (syncStatus)."""
         state = self.consistency.state if self.consistency is not None else None
-        ttft = self.router.ttft.workers()
-        index = self.router.index
-        now = time.monotonic()
-        workers = []
-        for w in self.cluster.all():
-            m = ttft.get(w.key)
-            workers.append(
-                {
-                    "worker": w.key,
-                    "role": w.role.name,
-                    "group": w.addr.group,
-                    "healthy": w.healthy,
-                    "ejected": w.probing,
-                    "operator_out": w.operator_out,
-                    "in_flight": w.in_flight,
-                    "active_tokens": w.active_tokens,
-                    "dispatched_total": w.dispatched_total,
-                    "reported_running": w.reported_running,
-                    "kv_available_tokens": w.kv_available_tokens,
-                    "kv_total_tokens": w.kv_total_tokens,
-                    "ttft": None
-                    if m is None
-                    else {
-                        "prefill_coefficients": m.theta,
-                        "queue_wait_ms": m.queue_wait_ms(now),
-                        "abs_error_ms": m.abs_error_ms,
-                        "observations": m.observations,
-                    },
-                    "prefix_index_blocks": index.blocks_held(w.key) if index is not None else 0,
-                }
-            )
         return {
             "version": __version__,
             "master": self.consistency.identity.http_host_port if self.consistency is not None else "",
@@ -326,24 +297,12 @@ class Gateway:
             "election_changes": state.changes if state is not None else 0,
             "in_flight": self.cluster.ledger.calls,
             "reservations": self.cluster.ledger.reservations,
-            "workers": workers,
+            "workers": workers_view(self.cluster, time.monotonic(), self.router.ttft, self.router.index),
         }
 
     def master_info(self) -> dict[str, Any]:
         """/rtp_llm/master/info, in the original FlexLB's shape."""
-        summary: dict[str, dict[str, int]] = {}
-        for w in self.cluster.all():
-            role = summary.setdefault(w.role.name, {"discovered": 0, "alive": 0, "maxQueueTokens": 0})
-            role["discovered"] += 1
-            role["alive"] += 1 if w.healthy else 0
-        return {
-            "success": True,
-            "code": 200,
-            "real_master_host": self._master_host() or None,
-            "queue_length": 0,
-            "worker_summary": summary,
-            "ready": True,
-        }
+        return views.master_info(self.cluster, self._master_host())
 
     def _health_view(self) -> tuple[bool, dict[str, Any]]:
         can = self.router.can_route()
@@ -380,25 +339,9 @@ class Gateway:
             "config": masked(self.settings),
             "not_acted_on_yet": NOT_ACTED_ON,
             "consistency": self._consistency_info(),
-            "workers": [
-                {
-                    "worker": w.key,
-                    "role": w.role.name,
-                    "group": w.addr.group,
-                    "http_port": w.addr.http_port,
-                    "healthy": w.healthy,
-                    "ejected": w.probing,
-                    "operator_out": w.operator_out,
-                    "notes": w.notes,
-                    "ejections": w.ejections,
-                    "reported_running": w.reported_running,
-                    "kv_available_tokens": w.kv_available_tokens,
-                    "kv_total_tokens": w.kv_total_tokens,
-                    "in_flight": w.in_flight,
-                    "dispatched_total": w.dispatched_total,
-                }
-                for w in self.cluster.all()
-            ],
+            "in_flight": self.cluster.ledger.calls,
+            "reservations": self.cluster.ledger.reservations,
+            "workers": workers_view(self.cluster, time.monotonic(), self.router.ttft, self.router.index),
         }
 
 

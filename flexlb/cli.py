@@ -209,8 +209,7 @@ def _mock_worker(args: argparse.Namespace) -> int:
         faults=faults,
         seed=args.seed,
     )
-    _run(serve_forever(cfg))
-    return 0
+    return _run(serve_forever(cfg))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -92,3 +92,32 @@ def end(router: Router, lease: Lease) -> bool:
     was = lease.released
     router.release(lease)
     return lease.released and not was
+
+
+class FakeTimers:
+    """The one fake call_later of the tests: timers fire when the test says."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Callable[[], None], FakeTimers.Handle]] = []
+
+    class Handle:
+        def __init__(self) -> None:
+            self.cancelled = False
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> FakeTimers.Handle:
+        handle = FakeTimers.Handle()
+        self.pending.append((delay_s, fn, handle))
+        return handle
+
+    def fire(self) -> None:
+        """Run the timers due now (each once)."""
+        due, self.pending = self.pending, []
+        for _, fn, handle in due:
+            if not handle.cancelled:
+                fn()
+
+    def live(self) -> int:
+        return sum(not h.cancelled for _, _, h in self.pending)

@@ -19,10 +19,11 @@ from flexlb.balancer.strategies import strategy_names
 from flexlb.sim.mock_worker import Faults
 from tests.conftest import generate_input, stream_stub, wait_for, worker_addr
 
-CALLS = 400
+CALLS = 600
 CONCURRENCY = 16
-# fast checks and short ejections, so ejection, return and re-ejection all happen within the run
-MASTER = {"health_check_interval_ms": 50, "outlier_base_ejection_ms": 200}
+# fast probes; an ejection (2 s, then 4 s, ...) spans most of a run even on a slow machine: each return
+# costs a few calls (those routed to it before the next three failures in a row eject it again)
+MASTER = {"health_check_interval_ms": 50, "outlier_base_ejection_ms": 2000}
 
 
 async def _load(stub, first_id: int, calls: int) -> int:  # type: ignore[no-untyped-def]
@@ -62,15 +63,26 @@ async def test_a_worker_failing_every_call_fast_draws_no_traffic(strategy, mock_
     assert ejections >= 1
     assert any("ejected" in r.getMessage() and bad_key in r.getMessage() for r in caplog.records)
     assert any("failover" in r.getMessage() and bad_key in r.getMessage() for r in caplog.records)
-    # it recovers: a probe takes it back once its ejection is over, and it serves again
+    await wait_for(lambda: gw.cluster.ledger.calls == 0, what="in-flight back to 0")
+
+
+@pytest.mark.parametrize("strategy", ["COST_BASED_PREFILL", "ROUND_ROBIN"])
+async def test_the_failing_worker_comes_back_through_a_probe_once_it_recovers(strategy, mock_workers, gateways,
+                                                                             channels) -> None:
+    good = await mock_workers()
+    bad = await mock_workers(faults=Faults(error_rate=1.0, error_code=wire.GET_HOST_FAILED))
+    gw = await gateways([worker_addr(good), worker_addr(bad)], strategy=strategy,
+                        master={"health_check_interval_ms": 50, "outlier_base_ejection_ms": 200})
+    stub = stream_stub(channels(gw.grpc_port))
+    assert await _load(stub, 40_000, 4 * CONCURRENCY) == 0
+    state = gw.cluster.get(worker_addr(bad).key)
+    assert state is not None and state.ejections >= 1
     bad.config = dataclasses.replace(bad.config, faults=Faults())
     before = bad.calls_received
-    state = gw.cluster.get(bad_key)
-    assert state is not None
-    for round_ in range(100):
+    for round_ in range(100):  # bounded: the ejection is 200 ms x its count, probes every 50 ms
         if bad.calls_received > before and not state.probing:
             break
-        assert await _load(stub, 20_000 + 100 * round_, 2 * CONCURRENCY) == 0
+        assert await _load(stub, 41_000 + 100 * round_, 2 * CONCURRENCY) == 0
     assert bad.calls_received > before and not state.probing
     await wait_for(lambda: gw.cluster.ledger.calls == 0, what="in-flight back to 0")
 

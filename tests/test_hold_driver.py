@@ -10,45 +10,16 @@ from flexlb.balancer.prefill_queue import UPKEEP_INTERVAL_S, PrefillQueueConfig
 from flexlb.balancer.request import RouteRequest
 from flexlb.balancer.router import Router
 from flexlb.balancer.workers import Role
-from tests.balancer_support import FakeClock, addrs, make_router
+from tests.balancer_support import FakeClock, FakeTimers, addrs, make_router
 
 T0 = 1000.0
-
-
-class Timers:
-    """A fake call_later: timers fire when the test says."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[float, Callable[[], None], Timers.Handle]] = []
-
-    class Handle:
-        def __init__(self) -> None:
-            self.cancelled = False
-
-        def cancel(self) -> None:
-            self.cancelled = True
-
-    def call_later(self, delay_s: float, fn: Callable[[], None]) -> Timers.Handle:
-        handle = Timers.Handle()
-        self.pending.append((delay_s, fn, handle))
-        return handle
-
-    def fire(self) -> None:
-        """Run the timers due now (each once)."""
-        due, self.pending = self.pending, []
-        for _, fn, handle in due:
-            if not handle.cancelled:
-                fn()
-
-    def live(self) -> int:
-        return sum(not h.cancelled for _, _, h in self.pending)
 
 
 class Owner:
     """A driver's owner: deferred work waits in `later` (the loop's call_soon), deliveries land in `got`."""
 
     def __init__(self, router: Router, sweep: Callable[[], None] | None = None) -> None:
-        self.timers = Timers()
+        self.timers = FakeTimers()
         self.later: list[Callable[[], None]] = []
         self.got: list[HoldEvent] = []
         self.driver = HoldDriver(router, self.timers.call_later, self.later.append, self.got.append, sweep)

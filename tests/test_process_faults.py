@@ -177,3 +177,36 @@ async def test_master_sigkill_new_master_in_time_and_no_failed_calls(zookeeper, 
     finally:
         for p in procs:
             await stop(p, signal.SIGKILL)
+
+
+async def test_sigterm_with_only_schedule_reservations_does_not_wait_out_the_drain(channels) -> None:
+    from flexlb.pb import flexlb_schedule_service_pb2 as fpb
+
+    procs: list[Proc] = []
+    try:
+        worker = await spawn("mock-worker", "--port", "0")
+        procs.append(worker)
+        gw = await spawn("serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+                         "--worker", f"127.0.0.1:{worker.port}", "--drain-timeout-s", "60", "--log-level", "WARNING")
+        procs.append(gw)
+        schedule = channels(gw.port).unary_unary(
+            "/FlexlbService/Schedule", request_serializer=fpb.FlexlbScheduleRequestPB.SerializeToString,
+            response_deserializer=fpb.FlexlbScheduleResponsePB.FromString)
+        for i in range(5):  # a replica's requests (forward_hop 1): load reserved here for 600 s
+            reply = await schedule(fpb.FlexlbScheduleRequestPB(request_id=i, seq_len=100, forward_hop=1), timeout=5)
+            assert reply.success and reply.lifecycle.state == fpb.REQUEST_STATE_DISPATCHING
+        gw.proc.send_signal(signal.SIGTERM)
+        # reservations are no client calls of this gateway: it exits well within the drain timeout
+        assert await asyncio.wait_for(gw.proc.wait(), 10) == 0
+    finally:
+        for p in procs:
+            await stop(p, signal.SIGKILL)
+
+
+async def test_a_mock_worker_exits_zero_on_sigterm() -> None:
+    worker = await spawn("mock-worker", "--port", "0")
+    try:
+        worker.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(worker.proc.wait(), 10) == 0
+    finally:
+        await stop(worker, signal.SIGKILL)

@@ -77,6 +77,20 @@ async def test_pd_stream_same_as_direct_and_role_addrs_written(mock_workers, gat
     assert gw.cluster.get(f"127.0.0.1:{d2.port}").dispatched_total == 1
 
 
+async def test_one_pd_call_in_flight_reads_one(mock_workers, gateways, channels) -> None:
+    p, d = await mock_workers("PREFILL"), await mock_workers("DECODE", time_scale=5.0)
+    gw = await gateways([worker_addr(p), worker_addr(d)])
+    call = stream_stub(channels(gw.grpc_port))(generate_input(13, max_new_tokens=40), timeout=30)
+    await call.read()  # mid-stream: the prefill handed over, the decode is generating
+    sample = gw.metrics.registry.get_sample_value
+    assert sample("flexlb_in_flight") == 1  # one client call, though it holds load on two workers
+    legs = {role: sample("flexlb_worker_in_flight", {"worker": worker_addr(w).key, "role": role})
+            for role, w in (("PREFILL", p), ("DECODE", d))}
+    assert legs == {"PREFILL": 1, "DECODE": 1}
+    call.cancel()
+    await wait_for(lambda: sample("flexlb_in_flight") == 0, what="in-flight back to 0")
+
+
 async def test_unknown_fields_survive_the_relay(mock_workers, gateways, channels) -> None:
     w = await mock_workers()
     gw = await gateways([worker_addr(w)])

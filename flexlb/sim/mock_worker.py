@@ -558,8 +558,8 @@ def _can_use_pd(req: pb.GenerateInputPB) -> bool:
     return cfg.can_use_pd_separation
 
 
-async def serve_forever(config: MockWorkerConfig, ready_line: bool = True) -> None:
-    """Run a mock worker until cancelled or signalled (used by `flexlb mock-worker`)."""
+async def serve_forever(config: MockWorkerConfig, ready_line: bool = True) -> int:
+    """Run a mock worker until cancelled or signalled (used by `flexlb mock-worker`); the exit code (0)."""
     worker = MockWorker(config)
     port = await worker.start()
     if ready_line:
@@ -573,3 +573,4 @@ async def serve_forever(config: MockWorkerConfig, ready_line: bool = True) -> No
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await worker.stop()
+    return 0
