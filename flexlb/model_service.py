@@ -18,7 +18,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from flexlb.balancer.workers import Role, WorkerAddr
-from flexlb.config import MODEL_SERVICE_ENV, ConfigError, _host_port, _obj, _str
+from flexlb.config_values import ConfigError, _host_port, _obj, _str
+
+MODEL_SERVICE_ENV = "MODEL_SERVICE_CONFIG"
 
 # the engine's gRPC port is its HTTP port + 1 (RTP-LLM CommonConstants.GRPC_PORT_OFFSET)
 GRPC_PORT_OFFSET = 1

@@ -422,3 +422,43 @@ def test_metrics_count_ejections_by_reason() -> None:
     m.worker_ejected(ev)
     labels = {"worker": "10.0.0.1:1000", "role": "PREFILL", "reason": FAILURE_PERCENTAGE}
     assert m.registry.get_sample_value("flexlb_worker_ejections_total", labels) == 2
+
+
+# ---------------------------------------------------------------------------------------------- failed calls
+
+
+def _fail_fast_setup(kind):  # type: ignore[no-untyped-def]
+    """Two fused workers under COST_BASED_PREFILL: b busy with a short prefill, a handed a long one that ends
+    before its first token with `kind`. Returns the worker the next call goes to, and the router."""
+    from flexlb.balancer.request import RouteRequest
+    from flexlb.balancer.workers import Role
+    from tests.balancer_support import FakeClock, addrs, make_router
+
+    router = make_router(addrs(Role.PDFUSION, 2), "COST_BASED_PREFILL", clock=FakeClock())
+    a, b = router.cluster.all()
+    busy = router.route(RouteRequest(1, 100, 8, exclude=frozenset({a.key})))
+    assert busy.decision.target is b
+    long = router.route(RouteRequest(2, 10_000, 8, exclude=frozenset({b.key})))
+    assert long.decision.target is a
+    router.attempt_ended(long, kind)
+    router.release(long)
+    nxt = router.route(RouteRequest(3, 100, 8))
+    return nxt.decision.target, a, b, router
+
+
+def test_a_worker_that_failed_a_call_before_its_first_token_does_not_look_idle() -> None:
+    from flexlb.balancer.failures import FailureKind
+
+    chosen, a, b, router = _fail_fast_setup(FailureKind.WORKER)
+    assert chosen is b  # a still counts as busy with the prefill it failed, so the short backlog wins
+    assert router.ttft.worker(a.key).queue_wait_ms(router._clock()) > 900
+    assert router.ttft.worker(a.key).observations == 0  # and nothing was learnt from it
+
+
+def test_a_call_that_failed_for_its_own_reasons_frees_the_worker() -> None:
+    from flexlb.balancer.failures import FailureKind
+
+    chosen, a, _, router = _fail_fast_setup(FailureKind.REQUEST)
+    assert chosen is a  # the worker answered correctly and is idle again
+    assert router.ttft.worker(a.key).failed_busy_until_s == 0.0
+    assert router.ttft.worker(a.key).queue_wait_ms(router._clock()) == 30.0  # only the call just sent there

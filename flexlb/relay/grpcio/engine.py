@@ -65,6 +65,14 @@ async def _abort_relayed(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpc
     await context.abort(exc.code(), exc.details() or "", trailing_metadata=tuple(exc.trailing_metadata() or ()))
 
 
+async def _raise_unless_ok(call: grpc.aio.UnaryStreamCall) -> None:
+    """Raise the worker's final status as an AioRpcError unless it is OK."""
+    code = await call.code()
+    if code != grpc.StatusCode.OK:
+        raise grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(),
+                                   await call.details())
+
+
 class RpcRelay:
     """Serves GenerateStreamCall and BatchGenerateCall (relayed) and CheckHealth (answered here)."""
 
@@ -144,10 +152,7 @@ class RpcRelay:
         try:
             message = await call.read()
             if message is grpc.aio.EOF:
-                code = await call.code()  # read() reports some failures as EOF: the status is final
-                if code != grpc.StatusCode.OK:
-                    raise grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(),
-                                               await call.details())
+                await _raise_unless_ok(call)  # read() reports some failures as EOF: the status is final
             else:
                 life.first_message(message)
                 # headers only now: a failed-over attempt must not have shown the client its metadata
@@ -156,10 +161,7 @@ class RpcRelay:
                     port.messages += 1
                     await context.write(message)
                     message = await call.read()
-                code = await call.code()
-                if code != grpc.StatusCode.OK:
-                    raise grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(),
-                                               await call.details())
+                await _raise_unless_ok(call)
             context.set_trailing_metadata(tuple(await call.trailing_metadata()))
             life.ended(grpc.StatusCode.OK.name, port.messages)
             return True, None
