@@ -89,10 +89,26 @@ class PrefillQueue:
         """Calls held for one worker."""
         return len(self._keys.get(worker, ()))
 
-    def holds(self, worker: str, sent: int) -> bool:
-        """Whether a call for `worker` now waits here: its slots are taken (`sent` calls not yet past
-        their first token), or others already wait for them (arrival keeps its place in the order)."""
-        return self.config.enabled and (sent >= self.config.depth or self.held(worker) > 0)
+    def slot_free(self, sent: int, sent_tokens: int = 0, tokens: int = 0, batch_tokens: int = 0) -> bool:
+        """Whether a worker with `sent` prefills outstanding (not yet past their first token; `sent_tokens`
+        uncached tokens) can take one more of `tokens` now.
+
+        An engine that reports its prefill token budget per iteration (`batch_tokens`) runs waiting
+        prefills together up to it: it may have its current batch and the next one's worth outstanding
+        (held back any further, calls would reach it in waves; let through, they would wait in its FIFO).
+        Otherwise (an engine prefilling one request at a time) fewer than `depth` calls.
+        """
+        if sent == 0:
+            return True
+        if batch_tokens > 0:
+            return sent_tokens + tokens <= 2 * batch_tokens
+        return sent < self.config.depth
+
+    def holds(self, worker: str, sent: int, sent_tokens: int = 0, tokens: int = 0, batch_tokens: int = 0) -> bool:
+        """Whether a call for `worker` now waits here: no slot is free (slot_free), or others already wait
+        for one (arrival keeps its place in the order)."""
+        return self.config.enabled and (self.held(worker) > 0
+                                        or not self.slot_free(sent, sent_tokens, tokens, batch_tokens))
 
     def order_key(self, prefill_ms: float, now_s: float) -> float:
         """Where a call of this estimated prefill, held now, sorts (lower leaves first)."""
@@ -140,18 +156,25 @@ class PrefillQueue:
             del self._client_keys[call.worker][call.client], self._served_ms[call.worker][call.client]
         return call
 
-    def pop(self, worker: str) -> HeldCall | None:
-        """The next call to release to `worker`, or None: the first of the client served least."""
+    def peek(self, worker: str) -> HeldCall | None:
+        """The call pop() would release to `worker` next (None if none is held), left in place."""
         keys = self._keys.get(worker)
         if not keys:
             return None
         by_client = self._client_keys[worker]
         if len(by_client) == 1:
-            return self.remove(keys[0][1])
+            return self._calls[keys[0][1]]
         served = self._served_ms[worker]
         client = min(by_client, key=lambda c: (served[c], by_client[c][0]))
-        call = self._calls[by_client[client][0][1]]
-        served[client] += call.prefill_ms
+        return self._calls[by_client[client][0][1]]
+
+    def pop(self, worker: str) -> HeldCall | None:
+        """The next call to release to `worker`, or None: the first of the client served least."""
+        call = self.peek(worker)
+        if call is None:
+            return None
+        if len(self._client_keys[worker]) > 1:
+            self._served_ms[worker][call.client] += call.prefill_ms
         return self.remove(call.seq)
 
     def take_all(self, worker: str) -> list[HeldCall]:

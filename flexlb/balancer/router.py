@@ -27,6 +27,12 @@ from flexlb.balancer.workers import Cluster, Lease, Role, WorkerState
 __all__ = ["Lease", "Router"]
 
 
+def _uncached(call: HeldCall) -> int:
+    """Uncached prompt tokens of a held call: what it asks of its worker's prefill budget."""
+    lease, req = _held_parts(call)
+    return req.prompt_tokens - lease.decision.cached_tokens
+
+
 def _held_parts(call: HeldCall) -> tuple[Lease, RouteRequest]:
     assert call.lease is not None and call.request is not None, "the router holds calls with their lease"
     return call.lease, call.request
@@ -150,7 +156,9 @@ class Router:
         ttft_ms += transit_ms
         # with the queue on the worker gets one call at a time: its slot stays taken for the hops too
         work_ms = prefill_ms + transit_ms if self.queue.config.enabled else prefill_ms
-        held = hold and self.queue.config.applies_to(self.prefill_strategy.name) and self._must_hold(target.key)
+        uncached = req.prompt_tokens - cached
+        held = hold and self.queue.config.applies_to(self.prefill_strategy.name) \
+            and self._must_hold(target.key, uncached)
         if held:
             ttft_ms += self.queue.ahead(target.key, work_ms, ctx.now_s)[0]
         if decode_pick is not None:
@@ -173,7 +181,7 @@ class Router:
             self.queue.push(target.key, seq, work_ms, ctx.now_s, req.client, lease=lease, request=req,
                             payload=payload)
         else:
-            self.ttft.dispatched(target.key, seq, work_ms, ctx.now_s)
+            self.ttft.dispatched(target.key, seq, work_ms, ctx.now_s, uncached)
         return lease
 
     # ------------------------------------------------------------ feedback and release
@@ -282,14 +290,19 @@ class Router:
                 dropped.append((lease, call.payload))
         return dropped
 
-    def _must_hold(self, key: str) -> bool:
-        """Hold when the worker's prefill slots are taken, or others already wait for them (keep order)."""
-        return self.queue.holds(key, len(self.ttft.worker(key).pending))
+    def _must_hold(self, key: str, tokens: int) -> bool:
+        """Hold when the worker cannot take this prefill now, or others already wait for it (keep order)."""
+        m = self.ttft.worker(key)
+        return self.queue.holds(key, len(m.pending), m.pending_tokens, tokens, self._batch_tokens(key))
 
-    def _slot_free(self, key: str) -> bool:
-        """Whether the worker can take one more call now (fewer than `depth` sent and not yet past
-        their first token)."""
-        return len(self.ttft.worker(key).pending) < self.queue.config.depth
+    def _slot_free(self, key: str, tokens: int = 0) -> bool:
+        """Whether the worker can take one more prefill (of `tokens` uncached tokens) now (PrefillQueue.slot_free)."""
+        m = self.ttft.worker(key)
+        return self.queue.slot_free(len(m.pending), m.pending_tokens, tokens, self._batch_tokens(key))
+
+    def _batch_tokens(self, key: str) -> int:
+        w = self.cluster.get(key)
+        return w.max_batch_tokens if w is not None else 0
 
     def _release_next(self, key: str, now_s: float, out: list[HoldEvent]) -> None:
         """Fill the worker's free prefill slots from its queue (or hand them back if it is unusable)."""
@@ -297,9 +310,9 @@ class Router:
         if w is None or (not usable(w, now_s) and self._others_usable(w, now_s)):
             self._evict(key, out)
             return
-        while self.queue.held(key) and self._slot_free(key):
+        while (nxt := self.queue.peek(key)) is not None and self._slot_free(key, _uncached(nxt)):
             call = self.queue.pop(key)
-            assert call is not None
+            assert call is nxt
             self._release(call, call.prefill_ms, now_s, out)
         if usable(w, now_s):
             self._steal_into(w, now_s, {}, out)
@@ -380,7 +393,7 @@ class Router:
         """A call taken out of the queue goes to its worker now: its prefill joins the backlog there."""
         lease, _ = _held_parts(call)
         lease.held = False
-        self.ttft.dispatched(lease.decision.target.key, lease.seq, prefill_ms, now_s)
+        self.ttft.dispatched(lease.decision.target.key, lease.seq, prefill_ms, now_s, _uncached(call))
         out.append(Released(lease, call.payload))
 
     def _evict(self, key: str, out: list[HoldEvent]) -> None:

@@ -32,6 +32,7 @@ class _Pending:
     request_id: int
     estimate_ms: float
     dispatched_s: float
+    tokens: int = 0  # uncached prompt tokens: what it asks of the engine's prefill budget
 
 
 @dataclass
@@ -41,6 +42,7 @@ class WorkerTtft:
     theta: list[float]  # [a, b, c]
     p: list[list[float]]  # RLS covariance (3 by 3)
     pending: OrderedDict[int, _Pending] = field(default_factory=OrderedDict)
+    pending_tokens: int = 0  # uncached prompt tokens of the pending prefills
     backlog_ms: float = 0.0
     busy_since_s: float = 0.0
     observations: int = 0
@@ -111,14 +113,16 @@ class TtftModel:
         prefill = w.prefill_ms(uncached_tokens, cached_tokens) + self.priors.kv_transfer_ms_per_token * prompt_tokens
         return wait + prefill, wait, prefill
 
-    def dispatched(self, key: str, request_id: int, prefill_ms: float, now_s: float) -> None:
-        """A request was sent to `key`; its prefill joins the worker's backlog."""
+    def dispatched(self, key: str, request_id: int, prefill_ms: float, now_s: float, tokens: int = 0) -> None:
+        """A request was sent to `key`; its prefill (of `tokens` uncached tokens) joins the worker's backlog."""
         w = self.worker(key)
         if not w.pending:
             w.busy_since_s = now_s
             w.backlog_ms = 0.0
-        w.pending[request_id] = _Pending(request_id, prefill_ms, now_s)
+            w.pending_tokens = 0
+        w.pending[request_id] = _Pending(request_id, prefill_ms, now_s, tokens)
         w.backlog_ms += prefill_ms
+        w.pending_tokens += tokens
         self.total_pending += 1
 
     def started_or_gone(self, key: str, request_id: int, now_s: float) -> float | None:
@@ -130,6 +134,7 @@ class TtftModel:
             return None
         self.total_pending -= 1
         w.backlog_ms = max(0.0, w.backlog_ms - item.estimate_ms)
+        w.pending_tokens -= item.tokens
         if w.pending:
             # the engine works the backlog from now on; what it did before is done
             w.busy_since_s = max(now_s, next(iter(w.pending.values())).dispatched_s)

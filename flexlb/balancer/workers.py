@@ -77,6 +77,9 @@ class WorkerState:
     reported_running: int = 0
     kv_available_tokens: int = 0
     kv_total_tokens: int = 0
+    # the engine's prefill token budget per iteration (GetWorkerStatus max_batch_tokens_size; 0: not known,
+    # e.g. an engine that prefills one request at a time)
+    max_batch_tokens: int = 0
     # free-form labels surfaced by /actuator/info (e.g. why a worker is out)
     notes: dict[str, str] = field(default_factory=dict)
     key: str = field(init=False)  # same as addr.key, a plain attribute because routing reads it constantly

@@ -121,3 +121,4 @@ class HealthChecker:
         w.reported_running = len(reply.running_task_info)
         w.kv_available_tokens = reply.available_kv_cache
         w.kv_total_tokens = reply.total_kv_cache
+        w.max_batch_tokens = max(0, reply.max_batch_tokens_size)
