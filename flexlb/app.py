@@ -79,7 +79,8 @@ class Gateway:
                 base_ejection_s=m.outlier_base_ejection_ms / 1000.0,
                 max_ejected_share=m.outlier_max_ejected_percent / 100.0,
             ),
-            queue=PrefillQueueConfig(m.prefill_queue_depth, m.prefill_queue_aging, m.prefill_queue_max_hold_ms),
+            queue=PrefillQueueConfig(m.prefill_queue_depth, m.prefill_queue_aging, m.prefill_queue_max_hold_ms,
+                                     hold_after_ms=m.prefill_queue_hold_after_ms),
             max_in_flight_per_worker=m.max_in_flight_per_worker,
         )
         index = self.router.index

@@ -74,6 +74,7 @@ class MasterConfig:
     prefill_queue_depth: int = 2  # prefills sent to one worker at a time; the rest wait at the gateway (0: off)
     prefill_queue_aging: float = 1.0  # priority gained per ms held, in ms of estimated prefill
     prefill_queue_max_hold_ms: int = 30_000  # held this long: sent regardless of depth (0: no bound)
+    prefill_queue_hold_after_ms: int = 100  # no batch budget reported: hold beyond depth only past this backlog
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,10 @@ MASTER_FIELDS: tuple[MasterField, ...] = (
                 minimum=0.0, unit="ms per ms"),
     MasterField("prefillQueueMaxHoldMs", "prefill_queue_max_hold_ms", INT,
                 "a call held this long is sent regardless (0 = no bound)", minimum=0, unit="ms"),
+    MasterField("prefillQueueHoldAfterMs", "prefill_queue_hold_after_ms", INT,
+                "for workers that report no batch token budget: calls beyond the depth are held only once the "
+                "worker has this much prefill work outstanding (below it a held call's release latency costs "
+                "more than reordering gains)", minimum=0, unit="ms"),
 )
 
 # Fields of WHALE_MASTER_CONFIG that are parsed and validated but not acted on yet, with the reason.

@@ -34,7 +34,7 @@ P100, P1000, P2000, P3000, P5000 = 30.0, 120.0, 220.0, 320.0, 520.0
 
 
 def test_config_enabled_only_with_depth() -> None:
-    assert PrefillQueueConfig() == PrefillQueueConfig(depth=2, aging=1.0, max_hold_ms=30_000)
+    assert PrefillQueueConfig() == PrefillQueueConfig(depth=2, aging=1.0, max_hold_ms=30_000, hold_after_ms=100.0)
     assert PrefillQueueConfig().enabled
     assert not PrefillQueueConfig(depth=0).enabled
     assert PrefillQueueConfig(depth=3).enabled
@@ -255,6 +255,7 @@ def rreq(tokens: int, exclude: frozenset[str] = frozenset()) -> RouteRequest:
 
 
 def queued_router(n: int = 1, strategy: str = "COST_BASED_PREFILL", **queue: Any) -> tuple[Router, FakeClock, Recorder]:
+    queue.setdefault("hold_after_ms", 0.0)  # the depth rule alone, unless a test is about the backlog rule
     clock = FakeClock(T0)
     router = make_router(addrs(Role.PDFUSION, n), strategy, seed=1, clock=clock, queue=PrefillQueueConfig(**queue))
     return router, clock, Recorder(router)
@@ -412,7 +413,7 @@ def test_queues_are_per_worker() -> None:
 def test_pd_calls_are_held_for_their_prefill_worker() -> None:
     clock = FakeClock(T0)
     router = make_router(addrs(Role.PREFILL, 1) + addrs(Role.DECODE, 1, base=9000), "COST_BASED_PREFILL",
-                         "WEIGHTED_CACHE", seed=1, clock=clock, queue=PrefillQueueConfig(depth=1))
+                         "WEIGHTED_CACHE", seed=1, clock=clock, queue=PrefillQueueConfig(depth=1, hold_after_ms=0))
     rec = Recorder(router)
     (p,), (d,) = router.cluster.of_role(Role.PREFILL), router.cluster.of_role(Role.DECODE)
     a = router.route(rreq(1000), hold=True)
@@ -836,7 +837,7 @@ def test_an_idle_worker_takes_over_the_call_held_for_a_busy_one() -> None:
 def test_no_take_over_when_the_call_would_lose_its_cached_prefix() -> None:
     clock = FakeClock(T0)
     router = make_router(addrs(Role.PDFUSION, 2), "COST_BASED_PREFILL", seed=1, clock=clock,
-                         index=PrefixIndexConfig(1000, 600.0), queue=PrefillQueueConfig(depth=1))
+                         index=PrefixIndexConfig(1000, 600.0), queue=PrefillQueueConfig(depth=1, hold_after_ms=0))
     rec = Recorder(router)
     busy, idle = router.cluster.all()
     idle.operator_out = True
@@ -864,7 +865,7 @@ def test_no_take_over_when_the_call_would_lose_its_cached_prefix() -> None:
 def test_a_pd_call_taken_over_keeps_its_decode_peer() -> None:
     clock = FakeClock(T0)
     router = make_router(addrs(Role.PREFILL, 2) + addrs(Role.DECODE, 1, base=9000), "COST_BASED_PREFILL", seed=1,
-                         clock=clock, queue=PrefillQueueConfig(depth=1))
+                         clock=clock, queue=PrefillQueueConfig(depth=1, hold_after_ms=0))
     rec = Recorder(router)
     busy, idle = router.cluster.of_role(Role.PREFILL)
     (decode,) = router.cluster.of_role(Role.DECODE)
@@ -898,7 +899,7 @@ def test_transit_is_learned_from_the_engine_time_and_counted_in_estimates() -> N
 
 def test_a_call_taken_over_moves_its_blocks_in_the_index() -> None:
     router = make_router(addrs(Role.PDFUSION, 2), "COST_BASED_PREFILL", seed=1, clock=FakeClock(T0),
-                         index=PrefixIndexConfig(1000, 600.0), queue=PrefillQueueConfig(depth=1))
+                         index=PrefixIndexConfig(1000, 600.0), queue=PrefillQueueConfig(depth=1, hold_after_ms=0))
     rec = Recorder(router)
     busy, idle = router.cluster.all()
     idle.operator_out = True
@@ -923,7 +924,7 @@ async def test_the_dispatcher_readdresses_a_pd_call_taken_over_by_another_prefil
     from flexlb.pb import model_rpc_service_pb2 as pb
 
     router = make_router(addrs(Role.PREFILL, 2) + addrs(Role.DECODE, 1, base=9000), "COST_BASED_PREFILL", seed=1,
-                         clock=FakeClock(T0), queue=PrefillQueueConfig(depth=1))
+                         clock=FakeClock(T0), queue=PrefillQueueConfig(depth=1, hold_after_ms=0))
     metrics = Metrics()
     later: list[Callable[[], None]] = []  # the event loop's call_soon: deliveries wait for the loop
     dispatcher = Dispatcher(router, metrics, lambda: False, 64, call_later=lambda delay, fn: _NoTimer(),
@@ -985,3 +986,13 @@ def test_an_engine_that_reports_no_budget_gets_depth_calls() -> None:
     router, _, _ = queued_router(depth=2)
     leases = [router.route(rreq(500), hold=True) for _ in range(8)]
     assert [lease.held for lease in leases] == [False, False] + [True] * 6
+
+
+def test_below_the_backlog_bound_calls_go_to_the_engine_beyond_the_depth() -> None:
+    # an engine that reports no batch budget; estimates of 20 ms + 0.1 ms per token: 30 ms for 100 tokens
+    router, _, _ = queued_router(depth=1, hold_after_ms=100.0)
+    leases = [router.route(rreq(100), hold=True) for _ in range(6)]
+    # 30, 60, 90 ms outstanding: the next still goes (below 100 ms); from 120 ms on calls are held
+    assert [lease.held for lease in leases] == [False, False, False, False, True, True]
+    router.first_token(leases[0], 30.0)
+    assert not leases[4].held and leases[5].held  # back to 90 ms outstanding: one more goes

@@ -24,7 +24,8 @@ from tests.conftest import generate_input, stream_stub, wait_for, worker_addr
 
 Spawn = Callable[..., "asyncio.Task[list[pb.GenerateOutputsPB]]"]
 # one call at a worker at a time (the default is 2): the tests decide exactly which calls are held
-ONE = {"prefill_queue_depth": 1}
+# depth only: hold beyond one outstanding call whatever the backlog (these tests are about the queue itself)
+ONE = {"prefill_queue_depth": 1, "prefill_queue_hold_after_ms": 0}
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ async def test_held_calls_reach_the_worker_shortest_first(mock_workers, gateways
     # 1 ms of estimated prefill per token: the held calls' sizes, not their arrival order, set the order
     gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL",
                         master={"ttft_prior_us_per_token": 1000.0, **ONE})
-    assert gw.router.queue.config == PrefillQueueConfig(depth=1, aging=1.0, max_hold_ms=30_000)
+    assert gw.router.queue.config == PrefillQueueConfig(depth=1, aging=1.0, max_hold_ms=30_000, hold_after_ms=0)
     stub = stream_stub(channels(gw.grpc_port))
     await paused(w)
     first = spawn(stub, 1, 3000)
@@ -251,7 +252,8 @@ async def test_depth_zero_holds_nothing(mock_workers, gateways, channels, spawn,
 
 async def test_depth_two_sends_two_at_a_time(mock_workers, gateways, channels, spawn, paused) -> None:
     w = await mock_workers(time_scale=0.0)
-    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL", master={"prefill_queue_depth": 2})
+    gw = await gateways([worker_addr(w)], strategy="COST_BASED_PREFILL",
+                        master={"prefill_queue_depth": 2, "prefill_queue_hold_after_ms": 0})
     stub = stream_stub(channels(gw.grpc_port))
     await paused(w)
     calls = [spawn(stub, 50), spawn(stub, 51)]

@@ -42,6 +42,10 @@ class PrefillQueueConfig:
     aging: float = 1.0  # priority gained per ms held, in ms of prefill
     max_hold_ms: float = 30_000.0  # a call held this long is released regardless of depth (0: never)
     strategies: frozenset[str] = HOLDING_STRATEGIES  # prefill strategies whose calls may be held
+    # an engine that reports no batch budget gets calls beyond `depth` while its outstanding prefill work is
+    # below this: holding a call costs its release latency (the first-token signal, the event loop, the hop)
+    # each time, which only reordering a long queue pays back
+    hold_after_ms: float = 100.0
 
     @property
     def enabled(self) -> bool:
@@ -89,26 +93,29 @@ class PrefillQueue:
         """Calls held for one worker."""
         return len(self._keys.get(worker, ()))
 
-    def slot_free(self, sent: int, sent_tokens: int = 0, tokens: int = 0, batch_tokens: int = 0) -> bool:
+    def slot_free(self, sent: int, sent_tokens: int = 0, tokens: int = 0, batch_tokens: int = 0,
+                  outstanding_ms: float = 0.0) -> bool:
         """Whether a worker with `sent` prefills outstanding (not yet past their first token; `sent_tokens`
         uncached tokens) can take one more of `tokens` now.
 
         An engine that reports its prefill token budget per iteration (`batch_tokens`) runs waiting
         prefills together up to it: it may have its current batch and the next one's worth outstanding
         (held back any further, calls would reach it in waves; let through, they would wait in its FIFO).
-        Otherwise (an engine prefilling one request at a time) fewer than `depth` calls.
+        Otherwise (an engine prefilling one request at a time) fewer than `depth` calls, or less than
+        `hold_after_ms` of prefill work outstanding there (`outstanding_ms`).
         """
         if sent == 0:
             return True
         if batch_tokens > 0:
             return sent_tokens + tokens <= 2 * batch_tokens
-        return sent < self.config.depth
+        return sent < self.config.depth or outstanding_ms < self.config.hold_after_ms
 
-    def holds(self, worker: str, sent: int, sent_tokens: int = 0, tokens: int = 0, batch_tokens: int = 0) -> bool:
+    def holds(self, worker: str, sent: int, sent_tokens: int = 0, tokens: int = 0, batch_tokens: int = 0,
+              outstanding_ms: float = 0.0) -> bool:
         """Whether a call for `worker` now waits here: no slot is free (slot_free), or others already wait
         for one (arrival keeps its place in the order)."""
-        return self.config.enabled and (self.held(worker) > 0
-                                        or not self.slot_free(sent, sent_tokens, tokens, batch_tokens))
+        return self.config.enabled and (self.held(worker) > 0 or not self.slot_free(
+            sent, sent_tokens, tokens, batch_tokens, outstanding_ms))
 
     def order_key(self, prefill_ms: float, now_s: float) -> float:
         """Where a call of this estimated prefill, held now, sorts (lower leaves first)."""

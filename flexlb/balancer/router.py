@@ -293,12 +293,14 @@ class Router:
     def _must_hold(self, key: str, tokens: int) -> bool:
         """Hold when the worker cannot take this prefill now, or others already wait for it (keep order)."""
         m = self.ttft.worker(key)
-        return self.queue.holds(key, len(m.pending), m.pending_tokens, tokens, self._batch_tokens(key))
+        return self.queue.holds(key, len(m.pending), m.pending_tokens, tokens, self._batch_tokens(key),
+                                m.queue_wait_ms(self._clock()))
 
     def _slot_free(self, key: str, tokens: int = 0) -> bool:
         """Whether the worker can take one more prefill (of `tokens` uncached tokens) now (PrefillQueue.slot_free)."""
         m = self.ttft.worker(key)
-        return self.queue.slot_free(len(m.pending), m.pending_tokens, tokens, self._batch_tokens(key))
+        return self.queue.slot_free(len(m.pending), m.pending_tokens, tokens, self._batch_tokens(key),
+                                    m.queue_wait_ms(self._clock()))
 
     def _batch_tokens(self, key: str) -> int:
         w = self.cluster.get(key)

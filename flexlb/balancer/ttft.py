@@ -2,9 +2,13 @@
 
 estimated TTFT = queue wait (prefill work dispatched there and not yet past its first token)
                + prefill time (a + b·uncached + c·cached tokens) [+ KV transfer in PD].
-The prefill coefficients are fitted per worker by recursive least squares with forgetting,
-starting from configured priors; residuals are clipped (Huber) so one stalled request does
-not wreck the fit.
+The prefill coefficients are fitted per worker by least squares on exponentially forgotten normal
+equations, solved afresh on each observation under the physical constraints (no negative cost, a
+cached token never dearer than an uncached one), with a weak pull toward the configured priors;
+observations far off the fit are down-weighted (Huber), so one stalled request does not wreck it.
+(A recursive least-squares update with coefficients clamped afterwards diverged on live PD traffic:
+the clamp is invisible to its covariance, and 60 clean observations drove one worker to 0.3 ms per
+cached token, which made it look ten times slower than its twin.)
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ class TtftPriors:
     ms_per_uncached_token: float = 0.1
     ms_per_cached_token: float = 0.0
     kv_transfer_ms_per_token: float = 0.0
-    forgetting: float = 0.995  # RLS forgetting factor: ~200 observations of memory
+    forgetting: float = 0.995  # per observation: ~200 observations of memory
     huber_ms: float = 50.0  # residuals beyond this count linearly, not quadratically
-    prior_weight: float = 1.0  # confidence in the priors, in "observations"
+    prior_weight: float = 1.0  # pull toward the priors (1: as much as one observation of 100 tokens)
 
 
 @dataclass
@@ -39,8 +43,11 @@ class _Pending:
 class WorkerTtft:
     """One worker's fitted prefill model, its backlog of not-yet-started prefills and its error."""
 
-    theta: list[float]  # [a, b, c]
-    p: list[list[float]]  # RLS covariance (3 by 3)
+    theta: list[float]  # [a, b, c]: ms, ms per uncached token, ms per cached token
+    # the fit's forgotten, Huber-weighted normal equations, over x = (1, kilo-tokens uncached, cached):
+    # sum w·x·xᵀ and sum w·x·y
+    sxx: list[list[float]] = field(default_factory=lambda: [[0.0] * 3 for _ in range(3)])
+    sxy: list[float] = field(default_factory=lambda: [0.0] * 3)
     pending: OrderedDict[int, _Pending] = field(default_factory=OrderedDict)
     pending_tokens: int = 0  # uncached prompt tokens of the pending prefills
     backlog_ms: float = 0.0
@@ -84,20 +91,14 @@ class TtftModel:
         self.priors = priors
         self._workers: dict[str, WorkerTtft] = {}
         self.total_pending = 0  # prefills dispatched and not yet past their first token, all workers
-        var = 1.0 / max(priors.prior_weight, 1e-6)
-        # prior spread per coefficient: ±10 ms base, ±0.01 ms/token uncached, ±0.003 ms/token cached
-        self._p0 = [[var * 100.0, 0.0, 0.0], [0.0, var * 1e-4, 0.0], [0.0, 0.0, var * 1e-5]]
-        self._p_cap = [self._p0[i][i] * 100.0 for i in range(3)]
+        self._prior = _scaled([priors.base_ms, priors.ms_per_uncached_token, priors.ms_per_cached_token])
 
     def worker(self, key: str) -> WorkerTtft:
         """The model of one worker (created from the priors on first use)."""
         w = self._workers.get(key)
         if w is None:
             pr = self.priors
-            w = WorkerTtft(
-                theta=[pr.base_ms, pr.ms_per_uncached_token, pr.ms_per_cached_token],
-                p=[row[:] for row in self._p0],
-            )
+            w = WorkerTtft(theta=[pr.base_ms, pr.ms_per_uncached_token, pr.ms_per_cached_token])
             self._workers[key] = w
         return w
 
@@ -171,40 +172,94 @@ class TtftModel:
             w.observed_ttft_ms += alpha * (observed_ttft_ms - w.observed_ttft_ms)
         if not math.isfinite(prefill_ms) or prefill_ms < 0:
             return
-        x = (1.0, float(uncached_tokens), float(cached_tokens))
-        lam = self.priors.forgetting
-        p, th = w.p, w.theta
-        px = [sum(p[i][j] * x[j] for j in range(3)) for i in range(3)]
-        xpx = sum(x[i] * px[i] for i in range(3))
-        if not math.isfinite(xpx) or xpx <= 0.0:
-            # rounding made the covariance lose positive definiteness (plain RLS does, with forgetting
-            # and inputs that hardly vary): the gain would explode, so start the covariance over
-            w.p = p = [row[:] for row in self._p0]
-            px = [sum(p[i][j] * x[j] for j in range(3)) for i in range(3)]
-            xpx = sum(x[i] * px[i] for i in range(3))
-        denom = lam + xpx
+        x = (1.0, uncached_tokens / _KILO, cached_tokens / _KILO)
+        th = _scaled(w.theta)
         residual = prefill_ms - sum(th[i] * x[i] for i in range(3))
-        # robust (Huber): a surprise larger than 3x the typical residual moves the fit only that far.
-        # The bound never drops below half the observation itself, so a model that first saw only tiny
-        # prompts can still learn from the first long one instead of clipping it to a few ms.
+        # robust (Huber): a surprise larger than 3x the typical residual counts only that far. The bound
+        # never drops below half the observation itself, so a model that first saw only tiny prompts can
+        # still learn from the first long one instead of discounting it.
         limit = math.inf
         if w.residual_scale_ms:
             limit = max(self.priors.huber_ms, 3.0 * w.residual_scale_ms, 0.5 * prefill_ms)
-        clipped = max(-limit, min(limit, residual))
-        w.residual_scale_ms += (0.05 if w.residual_scale_ms else 1.0) * (abs(clipped) - w.residual_scale_ms)
-        gain = [v / denom for v in px]
-        w.theta = [th[i] + gain[i] * clipped for i in range(3)]
-        if clipped == residual:
-            # only an observation taken at face value makes the fit surer of itself; a clipped one
-            # leaves the covariance alone, or the model would lock onto a wrong slope
-            q = [[(p[i][j] - gain[i] * px[j]) / lam for j in range(3)] for i in range(3)]
-            w.p = [[(q[i][j] + q[j][i]) / 2.0 for j in range(3)] for i in range(3)]  # keep it symmetric
-        if any(w.p[i][i] > self._p_cap[i] for i in range(3)):
-            # forgetting inflates directions the data never excites (e.g. no cache hits): start over there
-            w.p = [row[:] for row in self._p0]
-        # keep the physically meaningful signs (no negative base or per-token cost)
-        w.theta = [max(0.0, v) for v in w.theta]
-        if not all(math.isfinite(v) for v in w.theta):
-            pr = self.priors
-            w.theta = [pr.base_ms, pr.ms_per_uncached_token, pr.ms_per_cached_token]
-            w.p = [row[:] for row in self._p0]
+        weight = 1.0 if abs(residual) <= limit else limit / abs(residual)
+        w.residual_scale_ms += (0.05 if w.residual_scale_ms else 1.0) * (min(abs(residual), limit)
+                                                                          - w.residual_scale_ms)
+        lam = self.priors.forgetting
+        for i in range(3):
+            w.sxy[i] = lam * w.sxy[i] + weight * x[i] * prefill_ms
+            row = w.sxx[i]
+            for j in range(3):
+                row[j] = lam * row[j] + weight * x[i] * x[j]
+        r = self.priors.prior_weight * _PRIOR_RIDGE
+        a = [[w.sxx[i][j] + (r if i == j else 0.0) for j in range(3)] for i in range(3)]
+        b = [w.sxy[i] + r * self._prior[i] for i in range(3)]
+        fitted = _constrained_fit(a, b)
+        if fitted is not None:
+            w.theta = [fitted[0], fitted[1] / _KILO, fitted[2] / _KILO]
+
+
+_KILO = 1000.0  # tokens are counted in thousands inside the fit: the normal equations stay well scaled
+# the priors' weight per unit prior_weight, in the fit's units: a slope's pull equals one 100-token
+# observation; it decides the coefficients only where the data does not (no cache hits yet, one prompt size)
+_PRIOR_RIDGE = 0.01
+
+
+def _scaled(theta: list[float]) -> list[float]:
+    """Coefficients per token -> per thousand tokens (the fit's units)."""
+    return [theta[0], theta[1] * _KILO, theta[2] * _KILO]
+
+
+# the subspaces the constrained optimum may lie on, tried in order: each maps free coefficients z to
+# (a, b, c); a face is kept only if its optimum is feasible (a, b >= 0 and 0 <= c <= b)
+_FACES: tuple[tuple[tuple[float, float, float], ...], ...] = (
+    ((1, 0, 0), (0, 1, 0), (0, 0, 1)),  # free
+    ((1, 0, 0), (0, 1, 0)),  # c = 0
+    ((1, 0, 0), (0, 1, 1)),  # c = b
+    ((0, 1, 0), (0, 0, 1)),  # a = 0
+    ((0, 1, 0),),  # a = 0, c = 0
+    ((0, 1, 1),),  # a = 0, c = b
+    ((1, 0, 0),),  # b = c = 0
+)
+
+
+def _constrained_fit(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """argmin θᵀAθ - 2bᵀθ subject to a, b >= 0 and 0 <= c <= b (A positive definite, 3 x 3)."""
+    best: tuple[float, list[float]] | None = None
+    for face in _FACES:
+        k = len(face)
+        ar = [[sum(face[i][r] * a[r][s] * face[j][s] for r in range(3) for s in range(3)) for j in range(k)]
+              for i in range(k)]
+        br = [sum(face[i][r] * b[r] for r in range(3)) for i in range(k)]
+        z = _solve(ar, br)
+        if z is None:
+            continue
+        th = [sum(z[i] * face[i][r] for i in range(k)) for r in range(3)]
+        if th[0] < 0.0 or th[1] < 0.0 or th[2] < 0.0 or th[2] > th[1] * (1.0 + 1e-12) or not all(
+                math.isfinite(v) for v in th):
+            continue
+        if k == 3:
+            return th  # the unconstrained optimum is feasible: it is the optimum
+        obj = sum(th[i] * a[i][j] * th[j] for i in range(3) for j in range(3)) - 2.0 * sum(b[i] * th[i]
+                                                                                         for i in range(3))
+        if best is None or obj < best[0]:
+            best = (obj, th)
+    return best[1] if best is not None else [0.0, 0.0, 0.0]
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """Gaussian elimination with partial pivoting (n <= 3); None if singular."""
+    n = len(b)
+    m = [[*row, b[i]] for i, row in enumerate(a)]
+    for col in range(n):
+        piv = max(range(col, n), key=lambda r: abs(m[r][col]))
+        if abs(m[piv][col]) < 1e-12:
+            return None
+        m[col], m[piv] = m[piv], m[col]
+        for r in range(col + 1, n):
+            f = m[r][col] / m[col][col]
+            for c in range(col, n + 1):
+                m[r][c] -= f * m[col][c]
+    z = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        z[r] = (m[r][n] - sum(m[r][c] * z[c] for c in range(r + 1, n))) / m[r][r]
+    return z

@@ -71,7 +71,8 @@ def estimates(candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickCon
             prefill = m.prefill_ms(uncached, cached)
             wait += m.transit_ms
         overtakes = 0
-        if queue is not None and queue.holds(w.key, len(m.pending), m.pending_tokens, uncached, w.max_batch_tokens):
+        if queue is not None and queue.holds(w.key, len(m.pending), m.pending_tokens, uncached, w.max_batch_tokens,
+                                             wait):
             ahead_ms, overtakes = queue.ahead(w.key, prefill, ctx.now_s)
             wait += ahead_ms
         out.append(Estimate(w, cached, wait, prefill, overtakes))
