@@ -232,3 +232,21 @@ async def test_schedule_reservations_for_replicas_and_client_block_keys(mock_wor
     again = await schedule(fpb.FlexlbScheduleRequestPB(request_id=79, seq_len=2000, block_cache_keys=keys,
                                                        cache_key_block_size=16), timeout=5)
     assert first.server_status[0].grpc_port == again.server_status[0].grpc_port
+
+
+async def test_schedule_never_hands_out_a_worker_known_dead(mock_workers, gateways, channels) -> None:
+    dead = await mock_workers()
+    addr = worker_addr(dead)
+    await dead.stop(grace_s=0)  # connections refused from now on
+    gw = await gateways([addr], master={"health_check_interval_ms": 50})
+    state = gw.cluster.get(addr.key)
+    assert state is not None
+    await wait_for(lambda: not state.healthy, what="the refusing worker out of rotation")
+    schedule = channels(gw.grpc_port).unary_unary(
+        "/FlexlbService/Schedule", request_serializer=fpb.FlexlbScheduleRequestPB.SerializeToString,
+        response_deserializer=fpb.FlexlbScheduleResponsePB.FromString)
+    reply = await schedule(fpb.FlexlbScheduleRequestPB(request_id=5, seq_len=100, forward_hop=1), timeout=5)
+    # retryable: the frontend asks another master or retries, instead of dialing a dead worker
+    assert not reply.success and reply.code == 8404 and "in rotation" in reply.error_message
+    assert not reply.server_status
+    assert gw.cluster.ledger.reservations == 0 and state.in_flight == 0

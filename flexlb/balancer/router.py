@@ -113,6 +113,10 @@ class Router:
             return req.prompt_tokens
         return req.prompt_tokens - reused_tokens(req, max(self.index.match(req.block_keys).values(), default=0))
 
+    def in_rotation(self, w: WorkerState) -> bool:
+        """Whether the worker is usable now (healthy, not ejected, not taken out by an operator)."""
+        return usable(w, self._clock())
+
     def can_route(self) -> bool:
         """Whether every role this deployment needs has a healthy worker."""
         roles = (Role.PDFUSION,) if self.deploy is Deploy.PD_FUSION else (Role.PREFILL, Role.DECODE)

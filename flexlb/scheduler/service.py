@@ -121,6 +121,14 @@ class Scheduler:
         except NoWorkerAvailable as exc:
             return self._fail(_NO_WORKER_CODE.get(exc.role, 8402), str(exc))
         d = lease.decision
+        dead = [w for w in (d.target, d.decode) if w is not None and not self.router.in_rotation(w)]
+        if dead:
+            # routing fails open for relayed calls (a doubtful worker beats refusing the call); a decision
+            # handed to a caller must not: it would dial a worker the gateway knows is out, so it is told
+            # to retry elsewhere (FlexLB's retryable 8402/8403/8404), as the Java master answers
+            self._release(lease)
+            role = dead[0].role.name
+            return self._fail(_NO_WORKER_CODE.get(role, 8402), f"no {role} worker in rotation")
         self.metrics.decisions.labels(d.strategy, d.reason).inc()
         lifecycle = fpb.RequestLifecyclePB(request_id=req.request_id, batch_id=lease.seq)
         if req.forward_hop >= 1:
