@@ -8,13 +8,22 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from flexlb import __version__
 from flexlb.balancer.prefill_queue import PrefillQueueConfig
 from flexlb.balancer.strategies import strategy_names
 from flexlb.config import EDGE_LIMIT_FLAGS, NOT_ACTED_ON, CliOverrides, ConfigError, load_settings
-from flexlb.sim.engine import EngineParams
-from flexlb.sim.mock_worker import ROLE_NAMES, Faults, MockWorkerConfig
+from flexlb.sim.batching import BatchingEngine, BatchingParams
+from flexlb.sim.engine import EngineParams, PrefixCache
+from flexlb.sim.mock_worker import ENGINES, ROLE_NAMES, Faults, MockWorkerConfig
+
+# FIFO cost flags (dest names); on the batching engine they are mapped onto iterations when no --batch-* is given
+_FIFO_COSTS = ("prefill_base_ms", "prefill_ms_per_token", "decode_step_ms", "decode_step_ms_per_running")
+_BATCH_COSTS = {"batch_base_ms": "base_ms", "batch_prefill_base_ms": "prefill_base_ms",
+                "batch_ms_per_prefill_token": "ms_per_prefill_token",
+                "batch_ms_per_cached_token": "ms_per_cached_token",
+                "batch_ms_per_decode_seq": "ms_per_decode_sequence"}
 
 # the original FlexLB's Spring Boot run line: --server.port=P --management.server.port=Q
 _SPRING_FLAGS = {"--server.port": "--port", "--management.server.port": "--admin-port"}
@@ -84,19 +93,46 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 def _mock_parser(sub: argparse._SubParsersAction) -> None:
     d = EngineParams()
+    b = BatchingParams()
     p = sub.add_parser(
         "mock-worker",
         help="run a simulated RTP-LLM worker",
-        description="A simulated inference engine speaking the RTP-LLM worker protocol.",
+        description="A simulated inference engine speaking the RTP-LLM worker protocol. The batching engine's "
+        "default costs are Llama-3.1-8B on one H100 (flexlb/sim/batching.py); given FIFO cost flags and no "
+        "--batch-* cost, it maps the FIFO costs onto iterations (a lone prompt and a decode step cost the same).",
     )
     p.add_argument("--role", default="PDFUSION", choices=sorted(ROLE_NAMES))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True, help="gRPC port (0 = any free port)")
     p.add_argument("--time-scale", type=float, default=1.0, help="multiplies every simulated duration")
-    p.add_argument("--prefill-base-ms", type=float, default=d.prefill_base_ms)
-    p.add_argument("--prefill-ms-per-token", type=float, default=d.prefill_ms_per_uncached_token)
-    p.add_argument("--decode-step-ms", type=float, default=d.decode_step_base_ms)
-    p.add_argument("--decode-step-ms-per-running", type=float, default=d.decode_step_ms_per_running)
+    p.add_argument("--engine", default="batching", choices=ENGINES,
+                   help="batching: continuous batching in iterations (default); fifo: one prefill at a time")
+    fifo = p.add_argument_group("FIFO engine costs")
+    fifo.add_argument("--prefill-base-ms", type=float, default=None, help=f"default {d.prefill_base_ms:g}")
+    fifo.add_argument("--prefill-ms-per-token", type=float, default=None,
+                      help=f"default {d.prefill_ms_per_uncached_token:g}")
+    fifo.add_argument("--decode-step-ms", type=float, default=None, help=f"default {d.decode_step_base_ms:g}")
+    fifo.add_argument("--decode-step-ms-per-running", type=float, default=None,
+                      help=f"default {d.decode_step_ms_per_running:g}")
+    bat = p.add_argument_group("batching engine (iteration = base + prefill base if any prompt tokens + "
+                               "per prefill token + per cached token + per decode row)")
+    bat.add_argument("--batch-base-ms", type=float, default=None, help=f"default {b.base_ms:g}")
+    bat.add_argument("--batch-prefill-base-ms", type=float, default=None, help=f"default {b.prefill_base_ms:g}")
+    bat.add_argument("--batch-ms-per-prefill-token", type=float, default=None,
+                     help=f"default {b.ms_per_prefill_token:g}")
+    bat.add_argument("--batch-ms-per-cached-token", type=float, default=None,
+                     help=f"default {b.ms_per_cached_token:g}")
+    bat.add_argument("--batch-ms-per-decode-seq", type=float, default=None,
+                     help=f"default {b.ms_per_decode_sequence:g}")
+    bat.add_argument("--max-batch-tokens", type=int, default=b.max_batch_tokens,
+                     help="token budget of an iteration (reported as max_batch_tokens_size)")
+    bat.add_argument("--max-batch-size", type=int, default=b.max_batch_size, help="rows running at once")
+    bat.add_argument("--chunked-prefill", action="store_true", help="split prompts over the budget across iterations")
+    bat.add_argument("--kv-blocks", type=int, default=None,
+                     help=f"KV blocks of --block-size tokens (default: {b.kv_blocks * b.block_size_tokens} tokens)")
+    bat.add_argument("--preempt", action="store_true",
+                     help="admission preempts running sequences that arrived after the head of the queue")
+    bat.add_argument("--max-seq-len", type=int, default=b.max_seq_len, help="reported max_seq_len")
     p.add_argument("--block-size", type=int, default=d.block_size_tokens, help="tokens per KV block")
     p.add_argument("--cache-blocks", type=int, default=d.cache_capacity_blocks, help="prefix cache capacity")
     p.add_argument("--error-rate", type=float, default=0.0, help="share of generate calls failing at once")
@@ -132,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--limit", type=int, default=None, help="only the first N requests")
     sim.add_argument("--skip", type=int, default=0, help="drop the first N requests (the clock starts at the next)")
     sim.add_argument("--noise", type=float, default=0.0, help="lognormal sigma on prefill times")
+    sim.add_argument("--engine", default="batching", choices=ENGINES,
+                     help="batching: continuous batching, the FIFO engine's costs as iterations (default); "
+                     "fifo: one prefill at a time, decode beside it")
+    sim.add_argument("--max-batch-tokens", type=int, default=BatchingParams.max_batch_tokens,
+                     help="batching: token budget of an iteration")
+    sim.add_argument("--chunked-prefill", action="store_true", help="batching: split long prompts across iterations")
+    sim.add_argument("--preempt", action="store_true",
+                     help="batching: admission preempts running sequences that arrived later")
     sim.add_argument("--queue-depth", type=int, default=PrefillQueueConfig.depth,
                      help="prefillQueueDepth: prefills sent to a worker at a time, the rest wait at the gateway "
                      "(0: off, every call goes straight to its worker's FIFO)")
@@ -182,17 +226,49 @@ def _serve(args: argparse.Namespace) -> int:
     return _run(run_gateway(settings))
 
 
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _batching_params(args: argparse.Namespace, params: EngineParams) -> BatchingParams:
+    """--batch-* costs, else the FIFO flags mapped onto iterations when any is given, else the calibrated defaults."""
+    fifo_given = any(getattr(args, name) is not None for name in _FIFO_COSTS)
+    batch_given = any(getattr(args, name) is not None for name in _BATCH_COSTS)
+    base = BatchingParams.from_engine(params) if fifo_given and not batch_given else BatchingParams()
+    costs = {field: getattr(args, name) for name, field in _BATCH_COSTS.items() if getattr(args, name) is not None}
+    kv_tokens = BatchingParams().kv_blocks * BatchingParams().block_size_tokens
+    return replace(
+        base,
+        **costs,
+        block_size_tokens=args.block_size,
+        kv_blocks=args.kv_blocks if args.kv_blocks is not None else max(1, kv_tokens // max(1, args.block_size)),
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_size=args.max_batch_size,
+        chunked_prefill=args.chunked_prefill,
+        preempt=args.preempt,
+        max_seq_len=args.max_seq_len,
+    )
+
+
 def _mock_worker(args: argparse.Namespace) -> int:
     from flexlb.sim.mock_worker import serve_forever
 
+    d = EngineParams()
     params = EngineParams(
-        prefill_base_ms=args.prefill_base_ms,
-        prefill_ms_per_uncached_token=args.prefill_ms_per_token,
-        decode_step_base_ms=args.decode_step_ms,
-        decode_step_ms_per_running=args.decode_step_ms_per_running,
+        prefill_base_ms=_given(args.prefill_base_ms, d.prefill_base_ms),
+        prefill_ms_per_uncached_token=_given(args.prefill_ms_per_token, d.prefill_ms_per_uncached_token),
+        decode_step_base_ms=_given(args.decode_step_ms, d.decode_step_base_ms),
+        decode_step_ms_per_running=_given(args.decode_step_ms_per_running, d.decode_step_ms_per_running),
         block_size_tokens=args.block_size,
         cache_capacity_blocks=args.cache_blocks,
     )
+    try:
+        batching = _batching_params(args, params) if args.engine == "batching" else None
+        if batching is not None:
+            BatchingEngine(batching, PrefixCache(0))  # validates the limits before binding a port
+    except ValueError as exc:
+        print(f"flexlb mock-worker: {exc}", file=sys.stderr)
+        return 2
     faults = Faults(
         error_rate=args.error_rate,
         error_code=args.error_code,
@@ -208,6 +284,8 @@ def _mock_worker(args: argparse.Namespace) -> int:
         params=params,
         faults=faults,
         seed=args.seed,
+        engine=args.engine,
+        batching=batching,
     )
     return _run(serve_forever(cfg))
 

@@ -18,6 +18,7 @@ from flexlb.balancer.workers import Role, WorkerAddr
 from flexlb.config import ConsistencyConfig, MasterConfig, ServerConfig, Settings
 from flexlb.consistency.local_zookeeper import ZooKeeper
 from flexlb.pb import model_rpc_service_pb2 as pb
+from flexlb.sim.batching import BatchingParams
 from flexlb.sim.engine import EngineParams
 from flexlb.sim.mock_worker import Faults, MockWorker, MockWorkerConfig
 
@@ -78,9 +79,13 @@ async def mock_workers() -> AsyncIterator[WorkerFactory]:
         faults: Faults | None = None,
         params: EngineParams = FAST,
         port: int = 0,
+        engine: str = "batching",
+        batching: BatchingParams | None = None,
     ) -> MockWorker:
+        # batching=None: `params`' costs as iterations (a prompt alone costs what it costs on the FIFO engine)
         w = MockWorker(
-            MockWorkerConfig(role=role, port=port, time_scale=time_scale, params=params, faults=faults or Faults())
+            MockWorkerConfig(role=role, port=port, time_scale=time_scale, params=params, faults=faults or Faults(),
+                             engine=engine, batching=batching)
         )
         await w.start()
         started.append(w)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,9 +21,17 @@ from flexlb.app import Gateway
 from flexlb.balancer.prefill_queue import PrefillQueueConfig
 from flexlb.pb import model_rpc_service_pb2 as pb
 from flexlb.sim.mock_worker import Faults, MockWorker
-from tests.conftest import generate_input, stream_stub, wait_for, worker_addr
+from tests.conftest import WorkerFactory, generate_input, stream_stub, wait_for, worker_addr
 
 Spawn = Callable[..., "asyncio.Task[list[pb.GenerateOutputsPB]]"]
+
+
+@pytest.fixture
+def mock_workers(mock_workers: WorkerFactory) -> WorkerFactory:
+    """This module's workers run the FIFO engine: one prefill at a time and no max_batch_tokens_size reported,
+    so the gateway's depth rule (prefillQueueDepth calls at a worker) decides what is held."""
+    return functools.partial(mock_workers, engine="fifo")
+
 # one call at a worker at a time (the default is 2): the tests decide exactly which calls are held
 # depth only: hold beyond one outstanding call whatever the backlog (these tests are about the queue itself)
 ONE = {"prefill_queue_depth": 1, "prefill_queue_hold_after_ms": 0}

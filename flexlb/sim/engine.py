@@ -1,8 +1,9 @@
-"""The simulated inference engine: timing model and per-worker LRU prefix cache.
+"""The simulated inference engine: FIFO timing model and per-worker LRU prefix cache.
 
 Pure (no grpc, no asyncio), so the mock worker and the offline simulator share it.
-Prefill time = a + b·uncached_tokens + c·cached_tokens; one decode step of the running
-batch takes d + e·batch_size. Output tokens are a deterministic function of the prompt.
+Prefill time = a + b·uncached_tokens + c·cached_tokens, one prompt at a time; one decode step of the
+running batch takes d + e·batch_size. Output tokens are a deterministic function of the prompt.
+The continuous-batching model (flexlb/sim/batching.py) uses the same prefix cache and output tokens.
 """
 
 from __future__ import annotations
@@ -105,10 +106,10 @@ def plan_prefill_keys(params: EngineParams, cache: PrefixCache, keys: tuple[int,
     return PrefillPlan(keys, cached_tokens, uncached, params.prefill_ms(uncached, cached_tokens))
 
 
-def output_token(token_ids: Sequence[int], index: int) -> int:
-    """The index-th generated token: deterministic in the prompt, the same on every worker."""
+def output_token(token_ids: Sequence[int], index: int, row: int = 0) -> int:
+    """The index-th generated token of return sequence `row`: deterministic in the prompt, the same on every worker."""
     seed = len(token_ids) * 1_000_003 + sum(token_ids[:16]) + sum(token_ids[-16:])
-    return (seed + (index + 1) * 7919) % VOCAB_SIZE
+    return (seed + (index + 1) * 7919 + row * 104_729) % VOCAB_SIZE
 
 
 def int32_tensor_bytes(values: Sequence[int]) -> bytes:

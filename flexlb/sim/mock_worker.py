@@ -1,14 +1,18 @@
 """A simulated RTP-LLM worker speaking the real protocol (PDFUSION, PREFILL or DECODE role).
 
-Prefills run one at a time (FIFO), priced by flexlb.sim.engine; decode steps slow down as
-the running batch grows. PREFILL drives the DECODE named in role_addrs over RemoteGenerate
-(rtp-llm-wire.md §5.5) and relays its stream. Fault switches make it fail, stall, hang or crash.
+Two engine models. `batching` (default): one scheduler task drives flexlb.sim.batching (continuous
+batching of prefills and decodes in iterations) with asyncio sleeps of each iteration's time x
+time_scale; each call waits for its sequence's events. `fifo`: prefills run one at a time under
+`_prefill_lock`, priced by flexlb.sim.engine, decode steps slow down as the running batch grows.
+PREFILL drives the DECODE named in role_addrs over RemoteGenerate (rtp-llm-wire.md §5.5) and relays
+its stream. Fault switches make it fail, stall, hang or crash.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import time
@@ -19,7 +23,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from flexlb import wire
+from flexlb.balancer.prefix import block_keys
 from flexlb.pb import model_rpc_service_pb2 as pb
+from flexlb.sim.batching import (
+    BatchingEngine,
+    BatchingParams,
+    Event,
+    Finished,
+    FirstToken,
+    Kind,
+    Sequence,
+    Token,
+)
 from flexlb.sim.engine import (
     EngineParams,
     PrefixCache,
@@ -33,6 +48,7 @@ ROLE_NAMES = {
     "PREFILL": pb.RoleAddrPB.PREFILL,
     "DECODE": pb.RoleAddrPB.DECODE,
 }
+ENGINES = ("batching", "fifo")
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,10 @@ class MockWorkerConfig:
     params: EngineParams = field(default_factory=EngineParams)
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
+    engine: str = "batching"  # "batching" or "fifo"
+    # the batching engine's costs and limits; None: `params`' costs as iterations (BatchingParams.from_engine),
+    # so a prompt alone and a decode step take what they take on the FIFO engine
+    batching: BatchingParams | None = None
 
 
 @dataclass
@@ -67,6 +87,7 @@ class _Task:
     start_s: float = 0.0
     waiting: bool = True
     iterations: int = 0
+    seq_id: int | None = None  # its sequence in the batching engine
 
 
 class _EngineError(Exception):
@@ -90,11 +111,26 @@ class MockWorker:
     def __init__(self, config: MockWorkerConfig) -> None:
         if config.role not in ROLE_NAMES:
             raise ValueError(f"role must be one of {', '.join(ROLE_NAMES)}, got {config.role!r}")
+        if config.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {config.engine!r}")
         self.config = config
         self.role_value = ROLE_NAMES[config.role]
         self.params = config.params
         self.cache = PrefixCache(config.params.cache_capacity_blocks)
+        # FIFO: a prefill runs only while holding it; batching: an iteration runs only while holding it
+        # (so holding it pauses either engine)
         self._prefill_lock = asyncio.Lock()
+        self.engine: BatchingEngine | None = None
+        if config.engine == "batching":
+            bp = config.batching or BatchingParams.from_engine(config.params)
+            if bp.block_size_tokens != config.params.block_size_tokens:
+                raise ValueError("the batching engine's block size must be params.block_size_tokens (cache keys)")
+            self.engine = BatchingEngine(bp, self.cache)
+        self._waiters: dict[int, asyncio.Queue[Event]] = {}
+        self._wake = asyncio.Event()
+        self._seq_ids = itertools.count(1)
+        self._engine_task: asyncio.Task[None] | None = None
+        self._status_version = 0
         self._rng = random.Random(config.seed)
         self._running: dict[int, _Task] = {}
         self._finished: list[tuple[int, pb.TaskInfoPB]] = []
@@ -160,6 +196,8 @@ class MockWorker:
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(wire.RPC_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
+        if self.engine is not None:
+            self._engine_task = asyncio.get_running_loop().create_task(self._run_engine(self.engine))
         return self.port
 
     async def stop(self, grace_s: float | None = 0.5) -> None:
@@ -167,6 +205,11 @@ class MockWorker:
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
+        if self._engine_task is not None:
+            self._engine_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._engine_task
+            self._engine_task = None
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
@@ -216,7 +259,17 @@ class MockWorker:
         if f.error_rate > 0 and self._rng.random() < f.error_rate:
             raise _EngineError(f.error_code, f"injected failure (error_code {f.error_code})")
 
-    async def _prefill(self, req: pb.GenerateInputPB, start_s: float, task: _Task) -> tuple[int, int, int]:
+    def _now_ms(self) -> float:
+        return time.monotonic() * 1000.0
+
+    @staticmethod
+    def _rows(req: pb.GenerateInputPB) -> int:
+        """Return sequences the request asks for (generate_config.num_return_sequences, at least 1)."""
+        return max(1, req.generate_config.num_return_sequences)
+
+    # ------------------------------------------------------------ FIFO engine
+
+    async def _prefill_fifo(self, req: pb.GenerateInputPB, start_s: float, task: _Task) -> tuple[int, int, int]:
         """Queue for the engine, prefill; returns (wait_us, first_token_us, reuse_tokens)."""
         tokens = list(req.token_ids)
         async with self._prefill_lock:
@@ -229,10 +282,134 @@ class MockWorker:
             self._iterations += 1
         return wait_us, self._now_us(start_s), plan.cached_tokens
 
+    async def _decode_fifo(self, req: pb.GenerateInputPB, first_index: int, total: int,
+                           task: _Task) -> AsyncIterator[int]:
+        """Yield each decode step's token index, pacing steps by the running batch size."""
+        rows = self._rows(req)
+        self._decoding += rows
+        try:
+            for i in range(first_index, total):
+                await self._sleep_ms(self.params.decode_step_ms(self._decoding))
+                self._iterations += 1
+                task.iterations += 1
+                yield i
+        finally:
+            self._decoding -= rows
+
+    # ------------------------------------------------------------ batching engine
+
+    async def _run_engine(self, engine: BatchingEngine) -> None:
+        """The scheduler loop: plan an iteration, sleep its time x time_scale, hand its events to the calls."""
+        while True:
+            self._wake.clear()  # before planning: a call added after this wakes the wait below
+            events: list[Event] = []
+            async with self._prefill_lock:  # held by a test: the engine is paused
+                it = engine.plan(self._now_ms())
+                if it is not None:
+                    await self._sleep_ms(it.duration_ms)
+                    events = engine.complete(it, self._now_ms())
+            if it is None:
+                await self._wake.wait()
+                continue
+            for ev in events:
+                q = self._waiters.get(ev.seq_id)
+                if q is not None:
+                    q.put_nowait(ev)
+            await asyncio.sleep(0)  # at time scale 0 the loop never sleeps: let the calls send
+
+    def _engine_add(self, task: _Task, req: pb.GenerateInputPB, kind: Kind, arrival_s: float) -> asyncio.Queue[Event]:
+        """Give the call's sequence to the batching engine; its events arrive on the returned queue."""
+        assert self.engine is not None
+        sid = next(self._seq_ids)
+        q: asyncio.Queue[Event] = asyncio.Queue()
+        self._waiters[sid] = q
+        task.seq_id = sid
+        keys = () if kind is Kind.DECODE_ONLY else tuple(block_keys(req.token_ids, self.params.block_size_tokens))
+        self.engine.add(Sequence(sid, max(1, len(req.token_ids)), keys, self._max_new_tokens(req), kind,
+                                 arrival_s * 1000.0, self._rows(req)))
+        self._wake.set()
+        return q
+
+    def _engine_drop(self, task: _Task) -> None:
+        """The call is over (finished, failed or cancelled): its sequence leaves the engine and frees its KV."""
+        if task.seq_id is not None and self.engine is not None:
+            self._waiters.pop(task.seq_id, None)
+            self.engine.cancel(task.seq_id)
+
+    async def _prefill_batching(self, req: pb.GenerateInputPB, start_s: float,
+                                task: _Task) -> tuple[int, int, int]:
+        """PD prefill in the batching engine (a PREFILL_ONLY sequence); (wait_us, first_token_us, reuse)."""
+        q = self._engine_add(task, req, Kind.PREFILL_ONLY, start_s)
+        try:
+            while True:
+                ev = await q.get()
+                if isinstance(ev, FirstToken):
+                    task.waiting = False
+                    task.prefix_length = ev.cached_tokens
+                    task.iterations = ev.iterations
+                    return int(ev.waited_ms * 1000), self._now_us(start_s), ev.cached_tokens
+        finally:
+            self._engine_drop(task)
+
+    async def _decode_batching(self, req: pb.GenerateInputPB, task: _Task) -> AsyncIterator[int]:
+        """PD decode in the batching engine (a DECODE_ONLY sequence): yield token indices 1..n-1."""
+        q = self._engine_add(task, req, Kind.DECODE_ONLY, time.monotonic())
+        try:
+            while True:
+                ev = await q.get()
+                if isinstance(ev, Token):
+                    task.iterations += 1
+                    yield ev.index
+                elif isinstance(ev, Finished):
+                    return
+        finally:
+            self._engine_drop(task)
+
+    async def _generate_batching(
+        self, req: pb.GenerateInputPB, start_s: float, task: _Task
+    ) -> AsyncIterator[pb.GenerateOutputsPB]:
+        """Local generation in the batching engine (a FUSED sequence): the messages as the FIFO path sends them."""
+        total = self._max_new_tokens(req)
+        streaming = req.generate_config.is_streaming
+        q = self._engine_add(task, req, Kind.FUSED, start_s)
+        wait_us = first_us = reuse = 0
+        try:
+            while True:
+                ev = await q.get()
+                if isinstance(ev, FirstToken):
+                    wait_us, first_us, reuse = int(ev.waited_ms * 1000), self._now_us(start_s), ev.cached_tokens
+                    task.waiting = False
+                    task.prefix_length = reuse
+                    task.iterations = ev.iterations
+                    if streaming or total == 1:
+                        yield self._outputs(req, range(0, 1), 1, total == 1, start_s, wait_us, first_us, reuse,
+                                            task.iterations)
+                elif isinstance(ev, Token):
+                    task.iterations += 1
+                    if streaming:
+                        done = ev.index + 1 == total
+                        yield self._outputs(req, range(ev.index, ev.index + 1), ev.index + 1, done, start_s,
+                                            wait_us, first_us, reuse, task.iterations)
+                elif isinstance(ev, Finished):
+                    break
+            if not streaming and total > 1:
+                yield self._outputs(req, range(0, total), total, True, start_s, wait_us, first_us, reuse,
+                                    task.iterations)
+        finally:
+            self._engine_drop(task)
+
+    # ------------------------------------------------------------ shared
+
+    async def _prefill(self, req: pb.GenerateInputPB, start_s: float, task: _Task) -> tuple[int, int, int]:
+        """Prefill on whichever engine; returns (wait_us, first_token_us, reuse_tokens)."""
+        if self.engine is None:
+            return await self._prefill_fifo(req, start_s, task)
+        return await self._prefill_batching(req, start_s, task)
+
     def _outputs(
         self,
         req: pb.GenerateInputPB,
-        new_tokens: list[int],
+        indices: range,
         output_len: int,
         finished: bool,
         start_s: float,
@@ -242,6 +419,8 @@ class MockWorker:
         iterations: int,
         pd_sep: bool = False,
     ) -> pb.GenerateOutputsPB:
+        """One message carrying tokens `indices` of every return sequence (rows of output_ids, as the engine)."""
+        rows = self._rows(req)
         aux = pb.AuxInfoPB(
             cost_time_us=self._now_us(start_s),
             iter_count=iterations,
@@ -250,22 +429,24 @@ class MockWorker:
             local_reuse_len=reuse,
             prefix_len=0,
             output_len=output_len,
-            step_output_len=len(new_tokens),
+            step_output_len=len(indices),
             first_token_cost_time_us=first_token_us,
             wait_time_us=wait_us,
             pd_sep=pd_sep,
         )
+        ids = [output_token(req.token_ids, i, r) for r in range(rows) for i in indices]
         tensor = pb.TensorPB(
             data_type=pb.TensorPB.INT32,
-            shape=[1, 1, len(new_tokens)],
-            int32_data=int32_tensor_bytes(new_tokens),
+            shape=[rows, 1, len(indices)],
+            int32_data=int32_tensor_bytes(ids),
         )
         return pb.GenerateOutputsPB(
             request_id=req.request_id,
-            flatten_output=pb.FlattenOutputPB(finished=[finished], aux_info=[aux], output_ids=tensor),
+            flatten_output=pb.FlattenOutputPB(finished=[finished] * rows, aux_info=[aux] * rows, output_ids=tensor),
         )
 
     def _finish_task(self, task: _Task, error: int = 0) -> None:
+        self._engine_drop(task)
         self._running.pop(task.request_id, None)
         self._finished_version += 1
         info = pb.TaskInfoPB(
@@ -281,23 +462,14 @@ class MockWorker:
         self._finished.append((self._finished_version, info))
         del self._finished[:-1000]
 
-    async def _decode_tokens(
-        self, req: pb.GenerateInputPB, first_index: int, total: int, task: _Task
-    ) -> AsyncIterator[list[int]]:
-        """Yield each decode step's new token ids, pacing steps by the running batch size."""
-        self._decoding += 1
-        try:
-            for i in range(first_index, total):
-                await self._sleep_ms(self.params.decode_step_ms(self._decoding))
-                self._iterations += 1
-                task.iterations += 1
-                yield [output_token(req.token_ids, i)]
-        finally:
-            self._decoding -= 1
-
     @staticmethod
     def _max_new_tokens(req: pb.GenerateInputPB) -> int:
         return max(1, req.generate_config.max_new_tokens or 1)
+
+    def _is_waiting(self, task: _Task) -> bool:
+        if self.engine is not None and task.seq_id is not None:
+            return self.engine.is_waiting(task.seq_id)
+        return task.waiting
 
     # ------------------------------------------------------------ RpcService
 
@@ -333,25 +505,33 @@ class MockWorker:
             error = wire.CANCELLED_ERROR
             raise
         finally:
+            # also takes the sequence out of the batching engine: an inner generator suspended at a yield is
+            # only closed when garbage-collected
             self._finish_task(task, error)
 
     async def _generate_local(
         self, req: pb.GenerateInputPB, start_s: float, task: _Task
     ) -> AsyncIterator[pb.GenerateOutputsPB]:
+        if self.engine is not None:
+            async for out in self._generate_batching(req, start_s, task):
+                yield out
+            return
         total = self._max_new_tokens(req)
         streaming = req.generate_config.is_streaming
-        wait_us, first_us, reuse = await self._prefill(req, start_s, task)
+        wait_us, first_us, reuse = await self._prefill_fifo(req, start_s, task)
         task.iterations = 1
-        produced = [output_token(req.token_ids, 0)]
+        produced = 1
         if streaming or total == 1:
-            yield self._outputs(req, produced, 1, total == 1, start_s, wait_us, first_us, reuse, 1)
-        async for step in self._decode_tokens(req, 1, total, task):
-            produced += step
+            yield self._outputs(req, range(0, 1), 1, total == 1, start_s, wait_us, first_us, reuse, 1)
+        async for i in self._decode_fifo(req, 1, total, task):
+            produced += 1
             if streaming:
-                done = len(produced) == total
-                yield self._outputs(req, step, len(produced), done, start_s, wait_us, first_us, reuse, task.iterations)
+                done = produced == total
+                yield self._outputs(req, range(i, i + 1), produced, done, start_s, wait_us, first_us, reuse,
+                                    task.iterations)
         if not streaming and total > 1:
-            yield self._outputs(req, produced, total, True, start_s, wait_us, first_us, reuse, task.iterations)
+            yield self._outputs(req, range(0, total), total, True, start_s, wait_us, first_us, reuse,
+                                task.iterations)
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         ch = self._channels.get(target)
@@ -394,7 +574,7 @@ class MockWorker:
             await call.write(pb.GenerateRequestPB(request_id=req.request_id))
             first_token = output_token(req.token_ids, 0)
             total = self._max_new_tokens(req)
-            yield self._outputs(req, [first_token], 1, total == 1, start_s, wait_us, first_us, reuse, 1, True)
+            yield self._outputs(req, range(0, 1), 1, total == 1, start_s, wait_us, first_us, reuse, 1, True)
             load = await call.read()
             if load is grpc.aio.EOF or load.error_info.error_code != pb.NONE_ERROR:
                 raise _EngineError(wire.REMOTE_GENERATE_FAILED, "decode failed to load the KV cache")
@@ -443,18 +623,19 @@ class MockWorker:
             await it.__anext__()  # load request
             await self._sleep_ms(self.params.kv_transfer_ms_per_token * len(req.token_ids))
             yield pb.GenerateOutputsPB(request_id=req.request_id, error_info=pb.RpcErrorPB(error_code=pb.NONE_ERROR))
-            gen = await it.__anext__()
+            await it.__anext__()  # generate (first_generate_token_id: token 0, the same function of the prompt)
             total = self._max_new_tokens(req)
             streaming = req.generate_config.is_streaming
-            produced = [gen.first_generate_token_id]
-            delta: list[int] = []
-            async for step in self._decode_tokens(req, 1, total, task):
-                produced += step
-                delta += step
-                done = len(produced) == total
+            produced = 1
+            first = 1  # first token index not yet sent
+            steps = self._decode_fifo(req, 1, total, task) if self.engine is None else self._decode_batching(req, task)
+            async for i in steps:
+                produced = i + 1
+                done = produced == total
                 if streaming or done:
-                    yield self._outputs(req, delta, len(produced), done, start_s, 0, 0, 0, task.iterations, True)
-                    delta = []
+                    yield self._outputs(req, range(first, produced), produced, done, start_s, 0, 0, 0,
+                                        task.iterations, True)
+                    first = produced
         except StopAsyncIteration:
             error = wire.REMOTE_GENERATE_FAILED
             await context.abort(grpc.StatusCode.INTERNAL, "prefill closed RemoteGenerate early")
@@ -494,48 +675,69 @@ class MockWorker:
         results = await asyncio.gather(*(one(i) for i in req.inputs))
         return pb.BatchGenerateOutputsPB(results=results)
 
+    def _kv_tokens(self) -> tuple[int, int]:
+        """(available, total) KV-cache tokens: the batching engine's KV pool, or the FIFO engine's prefix cache."""
+        if self.engine is not None:
+            return self.engine.kv_available_tokens, self.engine.kv_total_tokens
+        total = self.params.cache_capacity_blocks
+        return (total - len(self.cache)) * self.params.block_size_tokens, total * self.params.block_size_tokens
+
     async def get_worker_status(self, req: pb.StatusVersionPB, context: grpc.aio.ServicerContext) -> pb.WorkerStatusPB:
-        """Running tasks, tasks finished since the caller's version, and KV-cache figures."""
+        """Running tasks, tasks finished since the caller's version, load and KV-cache figures (as the engine)."""
         now_s = time.monotonic()
-        running = [
-            pb.TaskInfoPB(
+        running = []
+        waiting_n = 0
+        for t in self._running.values():
+            waiting = self._is_waiting(t)
+            waiting_n += waiting
+            running.append(pb.TaskInfoPB(
                 request_id=t.request_id,
                 input_length=t.input_length,
                 prefix_length=t.prefix_length,
-                waiting_time_ms=int((now_s - t.start_s) * 1000) if t.waiting else 0,
+                waiting_time_ms=int((now_s - t.start_s) * 1000) if waiting else 0,
                 iterate_count=t.iterations,
-                is_waiting=t.waiting,
-                phase=pb.TASK_PHASE_PENDING if t.waiting else pb.TASK_PHASE_RUNNING,
-            )
-            for t in self._running.values()
-        ]
+                is_waiting=waiting,
+                phase=pb.TASK_PHASE_PENDING if waiting else pb.TASK_PHASE_RUNNING,
+            ))
         finished = [info for v, info in self._finished if v > req.latest_finished_version]
-        total = self.params.cache_capacity_blocks
+        available, total = self._kv_tokens()
+        if self.engine is not None:
+            step_ms = self.engine.last_step_ms
+            iterations = self.engine.iterations
+            max_batch_tokens = self.engine.max_batch_tokens
+            max_seq_len = self.engine.max_seq_len
+        else:
+            # 0: no prefill token budget (one prompt at a time), as the gateway reads it
+            step_ms, iterations, max_batch_tokens, max_seq_len = (
+                self.params.decode_step_ms(self._decoding), self._iterations, 0, 1 << 20)
+        # the worker's clock in microseconds, strictly increasing (a poller drops answers that go back)
+        self._status_version = max(self._status_version + 1, int(time.time() * 1e6))
         return pb.WorkerStatusPB(
             role=f"RoleType.{self.config.role}",
             role_type=self.role_value,  # type: ignore[arg-type]  # same numbers as RoleTypePB
             running_task_info=running,
             finished_task_list=finished,
-            waiting_query_len=sum(1 for t in self._running.values() if t.waiting),
-            running_query_len=sum(1 for t in self._running.values() if not t.waiting),
-            step_latency_ms=self.params.decode_step_ms(self._decoding) * self.config.time_scale,
-            iterate_count=self._iterations,
+            waiting_query_len=waiting_n,
+            running_query_len=len(running) - waiting_n,
+            step_latency_ms=step_ms * self.config.time_scale,
+            iterate_count=iterations,
             dp_size=1,
             tp_size=1,
-            status_version=int(time.time() * 1e6),
+            status_version=self._status_version,
             alive=True,
             latest_finished_version=self._finished_version,
-            available_kv_cache=(total - len(self.cache)) * self.params.block_size_tokens,
-            total_kv_cache=total * self.params.block_size_tokens,
-            max_seq_len=1 << 20,
+            available_kv_cache=available,
+            total_kv_cache=total,
+            max_seq_len=max_seq_len,
+            max_batch_tokens_size=max_batch_tokens,
         )
 
     async def get_cache_status(self, req: pb.CacheVersionPB, context: grpc.aio.ServicerContext) -> pb.CacheStatusPB:
         """KV figures and, when asked, every cached block key (RTP-LLM hash)."""
-        total = self.params.cache_capacity_blocks
+        available, total = self._kv_tokens()
         out = pb.CacheStatusPB(
-            available_kv_cache=(total - len(self.cache)) * self.params.block_size_tokens,
-            total_kv_cache=total * self.params.block_size_tokens,
+            available_kv_cache=available,
+            total_kv_cache=total,
             block_size=self.params.block_size_tokens,
             version=self.cache.version,
         )

@@ -50,9 +50,16 @@ def run_sim_cli(args: argparse.Namespace) -> int:
     if min(args.queue_depth, args.queue_aging, args.skip) < 0:
         print("flexlb sim: --queue-depth, --queue-aging and --skip must be >= 0", file=sys.stderr)
         return 2
+    if args.max_batch_tokens <= 0:
+        print("flexlb sim: --max-batch-tokens must be > 0", file=sys.stderr)
+        return 2
     queue = PrefillQueueConfig(args.queue_depth, args.queue_aging)
     base = SimConfig(decode_strategy=args.decode_strategy, workers=args.workers, prefill=args.prefill,
-                     decode=args.decode, speed=args.speed, seed=args.seed, noise_sigma=args.noise, queue=queue)
+                     decode=args.decode, speed=args.speed, seed=args.seed, noise_sigma=args.noise, queue=queue,
+                     engine_model=args.engine)
+    if args.engine == "batching":
+        base = replace(base, batching=replace(base.batching_params(), max_batch_tokens=args.max_batch_tokens,
+                                              chunked_prefill=args.chunked_prefill, preempt=args.preempt))
     tokens = TokenSource(args.seed)
     results = [simulate(trace, replace(base, strategy=n), tokens) for n in names]
     if args.json:

@@ -1,9 +1,11 @@
 """Offline simulator: replay a Mooncake-format trace against simulated workers on a virtual clock.
 
-The workers use the mock worker's engine model (flexlb/sim/engine.py: FIFO prefill of
-a + b·uncached tokens with an LRU prefix cache, cached prefix taken when the prefill starts);
-routing runs the SAME balancer core as the live gateway (build_router: Router, strategies, prefix
-index, TTFT model; HoldDriver for the prefill queue), fed the same feedback (first token, end of call).
+The workers use one of the mock worker's engine models: `fifo` (flexlb/sim/engine.py: one prefill at a
+time of a + b·uncached tokens, cached prefix taken when the prefill starts, decode beside it) or
+`batching` (flexlb/sim/batching.py: continuous batching of prefills and decodes in iterations);
+both keep an LRU prefix cache per worker. Routing runs the SAME balancer core as the live gateway
+(build_router: Router, strategies, prefix index, TTFT model; HoldDriver for the prefill queue), fed the
+same feedback (first token with the observed prefill and cached/uncached tokens, end of call).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from flexlb.balancer.prefix_index import PrefixIndexConfig
 from flexlb.balancer.request import Deploy, RouteRequest
 from flexlb.balancer.ttft import TtftPriors
 from flexlb.balancer.workers import Cluster, Lease, Role, WorkerAddr
+from flexlb.sim.batching import BatchingEngine, BatchingParams, Finished, FirstToken, Iteration, Kind
+from flexlb.sim.batching import Sequence as BatchSequence
 from flexlb.sim.engine import EngineParams, PrefillPlan, PrefixCache, plan_prefill_keys
 
 TRACE_BLOCK_TOKENS = 512  # a Mooncake hash id stands for 512 prompt tokens
@@ -124,6 +128,13 @@ class SimConfig:
     noise_sigma: float = 0.0  # lognormal noise on prefill durations (the router does not know it)
     batch: BatchConfig = field(default_factory=BatchConfig)  # prefillBatchWaitTimeMs / batchSize
     queue: PrefillQueueConfig = field(default_factory=PrefillQueueConfig)  # prefillQueueDepth / Aging
+    engine_model: str = "fifo"  # "fifo" (one prefill at a time) or "batching" (continuous batching)
+    # the batching engine's costs and limits; None: the FIFO engine's costs (BatchingParams.from_engine)
+    batching: BatchingParams | None = None
+
+    def batching_params(self) -> BatchingParams:
+        """The batching engine's parameters of this run."""
+        return self.batching or BatchingParams.from_engine(self.engine)
 
 
 @dataclass
@@ -134,6 +145,8 @@ class _Worker:
     busy: bool = False
     prefill_ms_total: float = 0.0
     decoding: int = 0
+    engine: BatchingEngine | None = None  # the batching engine (None: FIFO)
+    inflight: Iteration | None = None
 
 
 @dataclass
@@ -204,6 +217,21 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
     prefill_role = Role.PREFILL if pd else Role.PDFUSION
     workers = {w.key: _Worker(w.key, PrefixCache(params.cache_capacity_blocks)) for w in cluster.of_role(prefill_role)}
     decoders = {w.key: _Worker(w.key, PrefixCache(0)) for w in cluster.of_role(Role.DECODE)}
+    if cfg.engine_model not in ("fifo", "batching"):
+        raise ValueError(f"engine_model must be fifo or batching, got {cfg.engine_model!r}")
+    batching = cfg.engine_model == "batching"
+    if batching:
+        bparams = cfg.batching_params()
+        if bparams.block_size_tokens != params.block_size_tokens:
+            raise ValueError("the batching engine's block size must be the engine's (prefix cache keys)")
+        # the simulator needs first tokens and ends only: no per-token events
+        for w in [*workers.values(), *decoders.values()]:
+            w.engine = BatchingEngine(bparams, w.cache, token_events=False)
+        for key in workers:
+            state = cluster.get(key)
+            assert state is not None
+            state.max_batch_tokens = bparams.max_batch_tokens  # what GetWorkerStatus tells the live gateway
+    jobs: dict[int, _Job] = {}
 
     events: list[tuple[float, int, str, Any]] = []
     seq = 0
@@ -226,6 +254,9 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
     share: dict[str, int] = {k: 0 for k in workers}
 
     def start_next(w: _Worker) -> None:
+        if w.engine is not None:
+            step(w)
+            return
         if w.busy or not w.queue:
             return
         job = w.queue.popleft()
@@ -237,6 +268,66 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
             duration *= math.exp(noise.gauss(0.0, cfg.noise_sigma))
         w.prefill_ms_total += duration
         push(now[0] + duration / 1000.0, "prefilled", job)
+
+    def step(w: _Worker) -> None:
+        """Batching engine: plan the worker's next iteration unless one runs."""
+        assert w.engine is not None
+        if w.inflight is not None:
+            return
+        it = w.engine.plan(now[0] * 1000.0)
+        if it is None:
+            return
+        duration = it.duration_ms
+        if cfg.noise_sigma > 0 and it.prefill_tokens > 0:
+            duration *= math.exp(noise.gauss(0.0, cfg.noise_sigma))
+        if it.prefill_tokens > 0:
+            w.prefill_ms_total += duration
+        w.inflight = it
+        push(now[0] + duration / 1000.0, "step", w)
+
+    def enqueue(w: _Worker, job: _Job) -> None:
+        """A job reaches its prefill (or fused) worker."""
+        if w.engine is None:
+            w.queue.append(job)
+        else:
+            jobs[job.index] = job
+            kind = Kind.PREFILL_ONLY if job.decode else Kind.FUSED
+            w.engine.add(BatchSequence(job.index, job.tokens, job.keys, job.output_tokens, kind, now[0] * 1000.0))
+        start_next(w)
+
+    def first_token(job: _Job, t: float, prefill_ms: float, uncached: int, cached: int) -> None:
+        nonlocal hit_tokens, prompt_tokens
+        job.first_token_s = t
+        observed = (t - job.arrival_s) * 1000.0
+        ttft_ms.append(observed)
+        per_request[job.index] = (observed, cached, job.tokens)
+        if job.lease.decision.estimate_ms is not None:
+            est_err_ms.append(abs(job.lease.decision.estimate_ms - observed))
+        hit_tokens += cached
+        prompt_tokens += job.tokens
+        driver.after(router.first_token(job.lease, observed, prefill_ms, uncached, cached))
+
+    def ended(job: _Job, t: float) -> None:
+        e2e_ms.append((t - job.arrival_s) * 1000.0)
+        driver.after(router.release(job.lease))
+
+    def stepped(w: _Worker, t: float) -> None:
+        """Batching engine: an iteration ended; feed routing its first tokens and ends, start the next."""
+        assert w.engine is not None and w.inflight is not None
+        it, w.inflight = w.inflight, None
+        for ev in w.engine.complete(it, t * 1000.0):
+            if isinstance(ev, FirstToken):
+                first_token(jobs[ev.seq_id], t, ev.prefill_ms, ev.uncached_tokens, ev.cached_tokens)
+            elif isinstance(ev, Finished):
+                job = jobs[ev.seq_id]
+                if w.key in workers and job.decode:
+                    # PD: the decode pulls the KV, then generates tokens 2..n
+                    transfer_s = params.kv_transfer_ms_per_token * job.tokens / 1000.0
+                    push(t + transfer_s, "decode_in" if job.output_tokens > 1 else "ended", job)
+                else:
+                    del jobs[ev.seq_id]
+                    ended(job, t)
+        step(w)
 
     batcher: Batcher[tuple[np.ndarray, float, float]] | None = Batcher(cfg.batch) if cfg.batch.enabled else None
     window_seq = [0]
@@ -252,8 +343,7 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
         job = event.payload
         assert isinstance(job, _Job)
         job.worker = event.lease.decision.target.key  # an idle worker may have taken it over
-        workers[job.worker].queue.append(job)
-        start_next(workers[job.worker])
+        enqueue(workers[job.worker], job)
 
     # the jobs held in the gateway's prefill queue are its payloads; the upkeep runs on the virtual clock
     driver = HoldDriver(router, call_later, lambda fn: fn(), deliver)
@@ -274,8 +364,7 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
         if lease.held:
             driver.arm()
             return
-        workers[target].queue.append(job)
-        start_next(workers[target])
+        enqueue(workers[target], job)
 
     def dispatch_batch(batch: list[tuple[RouteRequest, tuple[np.ndarray, float, float]]]) -> None:
         for req, (prompt, arrival_s, keying_us) in dispatch_order(batch, router.expected_uncached_tokens):
@@ -310,6 +399,19 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
         elif kind == "flush":
             if batcher is not None and payload == window_seq[0] and len(batcher):
                 dispatch_batch(batcher.take())
+        elif kind == "step":
+            stepped(payload, t)
+        elif kind == "decode_in":
+            job = payload
+            assert job.decode is not None
+            decoder = decoders[job.decode]
+            assert decoder.engine is not None
+            decoder.engine.add(BatchSequence(job.index, job.tokens, (), job.output_tokens, Kind.DECODE_ONLY,
+                                             t * 1000.0))
+            step(decoder)
+        elif kind == "ended":
+            del jobs[payload.index]
+            ended(payload, t)
         elif kind == "prefilled":
             job = payload
             w = workers[job.worker]
@@ -347,6 +449,7 @@ def simulate(trace: list[TraceRequest], cfg: SimConfig, tokens: TokenSource | No
     total = max(len(ttft_ms), 1)
     return {
         "strategy": cfg.strategy,
+        "engine": cfg.engine_model,
         "requests": len(ttft_ms),
         "speed": cfg.speed,
         "workers": len(workers),
