@@ -274,3 +274,12 @@ def test_a_cached_token_never_costs_more_than_an_uncached_one() -> None:
         model.observe("w", u, x, 10.0 + 0.001 * u + 0.05 * x, None, 0.0)  # data that says otherwise
         _, b, c = model.worker("w").theta
         assert c <= b
+
+
+def test_calls_one_batching_iteration_takes_together_share_its_base_cost() -> None:
+    m = TtftModel(TtftPriors(base_ms=20.0, ms_per_uncached_token=0.1))
+    for rid in (1, 2, 3):
+        m.dispatched("w", rid, 20.0 + 0.1 * 500, now_s=0.0, tokens=500)  # 70 ms each, served one by one
+    assert m.worker("w").queue_wait_ms(0.0) == pytest.approx(210.0)
+    m.worker("w").batch_tokens = 1000  # a batching engine: two iterations of up to 1,000 tokens
+    assert m.worker("w").queue_wait_ms(0.0) == pytest.approx(210.0 - 20.0)  # two bases, not three

@@ -99,15 +99,17 @@ class PrefillQueue:
         uncached tokens) can take one more of `tokens` now.
 
         An engine that reports its prefill token budget per iteration (`batch_tokens`) runs waiting
-        prefills together up to it: it may have its current batch and the next one's worth outstanding
-        (held back any further, calls would reach it in waves; let through, they would wait in its FIFO).
+        prefills together up to it: it may have one batch's worth outstanding, so what it can prefill
+        together reaches it together; what would only wait behind that batch there waits here, where it
+        can still be reordered or taken by an idle worker (in the simulator 1x the budget beats 0.5x, 2x
+        and 4x: 1142 ms mean TTFT at the load of record against 1146, 1210 and 1197).
         Otherwise (an engine prefilling one request at a time) fewer than `depth` calls, or less than
         `hold_after_ms` of prefill work outstanding there (`outstanding_ms`).
         """
         if sent == 0:
             return True
         if batch_tokens > 0:
-            return sent_tokens + tokens <= 2 * batch_tokens
+            return sent_tokens + tokens <= batch_tokens
         return sent < self.config.depth or outstanding_ms < self.config.hold_after_ms
 
     def holds(self, worker: str, sent: int, sent_tokens: int = 0, tokens: int = 0, batch_tokens: int = 0,

@@ -180,6 +180,7 @@ class Router:
             # speculative insert: the worker will hold these blocks once it has prefilled them
             self.index.record(target.key, req.block_keys, ctx.now_s)
         lease = self.cluster.ledger.reserve(decision, seq, req.prompt_tokens, kind)
+        self.ttft.worker(target.key).batch_tokens = target.max_batch_tokens
         if held:
             lease.held = True
             self.queue.push(target.key, seq, work_ms, ctx.now_s, req.client, lease=lease, request=req,

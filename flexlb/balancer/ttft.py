@@ -63,6 +63,9 @@ class WorkerTtft:
     # until then the worker counts as busy with calls that failed on it before their first token: a
     # worker failing fast must not look idle (the work is charged as if it had run; see TtftModel.failed)
     failed_busy_until_s: float = 0.0
+    # the engine's prefill token budget per iteration (0: it prefills one request at a time); set by the
+    # router from what the worker reports
+    batch_tokens: int = 0
 
     def prefill_ms(self, uncached_tokens: int, cached_tokens: int) -> float:
         """Predicted prefill duration of one request on this worker."""
@@ -81,7 +84,13 @@ class WorkerTtft:
         if not self.pending:
             return failed_ms
         done_ms = (now_s - self.busy_since_s) * 1000.0
-        return max(0.0, self.backlog_ms - done_ms, failed_ms)
+        backlog = self.backlog_ms
+        if self.batch_tokens > 0 and len(self.pending) > 1:
+            # a batching engine prefills the pending calls together, up to its budget per iteration: they
+            # share one base cost per iteration instead of paying it each
+            iterations = -(-self.pending_tokens // self.batch_tokens) or 1
+            backlog -= max(0, len(self.pending) - iterations) * self.theta[0]
+        return max(0.0, backlog - done_ms, failed_ms)
 
 
 class TtftModel:
