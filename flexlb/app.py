@@ -197,6 +197,10 @@ class Gateway:
         for name in ("", wire.RPC_SERVICE, wire.FLEXLB_SERVICE):
             await self.health.set(name, status)
 
+    def refuse_new_calls(self) -> None:
+        """From now on new calls are answered UNAVAILABLE (draining); in-flight ones go on."""
+        self._draining = True
+
     async def drain_and_stop(self, timeout_s: float | None = None) -> None:
         """Refuse new calls, report NOT_SERVING, let in-flight calls finish (bounded), then stop."""
         timeout_s = self.settings.server.drain_timeout_s if timeout_s is None else timeout_s
@@ -362,9 +366,16 @@ async def run_gateway(settings: Settings) -> int:
     await gateway.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        # refuse new calls from the signal on: a call whose request arrives before the drain task runs
+        # would otherwise still be routed
+        gateway.refuse_new_calls()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     print(
         f"flexlb gateway listening: grpc {settings.server.host}:{gateway.grpc_port} "
         f"admin {settings.server.admin_host or settings.server.host}:{gateway.admin_port}",

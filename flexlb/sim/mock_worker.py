@@ -762,17 +762,18 @@ def _can_use_pd(req: pb.GenerateInputPB) -> bool:
 
 async def serve_forever(config: MockWorkerConfig, ready_line: bool = True) -> int:
     """Run a mock worker until cancelled or signalled (used by `flexlb mock-worker`); the exit code (0)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # before the ready line: whoever waits for it may signal at once
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     worker = MockWorker(config)
     port = await worker.start()
     if ready_line:
         print(f"mock-worker role={config.role} listening on {config.host}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await worker.stop()
     return 0
