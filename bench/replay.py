@@ -164,7 +164,7 @@ class Fleet:
 
 
 def start_fleet(n_workers: int, strategy: str, time_scale: float, started: list[Child],
-                timeout_s: float = 90.0) -> Fleet:
+                timeout_s: float = 90.0, engine: str = "batching") -> Fleet:
     """Start the workers (in parallel), then the gateway; every child is appended to `started` at once."""
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL_SERVICE_CONFIG", "WHALE_MASTER_CONFIG",
                                                             "FLEXLB_CONFIG")}
@@ -173,7 +173,7 @@ def start_fleet(n_workers: int, strategy: str, time_scale: float, started: list[
     workers = []
     for i in range(n_workers):
         c = _start(f"worker-{i}", ["mock-worker", "--role", "PDFUSION", "--host", "127.0.0.1", "--port", "0",
-                                   "--time-scale", f"{time_scale:g}", *ENGINE_FLAGS], env)
+                                   "--time-scale", f"{time_scale:g}", "--engine", engine, *ENGINE_FLAGS], env)
         started.append(c)
         workers.append(c)
     for c in workers:
@@ -454,10 +454,10 @@ def summarize(run: ReplayRun, time_scale: float) -> dict[str, Any]:
 
 
 def sim_reference(rows: Sequence[TraceRequest], strategy: str, workers: int, speed: float, seed: int,
-                  max_output: int) -> dict[str, float]:
-    """The offline simulator on the same rows with the same output cap."""
+                  max_output: int, engine: str = "batching") -> dict[str, float]:
+    """The offline simulator on the same rows with the same output cap and engine model as the live workers."""
     capped = [replace(r, output_length=max(1, min(r.output_length, max_output))) for r in rows]
-    r = simulate(capped, SimConfig(strategy=strategy, workers=workers, speed=speed, seed=seed))
+    r = simulate(capped, SimConfig(strategy=strategy, workers=workers, speed=speed, seed=seed, engine_model=engine))
     keys = ("ttft_mean_ms", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "e2e_mean_ms", "cache_hit_ratio",
             "utilization")
     return {k: float(r[k]) for k in keys}
@@ -714,7 +714,7 @@ def run_once(strategy: str, setup: Setup, rows: Sequence[TraceRequest], bodies: 
     """Fresh fleet, one replay, figures; every child is stopped before returning (or raising)."""
     started: list[Child] = []
     try:
-        fleet = start_fleet(a.workers, strategy, setup.time_scale, started)
+        fleet = start_fleet(a.workers, strategy, setup.time_scale, started, engine=a.engine)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             run = runner.run(replay(fleet, rows, bodies, setup.time_scale, a.speed, setup.warmup, a.channels))
     finally:
@@ -725,7 +725,8 @@ def run_once(strategy: str, setup: Setup, rows: Sequence[TraceRequest], bodies: 
     result.update(summarize(run, setup.time_scale))
     result["child_pids"] = [c.proc.pid for c in started]
     if not a.no_sim:
-        result["sim_reference"] = sim_reference(rows, strategy, a.workers, a.speed, a.seed, a.max_output_tokens)
+        result["sim_reference"] = sim_reference(rows, strategy, a.workers, a.speed, a.seed, a.max_output_tokens,
+                                                a.engine)
     return result
 
 
@@ -755,6 +756,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--control-warmup", type=int, default=100, help="warm-up calls of the control runs")
     ap.add_argument("--channels", type=int, default=4, help="client gRPC channels")
     ap.add_argument("--seed", type=int, default=0, help="TokenSource seed (as in flexlb sim)")
+    ap.add_argument("--engine", choices=("batching", "fifo"), default="batching",
+                    help="engine model of the live mock workers and of the simulator's reference (the same one)")
     ap.add_argument("--no-sim", action="store_true", help="skip the offline simulator's reference figures")
     ap.add_argument("--json", action="store_true", help="one JSON object per run (per strategy), one per line")
     ap.add_argument("--out", default=None, help="markdown file whose replay section is written/replaced")
