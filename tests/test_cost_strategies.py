@@ -432,3 +432,25 @@ def test_cost_decode_is_an_alias_of_weighted_cache() -> None:
     assert make_strategy("weighted_cache").name == "WEIGHTED_CACHE"
     with pytest.raises(KeyError, match=r"accepted: .*SHORTEST_TTFT"):
         make_strategy("FASTEST")
+
+
+def test_a_fused_batching_worker_busy_decoding_costs_more_for_a_prefill() -> None:
+    """Its running sequences wait out a prefill sent there in the same iterations; an idle twin is cheaper
+    even when the busy one holds the prompt's prefix (the prefix saves less than the decodes it stalls)."""
+    from flexlb.balancer.request import RouteRequest
+    from flexlb.balancer.strategies import make_strategy
+    from flexlb.balancer.strategies.base import PickContext
+    from flexlb.balancer.strategies.cost import decoding_sequences
+    from flexlb.balancer.ttft import TtftModel, TtftPriors
+    from flexlb.balancer.workers import Cluster, Role, WorkerAddr
+
+    cluster = Cluster([WorkerAddr("127.0.0.1", 9000 + i, 8999 + i, Role.PDFUSION) for i in range(2)])
+    busy, idle = cluster.all()
+    ctx = PickContext(rng=random.Random(1), now_s=100.0, ttft=TtftModel(TtftPriors()), matched_blocks={busy.key: 2})
+    req = RouteRequest(1, 2000, 8, block_keys=(1, 2, 3, 4), block_size_tokens=500)
+    chain = make_strategy("COST_BASED_PREFILL")
+    busy.in_flight = 60  # 60 sequences past their first token, decoding
+    assert chain.pick(chain.candidates(cluster.all(), req, ctx), req, ctx).worker is busy  # one-at-a-time engines
+    busy.max_batch_tokens = idle.max_batch_tokens = 8192  # batching engines: the decodes share the iterations
+    assert decoding_sequences(busy, ctx) == 60 and decoding_sequences(idle, ctx) == 0
+    assert chain.pick(chain.candidates(cluster.all(), req, ctx), req, ctx).worker is idle
