@@ -15,8 +15,8 @@ Workloads:
   calls is done, with the prompt mix of `make demo` (flexlb.demo.prompt_mix: six shared system prompts plus a
   per-call tail; seed 7 + pair index), the mock worker's default engine and the gateway's default config;
 - open loop at each `--loads` multiplier of the trace's arrival rate: bench/replay.py's replay of a
-  Mooncake-format trace (default: ../shared/traces/mooncake_synthetic_trace.jsonl when it exists, else the
-  open loop is skipped; `python bench/synth_trace.py` writes another), with replay's engine and gateway setup.
+  Mooncake-format trace (default: data/traces/mooncake_synthetic_trace.jsonl.gz, shipped in the repo;
+  `python bench/synth_trace.py` writes another), with replay's engine and gateway setup.
 
 Times are simulated ms (client-measured real time / time scale), throughput per simulated second, as in
 bench/replay.py. Only `--out FILE` writes anything (the section between the live-benchmark markers).
@@ -54,7 +54,7 @@ from flexlb.sim.simulator import TraceRequest, load_trace
 ROOT = Path(__file__).resolve().parent.parent
 SECTION, TITLE = "live-benchmark", "Live A/B through the gateway"
 BEGIN, END = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
-DEFAULT_TRACE = ROOT.parent / "shared" / "traces" / "mooncake_synthetic_trace.jsonl"
+DEFAULT_TRACE = ROOT / "data" / "traces" / "mooncake_synthetic_trace.jsonl.gz"  # shipped with the repo
 RR, SGLANG = "ROUND_ROBIN_LOWEST_CONCURRENCY", "SGLANG_CACHE_AWARE"
 DEFAULT_STRATEGIES = (DEFAULT_STRATEGY, RR, SGLANG)
 # targets for the first strategy's mean and p99 TTFT against each baseline; SGLang's only where prompts share prefixes

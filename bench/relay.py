@@ -208,7 +208,7 @@ def main() -> None:
         )
     lines += [
         "",
-        "Reference points measured on this machine kind (../shared/design/PITFALLS.md): a naive bytes-through "
+        "Reference points measured earlier on this machine kind: a naive bytes-through "
         "grpc.aio relay costs ~55 us CPU per relayed message and reaches 0.38-0.46x direct; "
         "nginx `grpc_pass` ~6-9 us and 0.8-0.9x.",
         END,

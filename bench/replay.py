@@ -1,6 +1,6 @@
 """Live replay: a Mooncake-format trace through the real gateway to mock workers, measured at the client.
 
-    python bench/replay.py --trace ../shared/traces/mooncake_synthetic_trace.jsonl --workers 8 \\
+    python bench/replay.py --trace data/traces/mooncake_synthetic_trace.jsonl.gz --workers 8 \\
         --strategy COST_BASED_PREFILL [--compare S1,S2] [--speed 1] [--time-scale 0.1] [--limit 1000] \\
         [--warmup 200] [--max-output-tokens 64] [--repeat N] [--control-time-scale 1 --control-limit 300] \\
         [--json] [--out docs/benchmarks.md]

@@ -1,6 +1,6 @@
 """Routing benchmark: every strategy through `flexlb sim` on a Mooncake-format trace, at several loads.
 
-    python bench/routing.py --trace ../shared/traces/mooncake_synthetic_trace.jsonl [--out docs/benchmarks.md] \
+    python bench/routing.py --trace data/traces/mooncake_synthetic_trace.jsonl.gz [--out docs/benchmarks.md] \
         [--other-trace /tmp/docqa.jsonl]
 
 Writes (between routing markers): a load scan over two slices of the trace (where round-robin's

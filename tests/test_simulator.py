@@ -239,3 +239,16 @@ def test_cli_malformed_trace_exits_2_with_the_line(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert "t.jsonl:4:" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_the_shipped_trace_loads_gzipped_and_equals_its_plain_form(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import gzip
+
+    from flexlb.sim.simulator import load_trace
+
+    shipped = Path(__file__).resolve().parent.parent / "data" / "traces" / "mooncake_synthetic_trace.jsonl.gz"
+    plain = tmp_path / "trace.jsonl"
+    plain.write_bytes(gzip.decompress(shipped.read_bytes()))
+    rows = load_trace(shipped)
+    assert len(rows) == 3993 and rows == load_trace(plain)
+    assert rows[0].input_length == 40160 and len(rows[0].hash_ids) == 79

@@ -1,6 +1,8 @@
 """Wire compatibility: the compiled descriptors of flexlb.pb match the tables of rtp-llm-wire.md.
 
-The reference document is parsed here (independently of the product code). For every message
+The facts of the reference document (its message, enum and service tables, read by the parser below)
+ship with the repo as tests/data/rtp_llm_wire.json; with FLEXLB_WIRE_DOC set, the document itself is
+parsed instead (`python tests/test_wire_compat.py DOC` rewrites the JSON from it). For every message
 table the field numbers, names, types and labels, the reserved numbers/names, the nested types and
 the declaring file must match; for every enum the value -> name pairs; for every service method
 the wire path, the request/response types and the streaming kind, both in the descriptor and in
@@ -9,8 +11,11 @@ the generated client stubs and server registration helpers.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +31,7 @@ from flexlb.pb import model_rpc_service_pb2 as model_pb
 from flexlb.pb import model_rpc_service_pb2_grpc as model_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DOC = ROOT.parent / "shared" / "design" / "rtp-llm-wire.md"
+FACTS = ROOT / "tests" / "data" / "rtp_llm_wire.json"  # the document's tables, as data
 
 FILES: dict[str, FileDescriptor] = {
     "model_rpc_service.proto": model_pb.DESCRIPTOR,
@@ -225,7 +230,35 @@ def parse_wire_doc(text: str) -> WireDoc:
 
 
 def wire_doc_path() -> Path:
-    return Path(os.environ.get("FLEXLB_WIRE_DOC") or DEFAULT_DOC)
+    return Path(os.environ.get("FLEXLB_WIRE_DOC") or FACTS)
+
+
+def doc_to_json(doc: WireDoc) -> str:
+    """The parsed tables as JSON (sets as sorted lists)."""
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, set):
+            return sorted(obj)
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [plain(v) for v in obj]
+        return obj
+    return json.dumps(plain(dataclasses.asdict(doc)), indent=1, sort_keys=True) + "\n"
+
+
+def doc_from_json(text: str) -> WireDoc:
+    """The inverse of doc_to_json."""
+    raw = json.loads(text)
+    doc = WireDoc()
+    for name, m in raw["messages"].items():
+        doc.messages[name] = MessageTable(m["name"], m["file"], m["line"], [FieldRow(**f) for f in m["fields"]],
+                                          m["empty"], set(m["reserved_numbers"]), set(m["reserved_names"]),
+                                          set(m["nested"]))
+    for name, e in raw["enums"].items():
+        doc.enums[name] = EnumTable(e["name"], e["file"], e["line"], [(v, n) for v, n in e["values"]])
+    for name, sv in raw["services"].items():
+        doc.services[name] = ServiceTable(sv["name"], sv["file"], sv["line"], [MethodRow(**r) for r in sv["methods"]])
+    return doc
 
 
 _DOC_CACHE: dict[Path, WireDoc] = {}
@@ -234,13 +267,10 @@ _DOC_CACHE: dict[Path, WireDoc] = {}
 def load_doc() -> WireDoc:
     path = wire_doc_path()
     if not path.is_file():
-        pytest.fail(
-            f"wire reference {path} not found; it is the source of truth for this test "
-            "(set FLEXLB_WIRE_DOC to its location)",
-            pytrace=False,
-        )
+        pytest.fail(f"wire reference {path} not found; it is the source of truth for this test", pytrace=False)
     if path not in _DOC_CACHE:
-        _DOC_CACHE[path] = parse_wire_doc(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        _DOC_CACHE[path] = doc_from_json(text) if path.suffix == ".json" else parse_wire_doc(text)
     return _DOC_CACHE[path]
 
 
@@ -551,3 +581,7 @@ def test_services_documented_in_their_files() -> None:
     for file_name, fd in FILES.items():
         documented = {n for n, s in doc.services.items() if s.file == file_name}
         assert set(fd.services_by_name) == documented, file_name
+
+
+if __name__ == "__main__":  # python tests/test_wire_compat.py DOC: rewrite the shipped facts from the document
+    FACTS.write_text(doc_to_json(parse_wire_doc(Path(sys.argv[1]).read_text(encoding="utf-8"))), encoding="utf-8")

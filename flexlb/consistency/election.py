@@ -2,7 +2,7 @@
 
 The recipe is the classic one (ephemeral sequential nodes; the lowest is master), written out
 rather than taken from kazoo's Election because that recipe keeps running its leader function
-after the session is SUSPENDED or LOST (two masters at once; ../shared/design/PITFALLS.md). Here
+after the session is SUSPENDED or LOST (two masters at once). Here
 a replica stops being master the moment its connection is suspended, and only becomes master
 again once its own node is back and lowest. Each node carries the replica's identity (admin HTTP
 and gRPC host:port), so every replica knows where the master is. The node's czxid fences it.

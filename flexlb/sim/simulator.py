@@ -11,6 +11,7 @@ same feedback (first token with the observed prefill and cached/uncached tokens,
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import heapq
 import json
 import math
@@ -53,13 +54,14 @@ class TraceRequest:
 
 
 def load_trace(path: str | Path, limit: int | None = None, skip: int = 0) -> list[TraceRequest]:
-    """Read JSONL rows (timestamp, input_length, output_length, hash_ids); bad rows name their line.
+    """Read JSONL rows (timestamp, input_length, output_length, hash_ids), plain or gzipped (`.gz`); bad rows
+    name their line.
 
     `skip` drops the first rows and starts the clock at the first row kept (another slice of a trace).
     """
     rows: list[TraceRequest] = []
     skipped = 0
-    with open(path) as fh:
+    with (gzip.open(path, "rt") if str(path).endswith(".gz") else open(path)) as fh:
         for n, line in enumerate(fh, 1):
             if limit is not None and len(rows) >= limit:
                 break

@@ -1,4 +1,4 @@
-"""Reference baselines implemented from their published rules (../shared/reference/peers.md §2).
+"""Reference baselines implemented from their published rules (SGLang's cache-aware router, Dynamo's KV router).
 
 They keep their own prefix records, as the originals do, so comparing them with FlexLB's
 strategies compares routing rules, not index quality.
