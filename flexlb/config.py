@@ -33,6 +33,7 @@ from flexlb.config_values import (
     _str,
 )
 from flexlb.model_service import MODEL_SERVICE_ENV, cli_workers, parse_model_service
+from flexlb.schedule_modes import ScheduleSettings
 
 MASTER_ENV = ("WHALE_MASTER_CONFIG", "FLEXLB_CONFIG")
 CONSISTENCY_ENV = ("WHALE_SYNC_LB_CONSISTENCY_CONFIG", "FLEXLB_SYNC_CONSISTENCY_CONFIG")
@@ -75,6 +76,7 @@ class MasterConfig:
     prefill_queue_aging: float = 1.0  # priority gained per ms held, in ms of estimated prefill
     prefill_queue_max_hold_ms: int = 30_000  # held this long: sent regardless of depth (0: no bound)
     prefill_queue_hold_after_ms: int = 100  # no batch budget reported: hold beyond depth only past this backlog
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)  # Schedule's mode, batchers, queue
 
 
 @dataclass(frozen=True)
