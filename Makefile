@@ -7,7 +7,7 @@ BUF    := .tools/node_modules/.bin/buf
 ZK_JAR := /usr/share/java/zookeeper.jar
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: venv tools zookeeper proto lint test test-fast demo demo-ha bench-relay clean
+.PHONY: venv tools zookeeper promtool systemd-analyze proto lint test test-fast demo demo-ha bench-relay image clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml setup.py flexlb/balancer/_blockhash.c
@@ -28,6 +28,20 @@ zookeeper:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null; \
 	fi
 
+# promtool (`promtool check metrics` on the scraped metrics in tests/test_metrics.py): Debian's prometheus package
+promtool:
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	  echo "installing Debian's prometheus package (for promtool)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	fi
+
+# systemd-analyze (`systemd-analyze verify` of deploy/systemd/flexlb.service in tests/test_deploy.py): Debian's systemd
+systemd-analyze:
+	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
+	  echo "installing Debian's systemd package (for systemd-analyze)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; \
+	fi
+
 proto: venv
 	$(BIN)/python scripts/gen_proto.py
 
@@ -36,7 +50,7 @@ lint: venv tools
 	$(BIN)/mypy
 	$(BUF) lint
 
-test: venv tools zookeeper lint
+test: venv tools zookeeper promtool systemd-analyze lint
 	$(BIN)/pytest -q
 
 test-fast: venv
@@ -50,6 +64,12 @@ demo-ha: venv zookeeper
 
 bench-relay: venv
 	$(BIN)/python bench/relay.py --seconds 5 --repeat 3 --out docs/benchmarks.md
+
+# the container image (needs a Docker daemon and the network, so not part of `make test`, whose
+# tests/test_deploy.py lints the Dockerfile with hadolint and checks its rules)
+IMAGE ?= flexlb:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache *.egg-info

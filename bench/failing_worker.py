@@ -296,7 +296,8 @@ async def run_strategy(strategy: str, a: argparse.Namespace, workdir: Path) -> R
         for i in range(3):
             workers.append(start_worker(f"{tag}-worker{i}", 0, a.time_scale, workdir, failing=i == 0))
         failing_key = f"{HOST}:{workers[0].port}"
-        args = ["serve", "--host", HOST, "--port", "0", "--admin-port", "0", "--deploy", "PD_FUSION",
+        args = ["serve", "--host", HOST, "--port", "0", "--admin-port", "0",
+                "--http-port", "0", "--deploy", "PD_FUSION",
                 "--strategy", strategy, "--log-level", "INFO"]
         for w in workers:
             args += ["--worker", f"{HOST}:{w.port}"]

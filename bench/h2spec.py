@@ -137,7 +137,7 @@ def main() -> None:
         results.append(run_h2spec(a.h2spec, "mock worker (grpc C-core, baseline)", worker_port, worker.pid,
                                   a.timeout_s))
         for engine in a.engines.split(","):
-            gw, gw_port = spawn("serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+            gw, gw_port = spawn("serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--http-port", "0",
                                 "--worker", f"127.0.0.1:{worker_port}", "--relay-engine", engine)
             try:
                 results.append(run_h2spec(a.h2spec, f"gateway, {engine} engine", gw_port, gw.pid, a.timeout_s))

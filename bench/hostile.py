@@ -400,7 +400,7 @@ def start_target(target: Target, time_scale: float, nginx_workers: int) -> Runni
     try:
         if target.kind == "gateway":
             admin = _free_port()
-            gw, port = spawn("serve", "--host", HOST, "--port", "0", "--admin-port", str(admin),
+            gw, port = spawn("serve", "--host", HOST, "--port", "0", "--admin-port", str(admin), "--http-port", "0",
                              "--worker", f"{HOST}:{wport}", "--relay-engine", target.engine,
                              "--drain-timeout-s", "1", "--log-level", "WARNING")
             return Running(target, port, wport, gw.pid, [gw, worker], admin_port=admin, pids={gw.pid, worker.pid})

@@ -149,7 +149,8 @@ def start_fleet(strategy: str, a: argparse.Namespace, time_scale: float, worker_
         workers.append(c)
     for c in workers:
         replay._await_ready(c, _WORKER_READY, deadline)
-    args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--strategy", strategy,
+    args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+            "--http-port", "0", "--strategy", strategy,
             "--log-level", "WARNING"]
     flag = {"PDFUSION": "--worker", "PREFILL": "--prefill", "DECODE": "--decode"}
     for c, role in zip(workers, roles, strict=True):

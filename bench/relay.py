@@ -149,7 +149,7 @@ def main() -> None:
     worker, worker_port = spawn("mock-worker", "--role", "PDFUSION", "--port", "0", "--time-scale", "0")
     gateways = {}
     for engine in engines:
-        gateways[engine] = spawn("serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+        gateways[engine] = spawn("serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--http-port", "0",
                                  "--worker", f"127.0.0.1:{worker_port}", "--strategy", "ROUND_ROBIN",
                                  "--relay-engine", engine, "--log-level", "WARNING")
     rows = []

@@ -178,7 +178,8 @@ def start_fleet(n_workers: int, strategy: str, time_scale: float, started: list[
         workers.append(c)
     for c in workers:
         _await_ready(c, _WORKER_READY, deadline)
-    args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--strategy", strategy,
+    args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+            "--http-port", "0", "--strategy", strategy,
             "--log-level", "WARNING"]
     for c in workers:
         args += ["--worker", f"127.0.0.1:{c.ports[0]}"]
@@ -225,8 +226,8 @@ def learned_model(text: str, time_scale: float) -> dict[str, dict[str, float]]:
             continue
         if name == "flexlb_worker_prefill_coefficient":
             out.setdefault(worker, {})[labels.get("term", "?")] = value / time_scale
-        elif name == "flexlb_worker_ttft_abs_error_ms":
-            out.setdefault(worker, {})["recent_abs_error_ms"] = value / time_scale
+        elif name == "flexlb_worker_ttft_abs_error_seconds":
+            out.setdefault(worker, {})["recent_abs_error_ms"] = value * 1000.0 / time_scale
     return out
 
 

@@ -96,11 +96,15 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=3000)
     ap.add_argument("--second-slice-skip", type=int, default=993, help="start row of the second slice")
     ap.add_argument("--out", default=None, help="markdown file to update (between routing markers)")
-    ap.add_argument("--plot", default="docs/ttft_cdf_speed1.9.png")
+    ap.add_argument("--plot", default=None,
+                    help="also draw the TTFT CDFs at speed 1.9 into this PNG (default: next to --out, else none)")
     ap.add_argument("--other-trace", default=None,
                     help="a second Mooncake-format trace to scan (e.g. from bench/synth_trace.py)")
     ap.add_argument("--other-speeds", default="2,3,3.5,4,4.5")
     a = ap.parse_args()
+    if a.plot is None and a.out is not None:
+        # benchmarks write only where told: the figure goes beside the markdown it is linked from
+        a.plot = str(Path(a.out).resolve().parent / "ttft_cdf_speed1.9.png")
     speeds = [1.0, 1.25, 1.5, 1.75, 1.9, 2.0, 2.5]
     t = a.trace
     out: list[str] = []
@@ -146,7 +150,7 @@ def main() -> None:
         lines, results = table(first, tokens, speed)
         say(f"### All strategies, speed {speed:g} (rows 0-2999)", "", *lines, "")
         if speed == 1.9 and a.plot:
-            plot_cdfs(results, str(ROOT / a.plot))
+            plot_cdfs(results, str(Path(a.plot).resolve()))
             say(f"![TTFT CDFs at speed 1.9]({Path(a.plot).name})", "")
     lines, _ = table(first, tokens, 1.9, noise_sigma=0.3)
     say("### Speed 1.9 with prefill-time noise (lognormal sigma 0.3, unknown to the router)", "", *lines, "")

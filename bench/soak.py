@@ -60,7 +60,8 @@ async def soak(a: argparse.Namespace) -> dict[str, Any]:
     try:
         for _ in range(a.workers):
             workers.append(await spawn("mock-worker", "--port", "0", "--time-scale", str(a.time_scale)))
-        args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--log-level", "WARNING"]
+        args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+                "--http-port", "0", "--log-level", "WARNING"]
         for w in workers:
             args += ["--worker", f"127.0.0.1:{w.port}"]
         cfg = {"healthCheckIntervalMs": 500, "healthCheckTimeoutMs": 200, "prefillGenerateTimeoutMs": 5000}

@@ -11,15 +11,20 @@ scripts/config_table.py renders into the README. MODEL_SERVICE_CONFIG is parsed 
 from __future__ import annotations
 
 import enum
+import functools
+import ipaddress
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from flexlb.balancer.request import Deploy
 from flexlb.balancer.strategies import strategy_names
+from flexlb.balancer.traffic_policy import TrafficPolicy
 from flexlb.balancer.workers import Role, WorkerAddr
 from flexlb.config_values import (
     ConfigError,
@@ -32,8 +37,23 @@ from flexlb.config_values import (
     _obj,
     _str,
 )
-from flexlb.model_service import MODEL_SERVICE_ENV, cli_workers, parse_model_service
-from flexlb.schedule_modes import ScheduleSettings
+from flexlb.flexlb_env import (
+    HeadFields,
+    parse_multipliers,
+    parse_slo_buckets,
+    parse_traffic_policy,
+    show_buckets,
+    show_multipliers,
+    show_traffic_policy,
+    traffic_policy_warnings,
+    unknown_field_warnings,
+    unmatched_env_warnings,
+    upper_snake,
+)
+from flexlb.membership import DiscoveryConfig, parse_dns_flag, parse_workers_file
+from flexlb.model_service import MODEL_SERVICE_ENV, cli_workers, dns_targets, parse_model_service
+from flexlb.schedule_modes import BatchAlgorithm, ScheduleMode, ScheduleSettings
+from flexlb.tls import TLS_FLAGS, TlsConfig, check_with_election, tls_config
 
 MASTER_ENV = ("WHALE_MASTER_CONFIG", "FLEXLB_CONFIG")
 CONSISTENCY_ENV = ("WHALE_SYNC_LB_CONSISTENCY_CONFIG", "FLEXLB_SYNC_CONSISTENCY_CONFIG")
@@ -77,6 +97,9 @@ class MasterConfig:
     prefill_queue_max_hold_ms: int = 30_000  # held this long: sent regardless of depth (0: no bound)
     prefill_queue_hold_after_ms: int = 100  # no batch budget reported: hold beyond depth only past this backlog
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)  # Schedule's mode, batchers, queue
+    vit_load_balance_strategy: str = "RANDOM"  # picks the VIT (multimodal) worker
+    traffic_policy: TrafficPolicy | None = None  # None: no group pinning
+    head: HeadFields = field(default_factory=HeadFields)  # Java FlexLB HEAD's fields that are parsed only
 
 
 @dataclass(frozen=True)
@@ -122,17 +145,22 @@ class ServerConfig:
     """Ports and limits of the gateway process itself."""
 
     host: str = "0.0.0.0"
+    # the original FlexLB's layout: HTTP API on server.port P (7001), gRPC on P+2, management port apart
+    http_port: int = 7001
     grpc_port: int = 7003
     admin_port: int = 7002
     admin_host: str = ""  # bind address of the admin port ("": same as host); e.g. 127.0.0.1 keeps it local
-    max_receive_message_bytes: int = 64 * 1024 * 1024
-    max_send_message_bytes: int = 64 * 1024 * 1024
+    max_receive_message_bytes: int = 1024 * 1024 * 1024  # RTP-LLM's client and server default
+    max_send_message_bytes: int = 1024 * 1024 * 1024
     upstream_channels_per_worker: int = 1
     drain_timeout_s: float = 30.0
     # h2: HTTP/2 frame relay (fast, default); grpcio: grpc.aio terminates and re-originates each call
     relay_engine: str = "h2"
     advertise_host: str = ""  # what other replicas and clients should dial ("": derived from host)
     limits: EdgeLimits = field(default_factory=EdgeLimits)
+    tls: TlsConfig = field(default_factory=TlsConfig)  # the gRPC port, the HTTP ports, towards workers (README TLS)
+    # workers from DNS names and a watched file, besides the configured ones (README Dynamic membership)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
 
 @dataclass(frozen=True)
@@ -145,6 +173,8 @@ class Settings:
     deploy: Deploy
     service_id: str = ""
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    # configuration names nothing reads, bad values of parsed-only fields: `flexlb serve` logs each at startup
+    warnings: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- JSON helpers
@@ -158,7 +188,11 @@ def _load_json(name: str, text: str) -> Any:
 
 
 def _strategy(path: str, value: Any) -> str:
-    return _enum(path, value, strategy_names())
+    # Java FlexLB HEAD accepts each name's CamelCase spelling too: CostBasedPrefill, ShortestTtft, Random
+    text = _str(path, value).strip()
+    if text and "_" not in text and text != text.upper():
+        text = upper_snake(text)
+    return _enum(path, text if text.upper() in strategy_names() else value, strategy_names())
 
 
 def _deploy(path: str, value: Any) -> Deploy:
@@ -208,7 +242,67 @@ STRATEGY = Kind("strategy name", lambda path, v, _lo: _strategy(path, v), _code)
 DEPLOY = Kind("enum", lambda path, v, _lo: _deploy(path, v), _code, ("DISAGGREGATED", "PD_FUSION"))
 KV_CACHE = _enum_kind(KvCacheMode)
 
+
+def _schedule_mode(path: str, value: Any) -> ScheduleMode:
+    text = _str(path, value).strip().upper()
+    if text == "AUTO":  # HEAD's legacy name of BATCH
+        return ScheduleMode.BATCH
+    if text not in ScheduleMode.__members__:
+        raise ConfigError(path, f"unknown value {value!r}; accepted: BATCH, DIRECT, QUEUE (legacy AUTO = BATCH)")
+    return ScheduleMode[text]
+
+
+def _words_kind(*values: str) -> Kind:
+    """A string out of a few, compared case-insensitively and kept in the case given here (HEAD's spelling)."""
+    by_fold = {v.casefold(): v for v in values}
+
+    def parse(path: str, v: Any, _lo: float | None) -> str:
+        text = _str(path, v).strip().casefold()
+        if text not in by_fold:
+            raise ConfigError(path, f"unknown value {v!r}; accepted: {', '.join(values)}")
+        return by_fold[text]
+
+    return Kind("enum", parse, _code, values)
+
+
+def _non_blank(path: str, value: Any) -> str:
+    text = _str(path, value).strip()
+    if not text:
+        raise ConfigError(path, "must not be empty")
+    return text
+
+
+SCHEDULE_MODE = Kind("enum", lambda path, v, _lo: _schedule_mode(path, v), _code, ("BATCH", "DIRECT", "QUEUE"))
+_BATCH_ALGORITHM = _words_kind(*(a.value for a in BatchAlgorithm))
+BATCH_ALGORITHM = Kind("enum", lambda path, v, lo: BatchAlgorithm(_BATCH_ALGORITHM.parse(path, v, lo)), _code,
+                       _BATCH_ALGORITHM.choices)
+TEXT = Kind("string", lambda path, v, _lo: _non_blank(path, v), _code)
+SLO_BUCKETS = Kind("spec `maxSeqLen:sloMs,…,*:sloMs`", lambda path, v, _lo: parse_slo_buckets(path, v),
+                   lambda v: _code(show_buckets(v)))
+COST_SLO_BUCKETS = Kind("spec `maxSeqLen:sloMs,…` or empty",
+                        lambda path, v, _lo: parse_slo_buckets(path, v, allow_empty=True),
+                        lambda v: _code(show_buckets(v)) if v else "empty")
+MULTIPLIERS = Kind("spec `priority:multiplier,…`", lambda path, v, _lo: parse_multipliers(path, v),
+                   lambda v: _code(show_multipliers(v)))
+TRAFFIC_POLICY = Kind("object (see Traffic policy)", lambda path, v, _lo: parse_traffic_policy(path, v),
+                      show_traffic_policy)
+
 ACTED_ON = "acted on"
+
+# the README table each row is in (scripts/config_table.py): the gateway's own vocabulary, HEAD's Schedule
+# fields (MasterConfig.schedule), HEAD's other fields
+GATEWAY, SCHEDULE, HEAD = "master", "schedule", "head"
+# rows of the gateway table that Java FlexLB HEAD also has: their override is HEAD's plain UPPER_SNAKE name
+_HEAD_NAMED = frozenset({"loadBalanceStrategy", "decodeLoadBalanceStrategy", "vitLoadBalanceStrategy",
+                         "prefillLbTimeoutMs", "trafficPolicy"})
+
+# HEAD's "critical" fields: a bad environment value aborts startup even where the field is parsed only
+HEAD_CRITICAL = frozenset({
+    "defaultScheduleMode", "flexlbBatchAlgorithm", "flexlbBatchMaxCapacity", "flexlbBatchMaxInflight",
+    "flexlbBatchSloMaxInflightBatches", "flexlbBatchFixedMaxInflightBatches", "costFormula", "prefillPredictorType",
+    "autoTpmEnabled", "flexlbBatchQueueMaxSize", "autoTpmSloLengthBuckets", "autoTpmPrioritySloMultipliers",
+    "trafficPolicy",
+})
 
 
 @dataclass(frozen=True)
@@ -216,7 +310,7 @@ class MasterField:
     """One field of WHALE_MASTER_CONFIG / FLEXLB_CONFIG: parsed by parse_master, a row of the README's table."""
 
     key: str  # the JSON key: the original FlexLB name
-    attr: str  # the MasterConfig attribute it sets; its default is the dataclass's
+    attr: str  # the MasterConfig attribute it sets (dotted into schedule / head); its default is the dataclass's
     kind: Kind
     doc: str  # what it does (README)
     minimum: float | None = None  # smallest accepted value (numbers); errors say "must be >= N"
@@ -227,17 +321,59 @@ class MasterField:
     # further JSON keys read into the same attribute (a later vocabulary, e.g. Java FlexLB HEAD's names);
     # the first key present wins and errors name the key that was given
     aliases: tuple[str, ...] = ()
+    section: str = GATEWAY  # the README table of the row
+    # the environment variables overriding it, the first one set winning (None: each key in UPPER_SNAKE);
+    # a name ending in _FILE names a file holding the value
+    env: tuple[str, ...] | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
         return (self.key, *self.aliases)
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        """The per-field environment variables: `flexlbBatchSizeMax` -> FLEXLB_BATCH_SIZE_MAX."""
+        if self.env is not None:
+            return self.env
+        if self.section == GATEWAY and self.key not in _HEAD_NAMED:
+            # the gateway's own fields have generic names (deploy, batchSize, kvCache): a bare DEPLOY or
+            # BATCH_SIZE left in a pod's environment by something else must not reconfigure it
+            return tuple("FLEXLB_" + upper_snake(k) for k in self.keys)
+        return tuple(upper_snake(k) for k in self.keys)
+
+    @property
+    def critical(self) -> bool:
+        """A bad environment value aborts startup (otherwise: a warning, and the value is ignored)."""
+        return self.status == ACTED_ON or self.key in HEAD_CRITICAL
+
+
+# why HEAD's parsed-only fields are not acted on (their rows' status)
+# the Schedule service reads MasterConfig.schedule (flexlb/scheduler); a field it does not read yet says so
+_NO_WORKER_BOUND = "QUEUE mode does not bound the decisions made at once yet"
+_DECAY = "the WEIGHTED_CACHE / COST_BASED_DECODE chain's decay is fixed at HEAD's default 0.001"
+_CACHE_HIT = "HEAD's cache-hit metrics window; the gateway's cache metrics come from its prefix index"
+_AVAIL = "HEAD's availability thresholds; here maxInFlightPerWorker and the prefill queue bound a worker's load"
+_WATER = "QUEUE mode's water-level gating (DynamicWorkerManager) is not built"
+_THREADS = "a Java thread pool; the gateway is one asyncio event loop"
+_COST = "HEAD's cost model; COST_BASED_PREFILL and SHORTEST_TTFT here score with the learned TTFT model (Strategies)"
+_DECODE = "HEAD's decode filters; the decode chain here weighs KV use only"
+_TPM = "priority admission's eviction and leases (PriorityAdmissionScheduler) are not built"
+
+
+def _sched(key: str, attr: str, kind: Kind, doc: str, **kw: Any) -> MasterField:
+    return MasterField(key, f"schedule.{attr}", kind, doc, section=SCHEDULE, **kw)
+
+
+def _head(key: str, attr: str, kind: Kind, doc: str, status: str, **kw: Any) -> MasterField:
+    return MasterField(key, f"head.{attr}", kind, doc, status=status, section=HEAD, **kw)
 
 
 MASTER_FIELDS: tuple[MasterField, ...] = (
     MasterField("deploy", "deploy", DEPLOY, "a call goes to a PREFILL + DECODE pair, or to one fused worker "
                 "(see Deployments; `PDFUSION` is read as `PD_FUSION`)", default_doc="inferred from the workers"),
     MasterField("loadBalanceStrategy", "load_balance_strategy", STRATEGY,
-                "picks the PREFILL (or fused) worker (see Strategies)"),
+                "picks the PREFILL (or fused) worker (see Strategies; HEAD's CamelCase spellings such as "
+                "`CostBasedPrefill` are read too)"),
     MasterField("decodeLoadBalanceStrategy", "decode_load_balance_strategy", STRATEGY, "picks the DECODE worker"),
     MasterField("prefillBatchWaitTimeMs", "prefill_batch_wait_time_ms", INT, "the batching window (0 = off)",
                 minimum=0, unit="ms"),
@@ -289,10 +425,184 @@ MASTER_FIELDS: tuple[MasterField, ...] = (
                 "for workers that report no batch token budget: calls beyond the depth are held only once the "
                 "worker has this much prefill work outstanding (below it a held call's release latency costs "
                 "more than reordering gains)", minimum=0, unit="ms"),
+    MasterField("vitLoadBalanceStrategy", "vit_load_balance_strategy", STRATEGY,
+                "picks the VIT (multimodal encoder) worker (HEAD's default RANDOM; see Roles and role_addrs)"),
+    MasterField("trafficPolicy", "traffic_policy", TRAFFIC_POLICY,
+                "pins a request's every role to one worker group (see Traffic policy); TRAFFIC_POLICY_CONFIG, "
+                "then TRAFFIC_POLICY_CONFIG_FILE, win over this field; the api key is Schedule's `api_key`, or a "
+                "relayed call's `x-api-key` / `api-key` / `Authorization: Bearer` header",
+                default_doc="none (no pinning)",
+                section=HEAD, env=("TRAFFIC_POLICY_CONFIG", "TRAFFIC_POLICY_CONFIG_FILE")),
+    # ------------------------------------------------ HEAD's Schedule modes (MasterConfig.schedule)
+    _sched("defaultScheduleMode", "mode", SCHEDULE_MODE, "how Schedule is answered: BATCH batches per prefill "
+           "worker, DIRECT decides at once, QUEUE queues before deciding; legacy `AUTO` is read as `BATCH`"),
+    _sched("flexlbBatchAlgorithm", "batch.algorithm", BATCH_ALGORITHM, "the batcher of BATCH mode"),
+    _sched("flexlbBatchSizeMax", "batch.size_max", INT, "a batch is dispatched at this many requests",
+           minimum=1, unit="requests"),
+    _sched("flexlbBatchFixedWaitMs", "batch.fixed_wait_ms", INT, "fixed_window: the head request's longest wait",
+           minimum=0, unit="ms"),
+    _sched("flexlbBatchPredictThresholdMs", "batch.predict_threshold_ms", INT,
+           "fixed_window: dispatch once the batch's predicted prefill reaches this (0 = off)", minimum=0, unit="ms"),
+    _sched("flexlbBatchWindowMs", "batch.window_ms", INT, "slo_budget: the window; arrival samples are capped at it",
+           minimum=1, unit="ms"),
+    _sched("flexlbBatchMinSize", "batch.min_size", INT, "slo_budget: the target batch size inside the window",
+           minimum=1, unit="requests"),
+    _sched("flexlbBatchEmergencyBudgetMs", "batch.emergency_budget_ms", INT,
+           "slo_budget: the latest dispatch before a head's budget runs out", minimum=0, unit="ms"),
+    _sched("flexlbBatchDispatchGuardMs", "batch.dispatch_guard_ms", INT,
+           "slo_budget: budget kept for dispatching", minimum=0, unit="ms"),
+    _sched("flexlbBatchArrivalEmaAlpha", "batch.arrival_ema_alpha", FLOAT,
+           "slo_budget: smoothing of the arrival-interval average", minimum=0.0, maximum=1.0),
+    _sched("flexlbBatchArrivalWaitGuardMs", "batch.arrival_wait_guard_ms", INT,
+           "slo_budget: an arrival expected later than the slack minus this is not waited for", minimum=0, unit="ms"),
+    _sched("flexlbBatchScanAhead", "batch.scan_ahead", INT, "slo_budget: queued requests a fill looks at",
+           minimum=1, unit="requests"),
+    _sched("flexlbBatchSloMaxInflightBatches", "batch.slo_max_inflight_batches", INT,
+           "slo_budget: batches in flight per prefill worker before the batcher waits", minimum=0, unit="batches"),
+    _sched("flexlbBatchFixedMaxInflightBatches", "batch.fixed_max_inflight_batches", INT,
+           "fixed_window: the same (0 = off)", minimum=0, unit="batches"),
+    _sched("flexlbBatchEnqueueDeadlineMs", "batch.enqueue_deadline_ms", INT,
+           "a queued request waiting longer is dropped (Auto-TPM off)", minimum=0, unit="ms"),
+    _sched("flexlbInflightTtlMs", "batch.inflight_ttl_ms", INT, "an in-flight batch record is dropped after this",
+           minimum=1, unit="ms"),
+    _sched("flexlbBatchMaxCapacity", "batch.max_capacity_tokens", INT,
+           "a batch's padded tokens stay below this (and the engine's max_batch_tokens_size)", minimum=1,
+           unit="tokens"),
+    _sched("flexlbBatchQueueMaxSize", "batch.queue_max_size", INT, "queued requests per prefill worker",
+           minimum=1, unit="requests"),
+    _sched("flexlbBatchMaxInflight", "batch.max_inflight", INT, "requests in flight, whole master",
+           minimum=1, unit="requests"),
+    _sched("maxQueueSize", "queue.max_queue_size", INT, "QUEUE mode: queued requests", minimum=1,
+           unit="requests"),
+    _sched("maxRetryCount", "queue.max_retry_count", INT,
+           "QUEUE mode: retries of a retryable failure (0 = until the request's timeout)", minimum=0),
+    _sched("scheduleWorkerSize", "queue.schedule_worker_size", INT,
+           "QUEUE mode: requests decided at once (0 = the number of CPUs)", minimum=0, unit="requests",
+           status=_NO_WORKER_BOUND),
+    _sched("autoTpmEnabled", "priority.enabled", BOOL, "requests carry a priority and an SLO (Auto-TPM)"),
+    _sched("autoTpmDefaultPriority", "priority.default_priority", INT, "the priority of a request giving none",
+           minimum=1, maximum=100),
+    _sched("autoTpmSloLengthBuckets", "priority.slo_length_buckets", SLO_BUCKETS,
+           "a request's base SLO by prompt length: inclusive upper bounds, increasing, `*` (last) for the rest",
+           unit="tokens:ms"),
+    _sched("autoTpmPrioritySloMultipliers", "priority.priority_slo_multipliers", MULTIPLIERS,
+           "the base SLO's multiplier by priority: linear between the points, clamped at both ends"),
+    # this port's own Schedule fields (not HEAD's)
+    _sched("batchFusedWorkers", "batch_fused_workers", BOOL, "BATCH mode batches for PDFUSION workers too, instead "
+           "of answering DIRECT there (RTP-LLM's fused workers do not serve EnqueueBatch; the mock worker does)"),
+    _sched("requestStateTtlMs", "request_state_ttl_ms", INT, "a finished request's state stays visible to "
+           "GetRequestState this long", minimum=0, unit="ms"),
+    _sched("statusPollIntervalMs", "status_poll_interval_ms", INT, "GetWorkerStatus interval of workers holding "
+           "placed requests", minimum=1, unit="ms"),
+    # ------------------------------------------------ HEAD's other fields: parsed and validated only
+    _head("weightedCacheDecayFactor", "weighted_cache_decay_factor", FLOAT,
+          "decode choice weight exp(-factor x KV tokens above the least used)", _DECAY, minimum=0.0),
+    _head("cacheHitTimeWindowMs", "cache_hit_time_window_ms", INT, "recent cache-key hit window", _CACHE_HIT,
+          minimum=0, unit="ms"),
+    _head("cacheHitMaxCacheKeys", "cache_hit_max_cache_keys", INT, "keys the hit window keeps", _CACHE_HIT,
+          minimum=0, unit="keys"),
+    _head("cacheHitWindowWriteEnabled", "cache_hit_window_write_enabled", BOOL, "the hit window records", _CACHE_HIT),
+    _head("cacheHitMetricReportEnabled", "cache_hit_metric_report_enabled", BOOL, "hit-window metrics", _CACHE_HIT),
+    _head("cacheHitTraceLogEnabled", "cache_hit_trace_log_enabled", BOOL, "hit-window trace log", _CACHE_HIT),
+    _head("cacheHitTheoryLogEnabled", "cache_hit_theory_log_enabled", BOOL, "hit-window theory log", _CACHE_HIT),
+    _head("prefillQueueSizeThreshold", "prefill_queue_size_threshold", INT,
+          "a prefill worker with this many pending requests is unavailable", _AVAIL, minimum=1, unit="requests"),
+    _head("decodeAvailableMemoryThreshold", "decode_available_memory_threshold", INT,
+          "a decode worker at this KV use is unavailable", _AVAIL, minimum=0, maximum=100, unit="%"),
+    _head("decodeConcurrencyLimit", "decode_concurrency_limit", INT,
+          "a decode worker with this many requests is unavailable (<= 0 = off)", _AVAIL, unit="requests"),
+    _head("hysteresisBiasPercent", "hysteresis_bias_percent", INT, "availability comes back this far below the "
+          "threshold", _AVAIL, minimum=0, maximum=100, unit="%"),
+    _head("resourceCheckIntervalMs", "resource_check_interval_ms", INT, "QUEUE mode: water-level recomputation",
+          _WATER, minimum=1, unit="ms"),
+    _head("maxPrefillQueueSize", "max_prefill_queue_size", INT, "QUEUE mode: prefill water level 100% at this",
+          _WATER, minimum=1, unit="requests"),
+    _head("decodeFullSpeedThreshold", "decode_full_speed_threshold", INT, "QUEUE mode: decode water level 0 up to "
+          "this KV use", _WATER, minimum=0, maximum=100, unit="%"),
+    _head("decodeStopThreshold", "decode_stop_threshold", INT, "QUEUE mode: decode water level 100 from this KV use",
+          _WATER, minimum=0, maximum=100, unit="%"),
+    *(_head(key, upper_snake(key).lower(), INT, "a Java thread-pool size", _THREADS, minimum=minimum)
+      for key, minimum in (
+          ("nettySelectThreadMultiplier", 1), ("nettyWorkerThreadMultiplier", 1),
+          ("grpcClientExecutorCoreSize", 1), ("grpcClientExecutorMaxSize", 1), ("grpcClientExecutorQueueSize", 0),
+          ("grpcClientEventLoopThreads", 1), ("grpcServerWorkerEventLoopThreads", 1),
+          ("httpNettyEventLoopThreads", 1), ("httpNettyEventExecutorThreads", 1),
+          ("httpNettyEventExecutorQueueSize", 0), ("httpRequestExecutorCoreSize", 1),
+          ("httpRequestExecutorMaxSize", 1), ("httpRequestExecutorQueueSize", 0),
+          ("engineSyncExecutorCoreSize", 1), ("engineSyncExecutorMaxSize", 1),
+          ("statusCheckExecutorCoreSize", 1), ("statusCheckExecutorMaxSize", 1), ("serviceDiscoveryMaxSize", 1))),
+    _head("flexlbBatchDispatchPoolSize", "batch_dispatch_pool_size", INT, "BATCH mode's dispatch threads", _THREADS,
+          minimum=1),
+    _head("flexlbBatchDispatchQueueSize", "batch_dispatch_queue_size", INT, "BATCH mode's dispatch queue", _THREADS,
+          minimum=0),
+    _head("costSloFilterEnabled", "cost_slo_filter_enabled", BOOL, "COST_BASED_PREFILL drops workers that would "
+          "miss the SLO", _COST),
+    _head("costSloMs", "cost_slo_ms", INT, "that SLO", _COST, minimum=0, unit="ms"),
+    _head("costSloRiskMarginMs", "cost_slo_risk_margin_ms", INT, "margin kept below the SLO", _COST, minimum=0,
+          unit="ms"),
+    _head("costSloBuckets", "cost_slo_buckets", COST_SLO_BUCKETS, "the SLO by prompt length instead", _COST,
+          unit="tokens:ms"),
+    _head("costHotspotMultiplier", "cost_hotspot_multiplier", FLOAT, "drop workers pending more than this x the "
+          "average", _COST, minimum=0.0),
+    _head("costImbalanceMultiplier", "cost_imbalance_multiplier", FLOAT, "drop workers waiting more than this x "
+          "the average", _COST, minimum=0.0),
+    _head("scoreTieRandomEnabled", "score_tie_random_enabled", BOOL, "pick at random among near-best scores", _COST),
+    _head("scoreTieThresholdPct", "score_tie_threshold_pct", FLOAT, "near-best: within this share of the best",
+          _COST, minimum=0.0),
+    _head("scoreTieThresholdMs", "score_tie_threshold_ms", INT, "near-best: at least this close", _COST, minimum=0,
+          unit="ms"),
+    _head("shortestTtftCandidatePoolMode", "shortest_ttft_candidate_pool_mode", _words_kind("RATIO", "FIXED"),
+          "SHORTEST_TTFT's candidate pool: a share or a fixed size", _COST),
+    _head("shortestTtftCandidatePoolRatio", "shortest_ttft_candidate_pool_ratio", FLOAT, "RATIO: the share",
+          _COST, minimum=0.0, maximum=1.0),
+    _head("shortestTtftCandidatePoolMinSize", "shortest_ttft_candidate_pool_min_size", INT, "RATIO: at least",
+          _COST, minimum=1, unit="workers"),
+    _head("shortestTtftCandidatePoolSize", "shortest_ttft_candidate_pool_size", INT, "FIXED: the size", _COST,
+          minimum=1, unit="workers"),
+    _head("costFormula", "cost_formula", TEXT, "HEAD's prefill-time formula; PREFILL_TIME_FORMULA wins over "
+          "COST_FORMULA", _COST, env=("PREFILL_TIME_FORMULA", "COST_FORMULA")),
+    _head("prefillPredictorType", "prefill_predictor_type", _words_kind("formula", "learning"),
+          "HEAD's prefill-time predictor", _COST),
+    _head("decodeHotspotMultiplier", "decode_hotspot_multiplier", FLOAT, "COST_BASED_DECODE drops workers loaded "
+          "more than this x the average", _DECODE, minimum=0.0),
+    _head("decodeImbalanceMultiplier", "decode_imbalance_multiplier", FLOAT, "COST_BASED_DECODE drops workers "
+          "using more KV than this x the average", _DECODE, minimum=0.0),
+    _head("maxNewTokensCap", "max_new_tokens_cap", INT, "COST_BASED_DECODE's expected-KV cap on max_new_tokens "
+          "(0 = none)", _DECODE, minimum=0, unit="tokens"),
+    _head("workerTimeoutMs", "worker_timeout_ms", INT, "a worker whose status is older is dropped",
+          "worker health is what the active checks and passive ejection say (healthCheckIntervalMs, outlier*)",
+          minimum=1, unit="ms"),
+    _head("autoTpmPrefillQueueEvictEnabled", "auto_tpm_prefill_queue_evict_enabled", BOOL,
+          "a full queue evicts lower-priority requests", _TPM),
+    _head("autoTpmDecodeReservedEvictEnabled", "auto_tpm_decode_reserved_evict_enabled", BOOL,
+          "evict reserved-only decode victims", _TPM),
+    _head("autoTpmDecodeAcceptedEvictEnabled", "auto_tpm_decode_accepted_evict_enabled", BOOL,
+          "evict engine-accepted decode victims (Cancel)", _TPM),
+    _head("autoTpmPlanCacheHitBenefitCap", "auto_tpm_plan_cache_hit_benefit_cap", FLOAT,
+          "cap of a plan's cache-hit benefit (0 = none)", _TPM, minimum=0.0),
+    _head("autoTpmPostSuccessSoftTimeoutMs", "auto_tpm_post_success_soft_timeout_ms", INT,
+          "a prefilled request decode has not accepted by then is cancelled", _TPM, minimum=0, unit="ms"),
+    _head("autoTpmPostSuccessBackpressureLimit", "auto_tpm_post_success_backpressure_limit", INT,
+          "handed over but not accepted beyond this: new work refused", _TPM, minimum=0, unit="requests"),
+    _head("autoTpmCancelAckTimeoutMs", "auto_tpm_cancel_ack_timeout_ms", INT, "wait for a Cancel's ack", _TPM,
+          minimum=0, unit="ms"),
+    _head("autoTpmCancelCompletionTimeoutMs", "auto_tpm_cancel_completion_timeout_ms", INT,
+          "wait for a cancelled request to end", _TPM, minimum=0, unit="ms"),
+    _head("autoTpmCommitStrategy", "auto_tpm_commit_strategy", _words_kind("lockfree", "versioned"),
+          "how an admission plan is committed", _TPM),
+    _head("autoTpmVictimGuardMode", "auto_tpm_victim_guard_mode", _words_kind("victim_presence", "queue_version"),
+          "how an eviction checks its victims are still there", _TPM),
 )
 
 # Fields of WHALE_MASTER_CONFIG that are parsed and validated but not acted on yet, with the reason.
 NOT_ACTED_ON: dict[str, str] = {f.key: f.status for f in MASTER_FIELDS if f.status != ACTED_ON}
+
+
+def _field_value(f: MasterField, path: str, raw: Any) -> Any:
+    value = f.kind.parse(path, raw, f.minimum)
+    if f.maximum is not None and value > f.maximum:
+        raise ConfigError(path, f"must be <= {f.maximum}, got {value}")
+    return value
 
 
 def parse_fields(raw: Mapping[str, Any], name: str, fields: tuple[MasterField, ...]) -> dict[str, Any]:
@@ -300,22 +610,95 @@ def parse_fields(raw: Mapping[str, Any], name: str, fields: tuple[MasterField, .
     out: dict[str, Any] = {}
     for f in fields:
         key = next((k for k in f.keys if k in raw), None)
-        if key is None:
-            continue
-        path = f"{name}.{key}"
-        value = f.kind.parse(path, raw[key], f.minimum)
-        if f.maximum is not None and value > f.maximum:
-            raise ConfigError(path, f"must be <= {f.maximum}, got {value}")
-        out[f.attr] = value
+        if key is not None:
+            out[f.attr] = _field_value(f, f"{name}.{key}", raw[key])
     return out
 
 
-# ---------------------------------------------------------------- WHALE_MASTER_CONFIG
+def attr_value(obj: Any, attr: str) -> Any:
+    """A row's attribute of a MasterConfig, dotted ones included (schedule.batch.size_max)."""
+    return functools.reduce(getattr, attr.split("."), obj)
+
+
+def _with_attr(obj: Any, attr: str, value: Any) -> Any:
+    head, _, rest = attr.partition(".")
+    return replace(obj, **{head: _with_attr(getattr(obj, head), rest, value) if rest else value})
+
+
+def with_values(master: MasterConfig, values: Mapping[str, Any]) -> MasterConfig:
+    """`master` with the {attribute: value} of parse_fields set, into the nested settings too."""
+    for attr, value in values.items():
+        master = _with_attr(master, attr, value)
+    return master
+
+
+# ---------------------------------------------------------------- WHALE_MASTER_CONFIG / FLEXLB_CONFIG
 
 
 def parse_master(raw: Mapping[str, Any], name: str = "WHALE_MASTER_CONFIG") -> MasterConfig:
-    """Parse the master config object; unknown keys are ignored like the original (Jackson)."""
-    return replace(MasterConfig(), **parse_fields(raw, name, MASTER_FIELDS))
+    """Parse the master config object; unknown keys are ignored here (load_master warns about them)."""
+    return with_values(MasterConfig(), parse_fields(raw, name, MASTER_FIELDS))
+
+
+def _env_value(env: Mapping[str, str], var: str) -> str | None:
+    text = env.get(var)
+    if text is None or not text.strip():
+        return None  # blank is unset, as HEAD
+    if var.endswith("_FILE"):
+        try:
+            return Path(text.strip()).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(var, f"cannot read {text.strip()!r}: {exc.strerror or exc}") from None
+    return text
+
+
+def parse_env_fields(env: Mapping[str, str], fields: tuple[MasterField, ...] = MASTER_FIELDS
+                     ) -> tuple[dict[str, Any], dict[str, tuple[str, str]], list[str]]:
+    """The per-field environment overrides: ({attribute: value}, {attribute: (variable, text)}, warnings).
+    A bad value raises ConfigError naming the variable for a critical field; otherwise it is a warning."""
+    values: dict[str, Any] = {}
+    given: dict[str, tuple[str, str]] = {}
+    warnings: list[str] = []
+    for f in fields:
+        for var in f.env_names:
+            try:
+                text = _env_value(env, var)
+                if text is None:
+                    continue
+                values[f.attr] = _field_value(f, var, text)
+                given[f.attr] = (var, text)
+            except ConfigError as exc:
+                if f.critical:
+                    raise
+                warnings.append(f"{exc}; ignored, {f.key} keeps its configured value")
+            break
+    return values, given, warnings
+
+
+def env_names(fields: tuple[MasterField, ...] = MASTER_FIELDS) -> frozenset[str]:
+    """Every per-field environment variable."""
+    return frozenset(v for f in fields for v in f.env_names)
+
+
+def load_master(env: Mapping[str, str]) -> tuple[MasterConfig, tuple[str, ...]]:
+    """defaults < WHALE_MASTER_CONFIG (else FLEXLB_CONFIG) < per-field variables; and the startup warnings."""
+    warnings: list[str] = []
+    present = [n for n in MASTER_ENV if (env.get(n) or "").strip()]
+    if len(present) > 1:
+        warnings.append(f"{present[1]}: ignored, {present[0]} is set too and is the one read (no merging)")
+    name, raw = _env_json(env, MASTER_ENV)
+    raw = raw or {}
+    values = parse_fields(raw, name, MASTER_FIELDS)
+    warnings += unknown_field_warnings(raw, name, [k for f in MASTER_FIELDS for k in f.keys])
+    env_values, given, env_warnings = parse_env_fields(env)
+    values.update(env_values)
+    warnings += env_warnings
+    if "traffic_policy" in given:
+        warnings += traffic_policy_warnings(*given["traffic_policy"])
+    elif "trafficPolicy" in raw:
+        warnings += traffic_policy_warnings(f"{name}.trafficPolicy", raw["trafficPolicy"])
+    warnings += unmatched_env_warnings(env, env_names())
+    return with_values(MasterConfig(), values), tuple(warnings)
 
 
 # ---------------------------------------------------------------- consistency
@@ -341,7 +724,7 @@ def parse_consistency(raw: Mapping[str, Any], name: str = CONSISTENCY_ENV[0]) ->
 def _with_unit(value: float, unit: str) -> str:
     """65536, "bytes" -> "64 KiB"; 10.0, "s" -> "10 s"."""
     if unit == "bytes":
-        for size, name in ((MIB, "MiB"), (1024, "KiB")):
+        for size, name in ((1024 * MIB, "GiB"), (MIB, "MiB"), (1024, "KiB")):
             if value >= size and value % size == 0:
                 return f"{int(value // size)} {name}"
     text = f"{value:g}"
@@ -403,13 +786,15 @@ EDGE_LIMITS: tuple[LimitRow, ...] = (
              help="request header fields (default {value}, as Envoy)"),
     # parsed with the server flags (SERVER_FLAGS); cli.py declares it
     LimitRow("request message (prefix, and after decompression)",
-             'RESOURCE_EXHAUSTED "larger than max (N vs. M)"; inflation stops at the cap and runs off the event '
-             "loop above 64 KiB compressed", "grpc C-core 4 MiB",
+             'RESOURCE_EXHAUSTED "larger than max (N vs. M)"; inflation stops at the cap (h2: at 64 MiB if lower) '
+             "and runs off the event loop above 64 KiB compressed; h2 also bounds one message by half of "
+             "`--request-buffer-bytes`", "RTP-LLM client and server 1 GiB, grpc C-core 4 MiB",
              "max_receive_message_bytes", "--max-message-bytes", unit="bytes", of=ServerConfig),
     LimitRow("request bytes not yet forwarded, per connection (the connection flow-control window: credit is "
              "returned as bytes move on, not on receipt)",
-             "the client waits for window; one message up to `--max-message-bytes` may still complete when it is "
-             "the connection's only large one", "Envoy `per_connection_buffer_limit_bytes` 1 MiB",
+             "the client waits for window; a message larger than the window still completes, its excess "
+             "taken in turn from the other half of `--request-buffer-bytes`",
+             "Envoy `per_connection_buffer_limit_bytes` 1 MiB",
              "request_buffer_bytes_per_connection", "--request-buffer-bytes-per-connection", minimum=65_535,
              unit="bytes", help="unforwarded request bytes per client connection (default {value})"),
     LimitRow("request bytes not yet forwarded, whole gateway",
@@ -488,12 +873,17 @@ class ServerFlag:
     kind: Kind
     attrs: tuple[str, ...]  # the ServerConfig attributes it sets
     minimum: float | None = None
+    maximum: float | None = None
 
+
+# a TCP port; 0 asks the kernel for a free one (tests do)
+MAX_PORT = 65535
 
 SERVER_FLAGS: tuple[ServerFlag, ...] = (
     ServerFlag("--host", "host", AS_GIVEN, ("host",)),
-    ServerFlag("--port", "grpc_port", INT, ("grpc_port",), 0),
-    ServerFlag("--admin-port", "admin_port", INT, ("admin_port",), 0),
+    ServerFlag("--http-port", "http_port", INT, ("http_port",), 0, MAX_PORT),
+    ServerFlag("--port", "grpc_port", INT, ("grpc_port",), 0, MAX_PORT),
+    ServerFlag("--admin-port", "admin_port", INT, ("admin_port",), 0, MAX_PORT),
     ServerFlag("--max-message-bytes", "max_message_bytes", INT,
                ("max_receive_message_bytes", "max_send_message_bytes"), 1024),
     ServerFlag("--upstream-channels", "upstream_channels", INT, ("upstream_channels_per_worker",), 1),
@@ -521,6 +911,7 @@ class CliOverrides:
     """What `flexlb serve` flags may override; None means 'not given'."""
 
     host: str | None = None
+    http_port: int | None = None
     grpc_port: int | None = None
     admin_port: int | None = None
     deploy: str | None = None
@@ -538,20 +929,70 @@ class CliOverrides:
     advertise_host: str | None = None
     admin_host: str | None = None
     limits: tuple[tuple[str, float], ...] = ()  # (EdgeLimits field, value) pairs from the limit flags
+    # TLS (flexlb/tls.py TLS_FLAGS): certificate, key and CA files; upstream_tls turns on TLS towards workers
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    admin_tls_cert: str | None = None
+    admin_tls_key: str | None = None
+    admin_tls_client_ca: str | None = None
+    upstream_tls: bool | None = None
+    upstream_tls_ca: str | None = None
+    upstream_tls_cert: str | None = None
+    upstream_tls_key: str | None = None
+    upstream_tls_server_name: str | None = None
+    # dynamic membership (README Dynamic membership): DNS names, their interval and nameserver, a workers file
+    workers_dns: tuple[str, ...] = ()
+    workers_dns_interval_s: float | None = None
+    dns_server: str | None = None
+    workers_dns_allow_empty: bool | None = None
+    workers_file: str | None = None
+    workers_file_interval_s: float | None = None
+
+
+def _discovery(cli: CliOverrides) -> tuple[DiscoveryConfig, list[WorkerAddr]]:
+    """The dynamic membership flags, validated, and the workers file's workers now (it must exist and parse)."""
+    d = DiscoveryConfig()
+    if cli.dns_server is not None:
+        host, _ = _host_port("--dns-server", cli.dns_server)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError("--dns-server", f"expected a nameserver's 'ip:port', got {cli.dns_server!r}") from None
+    for flag, given in (("--workers-dns-interval-s", cli.workers_dns_interval_s),
+                        ("--workers-file-interval-s", cli.workers_file_interval_s)):
+        if given is not None and not (math.isfinite(given) and given >= 0.01):
+            raise ConfigError(flag, f"must be a number of seconds >= 0.01, got {given!r}")
+    in_file: list[WorkerAddr] = []
+    if cli.workers_file:
+        try:
+            with open(cli.workers_file, encoding="utf-8") as fh:
+                in_file = parse_workers_file(cli.workers_file, fh.read())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("--workers-file", f"cannot read {cli.workers_file!r}: {exc}") from None
+    return replace(
+        d,
+        dns=tuple(parse_dns_flag("--workers-dns", t) for t in cli.workers_dns),
+        dns_interval_s=cli.workers_dns_interval_s if cli.workers_dns_interval_s is not None else d.dns_interval_s,
+        dns_server=cli.dns_server or "",
+        dns_allow_empty=bool(cli.workers_dns_allow_empty),
+        workers_file=cli.workers_file or "",
+        file_interval_s=cli.workers_file_interval_s if cli.workers_file_interval_s is not None else d.file_interval_s,
+    ), in_file
 
 
 def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None = None) -> Settings:
     """Build Settings from the environment and CLI overrides (CLI wins), or raise ConfigError."""
     env = os.environ if env is None else env
     cli = cli or CliOverrides()
-    master_name, master_raw = _env_json(env, MASTER_ENV)
-    master = parse_master(master_raw or {}, master_name)
+    master, warnings = load_master(env)
     if cli.strategy:
         master = replace(master, load_balance_strategy=_strategy("--strategy", cli.strategy))
     if cli.decode_strategy:
         master = replace(master, decode_load_balance_strategy=_strategy("--decode-strategy", cli.decode_strategy))
 
     service_id, workers = "", []
+    discovery, in_file = _discovery(cli)
     if cli.prefill or cli.decode or cli.fused:
         for flag, role, addrs in (
             ("--prefill", Role.PREFILL, cli.prefill),
@@ -561,19 +1002,23 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
             workers += cli_workers(flag, addrs, role)
     else:
         ms_name, ms_raw = _env_json(env, MODEL_SERVICE_ENV)
-        if ms_raw is None:
+        if ms_raw is None and not discovery.enabled:
             raise ConfigError(
-                MODEL_SERVICE_ENV, "not set; give the workers there or with --worker / --prefill and --decode"
+                MODEL_SERVICE_ENV, "not set; give the workers there, with --worker / --prefill and --decode, "
+                "or with --workers-dns / --workers-file"
             )
-        service_id, workers = parse_model_service(ms_raw, env, ms_name)
+        if ms_raw is not None:
+            service_id, workers = parse_model_service(ms_raw, env, ms_name)
+            discovery = replace(discovery, dns=(*dns_targets(ms_raw, ms_name), *discovery.dns))
 
     deploy = master.deploy
     if cli.deploy:
         deploy = _deploy("--deploy", cli.deploy)
-    roles = {w.role for w in workers}
+    roles = {w.role for w in (*workers, *in_file)} | {t.role for t in discovery.dns}
     if deploy is None:
         deploy = Deploy.DISAGGREGATED if Role.PREFILL in roles or Role.DECODE in roles else Deploy.PD_FUSION
-    if deploy is Deploy.DISAGGREGATED:
+    # with dynamic sources workers come and go: the gateway may start without a role (readiness says so)
+    if deploy is Deploy.DISAGGREGATED and not discovery.enabled:
         for role, what in ((Role.PREFILL, "prefill_endpoint"), (Role.DECODE, "decode_endpoint")):
             if role not in roles:
                 raise ConfigError(
@@ -587,7 +1032,7 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
                 f"{MODEL_SERVICE_ENV}.role_endpoints",
                 "no group has both a PREFILL and a DECODE worker, so no pair can be formed",
             )
-    elif Role.PDFUSION not in roles:
+    elif deploy is Deploy.PD_FUSION and not discovery.enabled and Role.PDFUSION not in roles:
         raise ConfigError(
             f"{MODEL_SERVICE_ENV}.pd_fusion_endpoint",
             "deploy PD_FUSION needs at least one PDFUSION worker; the worker list is empty",
@@ -605,10 +1050,15 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
     for sf in SERVER_FLAGS:
         given = getattr(cli, sf.cli)
         if given is not None:
-            updates.update(dict.fromkeys(sf.attrs, sf.kind.parse(sf.flag, given, sf.minimum)))
+            value = sf.kind.parse(sf.flag, given, sf.minimum)
+            if sf.maximum is not None and value > sf.maximum:
+                raise ConfigError(sf.flag, f"must be <= {sf.maximum:g} (0 picks a free port), got {value}")
+            updates.update(dict.fromkeys(sf.attrs, value))
     if cli.limits:
         updates["limits"] = _edge_limits(cli.limits)
-    server = replace(ServerConfig(), **updates)
+    tls = tls_config(upstream_tls=cli.upstream_tls, **{t.cli: getattr(cli, t.cli) for t in TLS_FLAGS})
+    check_with_election(tls, consistency.need_consistency, master.enable_grpc_prefill_master)
+    server = replace(ServerConfig(), **updates, tls=tls, discovery=discovery)
     return Settings(
         server=server,
         master=master,
@@ -616,6 +1066,7 @@ def load_settings(env: Mapping[str, str] | None = None, cli: CliOverrides | None
         deploy=deploy,
         service_id=service_id,
         consistency=consistency,
+        warnings=warnings,
     )
 
 
@@ -635,6 +1086,8 @@ def masked(settings: Settings) -> dict[str, Any]:
             }
         if isinstance(v, tuple | list):
             return [plain(x) for x in v]
+        if isinstance(v, frozenset | set):
+            return sorted(plain(x) for x in v)
         if hasattr(v, "__dataclass_fields__"):
             return {k: plain(getattr(v, k)) for k in v.__dataclass_fields__}
         return v
@@ -646,4 +1099,8 @@ def masked(settings: Settings) -> dict[str, Any]:
     if "@" in zk.get("zk_host", ""):
         # credentials embedded as user:password@host are never shown
         zk["zk_host"] = ",".join("***@" + h.split("@", 1)[1] if "@" in h else h for h in zk["zk_host"].split(","))
+    policy = data["master"].get("traffic_policy")
+    for rule in policy["rules"] if policy else ():
+        # a traffic rule's api keys are the callers' credentials
+        rule["api_keys"] = ["***"] * len(rule["api_keys"])
     return data

@@ -146,6 +146,8 @@ async def _run_fleet(label: str, strategy: str | None, prompts: list[Prompt], co
             "0",
             "--admin-port",
             "0",
+            "--http-port",
+            "0",
             *(["--strategy", strategy] if strategy else []),
             "--log-level",
             "WARNING",

@@ -16,9 +16,9 @@ from flexlb.pb import model_rpc_service_pb2 as pb
 ZK_TIMEOUT_MS = 2000
 
 
-def _master_of(admin_port: int) -> str | None:
+def _master_of(http_port: int) -> str | None:
     req = urllib.request.Request(
-        f"http://127.0.0.1:{admin_port}/rtp_llm/master/info", data=b"{}", headers={"Content-Type": "application/json"}
+        f"http://127.0.0.1:{http_port}/rtp_llm/master/info", data=b"{}", headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(req, timeout=2) as r:
         master: str | None = json.load(r)["real_master_host"]
@@ -28,7 +28,7 @@ def _master_of(admin_port: int) -> str | None:
 async def _agreed(replicas: list[tuple[Proc, int, int]], timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while True:
-        names = {_master_of(admin) for _, _, admin in replicas}
+        names = {_master_of(http) for _, _, http in replicas}
         if len(names) == 1 and None not in names:
             name = names.pop()
             assert name is not None
@@ -85,15 +85,16 @@ async def demo_ha() -> int:
         }
         replicas: list[tuple[Proc, int, int]] = []
         for i in range(3):
-            args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--log-level", "WARNING"]
+            args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--http-port", "0",
+                    "--log-level", "WARNING"]
             for port in ports:
                 args += ["--worker", f"127.0.0.1:{port}"]
             p = await spawn(*args, name=f"replica-{i}", env=env)
             procs.append(p)
-            assert p.admin_port is not None
-            grpc_port, admin_port = p.port, p.admin_port
-            replicas.append((p, grpc_port, admin_port))
-            print(f"  replica-{i}: gRPC 127.0.0.1:{grpc_port}  admin 127.0.0.1:{admin_port}")
+            assert p.http_port is not None
+            grpc_port, http_port = p.port, p.http_port
+            replicas.append((p, grpc_port, http_port))
+            print(f"  replica-{i}: HTTP API 127.0.0.1:{http_port}  gRPC 127.0.0.1:{grpc_port}")
         master = await _agreed(replicas, 15)
         print(f"all three replicas agree: master is {master}")
         victim = next(r for r in replicas if master.endswith(f":{r[2]}"))

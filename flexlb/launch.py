@@ -13,8 +13,9 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-# the readiness lines: "mock-worker role=R listening on H:P", "flexlb gateway listening: grpc H:P admin H:Q"
-_READY = re.compile(r"(?:listening on [\d.]+:|grpc [\d.]+:)(\d+)(?:.*admin [\d.]+:(\d+))?")
+# the readiness lines: "mock-worker role=R listening on H:P",
+# "flexlb gateway listening: grpc H:P admin H:Q http H:R"
+_READY = re.compile(r"(?:listening on [\d.]+:|grpc [\d.]+:)(\d+)(?:.*admin [\d.]+:(\d+))?(?:.*http [\d.]+:(\d+))?")
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Proc:
     proc: asyncio.subprocess.Process
     port: int
     admin_port: int | None
+    http_port: int | None = None  # a gateway's HTTP API port (--server.port)
 
     @property
     def running(self) -> bool:
@@ -61,7 +63,8 @@ async def spawn(*args: str, name: str = "", env: dict[str, str] | None = None, t
             proc.kill()
         code = await proc.wait()
         raise RuntimeError(f"{name} did not become ready (exit code {code}, said {line.strip()!r})")
-    return Proc(name, proc, int(m.group(1)), int(m.group(2)) if m.group(2) else None)
+    return Proc(name, proc, int(m.group(1)), int(m.group(2)) if m.group(2) else None,
+                int(m.group(3)) if m.group(3) else None)
 
 
 async def stop(p: Proc, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> int:

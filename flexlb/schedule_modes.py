@@ -81,3 +81,8 @@ class ScheduleSettings:
     batch: BatchSettings = field(default_factory=BatchSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     priority: PrioritySettings = field(default_factory=PrioritySettings)
+    # not Java fields (this port's own): BATCH to PDFUSION workers instead of answering DIRECT there (RTP-LLM's
+    # fused workers do not serve EnqueueBatch; the mock worker does)
+    batch_fused_workers: bool = False  # batchFusedWorkers
+    request_state_ttl_ms: int = 60_000  # requestStateTtlMs: a terminal lifecycle stays visible this long
+    status_poll_interval_ms: int = 50  # statusPollIntervalMs: GetWorkerStatus of workers holding placed requests

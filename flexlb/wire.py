@@ -14,7 +14,14 @@ CHECK_HEALTH = "/RpcService/CheckHealth"
 REMOTE_GENERATE = "/RpcService/RemoteGenerate"
 GET_WORKER_STATUS = "/RpcService/GetWorkerStatus"
 GET_CACHE_STATUS = "/RpcService/GetCacheStatus"
+# VIT (multimodal) workers serve their status on their own service
+VIT_SERVICE = "MultimodalRpcService"
+VIT_GET_WORKER_STATUS = "/MultimodalRpcService/GetWorkerStatus"
+VIT_GET_CACHE_STATUS = "/MultimodalRpcService/GetCacheStatus"
+CANCEL = "/RpcService/Cancel"
 
+# the message size limit of RTP-LLM's gRPC client and server (both default to 1 GiB)
+RTP_LLM_MAX_MESSAGE_BYTES = 1024 * 1024 * 1024
 
 
 def _one_request_paths() -> frozenset[str]:
@@ -37,11 +44,24 @@ ERROR_DETAILS_TRAILER = "grpc-status-details-bin"
 # engine ErrorCode numbers used by FlexLB and the mock worker
 GET_HOST_FAILED = 8200
 CONNECT_FAILED = 8202
+CONNECTION_RESET_BY_PEER = 8205
 REMOTE_GENERATE_FAILED = 8209
+KEEP_ALIVE_TIMEOUT = 8214
 UNKNOWN_ERROR = 514
 MALLOC_FAILED = 602
 CANCELLED_ERROR = 8100
 GENERATE_TIMEOUT = 603
+LONG_PROMPT_ERROR = 511  # the prompt is longer than the engine's max_seq_len (gRPC OUT_OF_RANGE)
+INVALID_PARAMS = 605
+PRIORITY_PREEMPTED = 8429
+# FlexLB's own codes (flexlb-original §7.1 StrategyErrorType)
+NO_AVAILABLE_WORKER = 8400
+NO_PREFILL_WORKER = 8402
+NO_DECODE_WORKER = 8403
+NO_PDFUSION_WORKER = 8404
+NO_VIT_WORKER = 8405
+INVALID_REQUEST = 8406
+QUEUE_FULL = 8502
 
 _RESOURCE_EXHAUSTED = {602, 8211, 8429}
 _DEADLINE = {603, 8203, 8204, 8213, 8214, 8300, 8304, 8307, 8316, 8321, 8324}

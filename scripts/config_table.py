@@ -3,9 +3,10 @@
 Usage: python scripts/config_table.py [--check] [--readme PATH]
 
 Each table sits between `<!-- config-table:NAME:begin -->` and `<!-- config-table:NAME:end -->` in the README;
-whatever is between the markers is replaced. Tables: `master` (WHALE_MASTER_CONFIG, from MASTER_FIELDS) and
-`limits` (the client-facing edge's limits, from EDGE_LIMITS). With --check nothing is written: the exit code
-is 1 (and a diff is printed) when the README differs from what would be generated.
+whatever is between the markers is replaced. Tables: `master`, `schedule` and `head` (WHALE_MASTER_CONFIG /
+FLEXLB_CONFIG: the rows of MASTER_FIELDS by section) and `limits` (the client-facing edge's limits, from
+EDGE_LIMITS). With --check nothing is written: the exit code is 1 (and a diff is printed) when the README differs
+from what would be generated.
 """
 
 from __future__ import annotations
@@ -17,7 +18,18 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flexlb.config import ACTED_ON, EDGE_LIMITS, MASTER_FIELDS, LimitRow, MasterConfig, MasterField
+from flexlb.config import (
+    ACTED_ON,
+    EDGE_LIMITS,
+    GATEWAY,
+    HEAD,
+    MASTER_FIELDS,
+    SCHEDULE,
+    LimitRow,
+    MasterConfig,
+    MasterField,
+    attr_value,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -44,16 +56,19 @@ def _type(f: MasterField) -> str:
     return f.kind.name
 
 
-def master_table() -> str:
-    """WHALE_MASTER_CONFIG: one row per field."""
+def master_table(section: str = GATEWAY) -> str:
+    """WHALE_MASTER_CONFIG / FLEXLB_CONFIG: one row per field of the section, with its environment variable(s)."""
     defaults = MasterConfig()
     rows = []
     for f in MASTER_FIELDS:
+        if f.section != section:
+            continue
         key = f"`{f.key}`" + (" (also " + ", ".join(f"`{a}`" for a in f.aliases) + ")" if f.aliases else "")
-        default = f.default_doc or f.kind.show(getattr(defaults, f.attr))
+        env = ", ".join(f"`{v}`" for v in f.env_names)
+        default = f.default_doc or f.kind.show(attr_value(defaults, f.attr))
         status = f.status if f.status == ACTED_ON else f"not acted on yet: {f.status}"
-        rows.append([key, _type(f), f.unit or "—", _cell(default), _cell(f.doc), _cell(status)])
-    return _table(["field", "type", "unit", "default", "what it does", "status"], rows)
+        rows.append([key, env, _type(f), f.unit or "—", _cell(default), _cell(f.doc), _cell(status)])
+    return _table(["field", "variable", "type", "unit", "default", "what it does", "status"], rows)
 
 
 def _flag(row: LimitRow, earlier: Sequence[LimitRow]) -> str:
@@ -73,7 +88,12 @@ def limits_table() -> str:
     return _table(["limit", "flag", "default", "when it is hit", "anchor default"], rows)
 
 
-TABLES: dict[str, Callable[[], str]] = {"master": master_table, "limits": limits_table}
+TABLES: dict[str, Callable[[], str]] = {
+    "master": master_table,
+    "schedule": lambda: master_table(SCHEDULE),
+    "head": lambda: master_table(HEAD),
+    "limits": limits_table,
+}
 
 
 def render(readme: str) -> str:

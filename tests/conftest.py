@@ -119,7 +119,8 @@ async def gateways(request: pytest.FixtureRequest) -> AsyncIterator[GatewayFacto
         if deploy is None:
             deploy = Deploy.DISAGGREGATED if any(w.role is Role.PREFILL for w in workers) else Deploy.PD_FUSION
         settings = Settings(
-            server=replace(ServerConfig(host="127.0.0.1", grpc_port=0, admin_port=0, relay_engine=engine), **server),
+            server=replace(ServerConfig(host="127.0.0.1", http_port=0, grpc_port=0, admin_port=0, relay_engine=engine),
+                           **server),
             master=MasterConfig(
                 load_balance_strategy=strategy, decode_load_balance_strategy=decode_strategy, **(master or {})
             ),

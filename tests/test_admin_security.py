@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from flexlb.admin_http.api_routes import ApiRoutes
 from flexlb.admin_http.consistency_routes import ConsistencyRoutes
 from flexlb.admin_http.server import AdminServer
 from flexlb.config import CliOverrides, ConfigError, ConsistencyConfig, load_settings
@@ -103,8 +104,9 @@ async def admin_servers() -> AsyncIterator[AdminFactory]:
     async def start(token: str | None = TOKEN, host: str = "127.0.0.1", **limits: Any) -> AdminServer:
         server = AdminServer(Metrics(), lambda: (True, {}), lambda: {"version": "test"}, _Rotations(),
                              token=token, limits=AdminLimits(**limits))
-        routes = ConsistencyRoutes(_FakeConsistency(token), lambda: {"success": True})  # type: ignore[arg-type]
+        routes = ConsistencyRoutes(_FakeConsistency(token))  # type: ignore[arg-type]
         server.add_routes(routes.register)
+        server.add_routes(ApiRoutes(lambda: {"success": True}, lambda: False, dict).register)
         await server.start(host, 0)
         started.append(server)
         return server

@@ -117,7 +117,7 @@ def test_the_attempt_cap_ends_the_call() -> None:
     assert life.attempt_failed("UNAVAILABLE")
     assert life.attempt_failed("UNAVAILABLE")
     assert not life.attempt_failed("UNAVAILABLE")  # a third failure: the engine relays it
-    life.give_up(grpc.StatusCode.UNAVAILABLE, "worker unreachable")
+    life.give_up(grpc.StatusCode.UNAVAILABLE, "worker unreachable", error_code=8202)
     assert len(set(s.port.workers())) == 3
     assert s.port.answers[0][0] == grpc.StatusCode.UNAVAILABLE
     assert s.router.cluster.ledger.calls == 0

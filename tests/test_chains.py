@@ -25,6 +25,8 @@ from flexlb.balancer.strategies.filters import (
     ExcludeFilter,
     GroupFilter,
     InFlightCapFilter,
+    PinnedGroupFilter,
+    SeqLenFilter,
     UsableFilter,
 )
 from flexlb.balancer.strategies.pickers import (
@@ -111,7 +113,8 @@ def test_standard_filters_in_order() -> None:
     ws = workers(4)
     ws[1].healthy = False
     ws[2].in_flight = 5
-    assert [type(f) for f in STANDARD_FILTERS] == [ExcludeFilter, UsableFilter, InFlightCapFilter]
+    assert [type(f) for f in STANDARD_FILTERS] == [ExcludeFilter, PinnedGroupFilter, SeqLenFilter, UsableFilter,
+                                                   InFlightCapFilter]
     r = req(exclude=frozenset({ws[0].key}))
     assert apply_filters(STANDARD_FILTERS, ws, r, ctx(cap=5)) == [ws[3]]
     # the usable filter fails open over what the exclude set leaves, not over everyone

@@ -538,7 +538,8 @@ def test_serve_with_bad_config_exits_2_with_one_line(field: str, value: object, 
         MODEL_SERVICE_CONFIG=json.dumps(README_SERVICE),
     )
     result = subprocess.run(
-        [sys.executable, "-m", "flexlb", "serve", "--port", "0", "--admin-port", "0", "--host", "127.0.0.1"],
+        [sys.executable, "-m", "flexlb", "serve", "--port", "0", "--admin-port", "0",
+         "--http-port", "0", "--host", "127.0.0.1"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -555,7 +556,8 @@ def test_serve_with_bad_config_exits_2_with_one_line(field: str, value: object, 
 
 def test_serve_with_no_workers_exits_2_with_one_line() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "flexlb", "serve", "--port", "0", "--admin-port", "0", "--host", "127.0.0.1"],
+        [sys.executable, "-m", "flexlb", "serve", "--port", "0", "--admin-port", "0",
+         "--http-port", "0", "--host", "127.0.0.1"],
         cwd=ROOT,
         env=_cli_env(),
         capture_output=True,
@@ -606,17 +608,16 @@ def test_mock_worker_help() -> None:
 
 
 def test_spring_style_flags() -> None:
+    # the original run line: HTTP API on server.port, gRPC (where frontends send Schedule) on server.port + 2
     assert _spring_to_flags(["--server.port=7001", "--management.server.port=7002"]) == [
-        "--port",
-        "7001",
-        "--admin-port",
-        "7002",
+        "--http-port", "7001", "--admin-port", "7002", "--port", "7003",
     ]
+    with pytest.raises(SystemExit) as exited:
+        _spring_to_flags(["--server.port=65534"])
+    assert exited.value.code == 2
+    # an explicit gRPC port wins over the +2 rule
     assert _spring_to_flags(["serve", "--server.port", "7001", "--port=5"]) == [
-        "serve",
-        "--port",
-        "7001",
-        "--port=5",
+        "serve", "--http-port", "7001", "--port=5",
     ]
 
 

@@ -13,14 +13,18 @@ from types import ModuleType
 
 import pytest
 
+from flexlb.balancer.traffic_policy import TrafficPolicy
 from flexlb.cli import build_parser
 from flexlb.config import (
     ACTED_ON,
     EDGE_LIMIT_FLAGS,
     EDGE_LIMITS,
     FLOAT,
+    GATEWAY,
+    HEAD,
     MASTER_FIELDS,
     NOT_ACTED_ON,
+    SCHEDULE,
     SERVER_FLAGS,
     CliOverrides,
     ConfigError,
@@ -29,6 +33,7 @@ from flexlb.config import (
     MasterField,
     ServerConfig,
     _with_unit,
+    attr_value,
     parse_fields,
     parse_master,
 )
@@ -63,9 +68,9 @@ def test_readme_tables_are_up_to_date(config_table: ModuleType) -> None:
 def test_check_exits_1_on_drift_and_a_rewrite_fixes_it(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    row = "| `prefillQueueDepth` | int ≥ 0 | calls | 2 |"
+    row = "| `prefillQueueDepth` | `FLEXLB_PREFILL_QUEUE_DEPTH` | int ≥ 0 | calls | 2 |"
     assert row in text
-    readme.write_text(text.replace(row, "| `prefillQueueDepth` | int | | 3 |"), encoding="utf-8")
+    readme.write_text(text.replace(row, "| `prefillQueueDepth` | | int | | 3 |"), encoding="utf-8")
     out = _run_script("--check", "--readme", str(readme))
     assert out.returncode == 1, out.stderr
     assert "configuration tables differ" in out.stderr
@@ -84,19 +89,31 @@ def test_missing_markers_exit_2(tmp_path: Path) -> None:
 
 
 def test_master_table_has_a_row_per_field_with_bounds_unit_default_and_doc(config_table: ModuleType) -> None:
-    table = config_table.master_table()
-    assert table.count("\n") == len(MASTER_FIELDS) + 1
-    assert "| `outlierMaxEjectedPercent` | int ≥ 0, ≤ 100 | % | 50 |" in table
-    assert "| `prefillQueueAging` | number ≥ 0 | ms per ms | 1.0 |" in table
-    assert "| `kvCache` | `NONE` \\| `LOCAL_STATIC` \\| `LOCAL_SYNC` | — | `LOCAL_STATIC` |" in table
-    assert "| `deploy` | `DISAGGREGATED` \\| `PD_FUSION` | — | inferred from the workers |" in table
+    tables = {s: config_table.master_table(s) for s in (GATEWAY, SCHEDULE, HEAD)}
+    assert sum(t.count("\n") - 1 for t in tables.values()) == len(MASTER_FIELDS)
+    table = tables[GATEWAY]
+    assert "| `outlierMaxEjectedPercent` | `FLEXLB_OUTLIER_MAX_EJECTED_PERCENT` | int ≥ 0, ≤ 100 | % | 50 |" in table
+    assert "| `prefillQueueAging` | `FLEXLB_PREFILL_QUEUE_AGING` | number ≥ 0 | ms per ms | 1.0 |" in table
+    kv = "| `kvCache` | `FLEXLB_KV_CACHE` | `NONE` \\| `LOCAL_STATIC` \\| `LOCAL_SYNC` | — | `LOCAL_STATIC` |"
+    assert kv in table
+    assert "| `deploy` | `FLEXLB_DEPLOY` | `DISAGGREGATED` \\| `PD_FUSION` | — | inferred from the workers |" in table
+    schedule = tables[SCHEDULE]
+    assert "| `flexlbBatchSizeMax` | `FLEXLB_BATCH_SIZE_MAX` | int ≥ 1 | requests | 8 |" in schedule
+    mode = "| `defaultScheduleMode` | `DEFAULT_SCHEDULE_MODE` | `BATCH` \\| `DIRECT` \\| `QUEUE` | — | `BATCH` |"
+    assert mode in schedule
+    assert "| tokens:ms | `256:150,1024:300,4096:600,16384:1200,*:2400` |" in schedule
+    assert "| `30:2,40:1.5,50:1,60:0.75,70:0.5` |" in schedule
+    head = tables[HEAD]
+    assert "| `costFormula` | `PREFILL_TIME_FORMULA`, `COST_FORMULA` | string |" in head
+    assert "| `trafficPolicy` | `TRAFFIC_POLICY_CONFIG`, `TRAFFIC_POLICY_CONFIG_FILE` |" in head
+    assert "| `costSloBuckets` | `COST_SLO_BUCKETS` | spec `maxSeqLen:sloMs,…` or empty | tokens:ms | empty |" in head
 
 
 def test_master_table_shows_aliases_and_not_acted_on(config_table: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     row = dataclasses.replace(MASTER_FIELDS[0], aliases=("deployMode",), status="needs the X feature")
     monkeypatch.setattr(config_table, "MASTER_FIELDS", (row,))
     table = config_table.master_table()
-    assert "| `deploy` (also `deployMode`) |" in table
+    assert "| `deploy` (also `deployMode`) | `FLEXLB_DEPLOY`, `FLEXLB_DEPLOY_MODE` |" in table
     assert table.endswith("| not acted on yet: needs the X feature |")
 
 
@@ -105,7 +122,7 @@ def test_limits_table_keeps_flag_default_hit_and_anchor(config_table: ModuleType
     assert table.count("\n") == len(EDGE_LIMITS) + 1
     assert "| `--max-concurrent-streams` | 256 |" in table
     assert "| same | 64 KiB | GOAWAY ENHANCE_YOUR_CALM" in table  # the encoded header block shares the flag
-    assert "| `--max-message-bytes` | 64 MiB |" in table
+    assert "| `--max-message-bytes` | 1 GiB |" in table
     assert "| — | ≥ 500 streams and > 50% reset |" in table
     assert "| `--max-connections` | open-file limit − 256 (" in table  # noqa: RUF001
     assert "nginx `worker_connections` 512 |" in table
@@ -114,11 +131,26 @@ def test_limits_table_keeps_flag_default_hit_and_anchor(config_table: ModuleType
 # ---------------------------------------------------------------------------------------------- WHALE_MASTER_CONFIG
 
 
+def _leaves(cls: type, prefix: str = "") -> list[str]:
+    """Every setting of a config dataclass, nested settings (schedule, head) by their dotted path."""
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default) and not isinstance(default, TrafficPolicy):
+            out += _leaves(type(default), f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
 def test_every_master_config_attribute_has_exactly_one_row() -> None:
     attrs = [f.attr for f in MASTER_FIELDS]
-    assert sorted(attrs) == sorted(f.name for f in dataclasses.fields(MasterConfig))
+    assert sorted(attrs) == sorted(_leaves(MasterConfig))
+    assert {a.split(".")[0] for a in attrs if "." in a} == {"schedule", "head"}
     keys = [k for f in MASTER_FIELDS for k in f.keys]
     assert len(keys) == len(set(keys))
+    variables = [v for f in MASTER_FIELDS for v in f.env_names]
+    assert len(variables) == len(set(variables))
 
 
 def test_not_acted_on_is_the_rows_status() -> None:
@@ -132,7 +164,7 @@ def test_documented_bounds_are_enforced(row: MasterField) -> None:
     with pytest.raises(ConfigError) as info:
         parse_master({row.key: below})
     assert str(info.value) == f"WHALE_MASTER_CONFIG.{row.key}: must be >= {row.minimum}, got {below}"
-    assert getattr(parse_master({row.key: row.minimum}), row.attr) == row.minimum
+    assert attr_value(parse_master({row.key: row.minimum}), row.attr) == row.minimum
     if row.maximum is not None:
         with pytest.raises(ConfigError) as info:
             parse_master({row.key: row.maximum + 1})

@@ -126,7 +126,8 @@ async def test_request_body_flood_is_bounded_gateway_wide(mock_workers, gateways
 
 
 async def test_gzip_bomb_costs_no_more_than_the_cap(mock_workers, gateways, channels, loop_errors, caplog) -> None:
-    gw, worker = await _setup(mock_workers, gateways)  # max_receive_message_bytes: the default 64 MiB
+    # a 64 MiB cap (grpc C-core inflates up to --max-message-bytes; the frame relay never past 64 MiB)
+    gw, worker = await _setup(mock_workers, gateways, max_receive_message_bytes=64 * MIB)
     outcome = await gzip_bomb("127.0.0.1", gw.grpc_port, inflated_bytes=256 * MIB, timeout_s=10.0)
     assert outcome.grpc_statuses == {RESOURCE_EXHAUSTED: 1}, outcome
     assert worker.calls_received == 0

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from flexlb.config import NOT_ACTED_ON
 from flexlb.pb import flexlb_schedule_service_pb2 as fpb
 from flexlb.pb import model_rpc_service_pb2 as pb
 from tests.conftest import generate_input, stream_stub, wait_for, worker_addr
@@ -170,7 +171,9 @@ async def test_admin_endpoints(mock_workers, gateways, channels) -> None:
         assert info["workers"][0]["worker"] == f"127.0.0.1:{w.port}"
         assert info["workers"][0]["dispatched_total"] == 1
         assert info["config"]["master"]["load_balance_strategy"] == "ROUND_ROBIN"
-        assert info["not_acted_on_yet"] == {}  # every configuration field is acted on
+        # what /actuator/info lists as parsed but not acted on is exactly the field table's list, with reasons
+        assert info["not_acted_on_yet"] == NOT_ACTED_ON
+        assert "loadBalanceStrategy" not in NOT_ACTED_ON and all(NOT_ACTED_ON.values())
         gw._draining = True
         async with http.get(base + "/actuator/health") as r:
             assert r.status == 503
@@ -179,8 +182,12 @@ async def test_admin_endpoints(mock_workers, gateways, channels) -> None:
 
 
 async def test_schedule_returns_a_pd_pair(mock_workers, gateways, channels) -> None:
+    from flexlb.schedule_modes import ScheduleMode, ScheduleSettings
+
     p, d = await mock_workers("PREFILL"), await mock_workers("DECODE")
-    gw = await gateways([worker_addr(p, "g1"), worker_addr(d, "g1")])
+    # DIRECT (the decision only); BATCH, the default, is tests/test_schedule_batch.py's
+    gw = await gateways([worker_addr(p, "g1"), worker_addr(d, "g1")],
+                        master={"schedule": ScheduleSettings(mode=ScheduleMode.DIRECT)})
     schedule = channels(gw.grpc_port).unary_unary(
         "/FlexlbService/Schedule",
         request_serializer=fpb.FlexlbScheduleRequestPB.SerializeToString,

@@ -42,8 +42,8 @@ async def test_three_replicas_elect_one_master_and_agree(zookeeper, gateways, mo
     replicas = await _replicas(gateways, mock_workers, zookeeper, "agree")
     await wait_for(lambda: _agreed(replicas), timeout_s=10, what="one master that every replica names")
     master = _masters(replicas)[0]
-    # real_master_host is the master's admin ip:port, unique per replica on one host
-    assert master.consistency.master_http() == f"127.0.0.1:{master.admin_port}"
+    # real_master_host is the master's HTTP API ip:port (frontends add 2 for Schedule), unique per replica
+    assert master.consistency.master_http() == f"127.0.0.1:{master.http_port}"
     async with aiohttp.ClientSession() as http:
         for gw in replicas:
             async with http.post(f"http://127.0.0.1:{gw.admin_port}/rtp_llm/master/info", json={}) as r:

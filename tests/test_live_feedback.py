@@ -32,13 +32,13 @@ async def test_prefix_affinity_and_ttft_learning_through_the_gateway(mock_worker
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{gw.admin_port}/actuator/prometheus") as r:
         text = await r.text()
     key = f'worker="127.0.0.1:{holder.port}"'
-    assert any(line.startswith("flexlb_worker_ttft_abs_error_ms{") and key in line for line in text.splitlines())
+    assert any(line.startswith("flexlb_worker_ttft_abs_error_seconds{") and key in line for line in text.splitlines())
     assert "flexlb_worker_prefill_coefficient" in text
     # the transit (sent to first message, minus the engine's own time) is learned from real streams:
     # loopback hops and the gateway, more than nothing and far less than the prefill of 4,000 tokens
     assert 0.0 < model.transit_ms < 100.0
-    transit = [line for line in text.splitlines() if line.startswith("flexlb_worker_transit_ms{") and key in line]
-    assert transit and 0.0 < float(transit[0].rsplit(" ", 1)[1]) < 100.0
+    transit = [line for line in text.splitlines() if line.startswith("flexlb_worker_transit_seconds{") and key in line]
+    assert transit and 0.0 < float(transit[0].rsplit(" ", 1)[1]) < 0.1
 
 
 async def test_index_off_routes_without_keys(mock_workers, gateways, channels) -> None:

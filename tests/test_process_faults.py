@@ -20,7 +20,8 @@ async def test_worker_sigkill_under_200_streams(channels) -> None:
         # decode steps of ~40 ms: a 40-token stream lasts ~1.6 s, so many are mid-stream at the kill
         workers = [await spawn("mock-worker", "--port", "0", "--time-scale", "4") for _ in range(3)]
         procs += workers
-        args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--log-level", "WARNING"]
+        args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+                "--http-port", "0", "--log-level", "WARNING"]
         for w in workers:
             args += ["--worker", f"127.0.0.1:{w.port}"]
         config = {"healthCheckIntervalMs": int(HEALTH_INTERVAL_S * 1000), "healthCheckTimeoutMs": 200}
@@ -77,7 +78,7 @@ async def test_sigterm_drains_in_flight_streams_and_exits_zero(channels) -> None
     try:
         worker = await spawn("mock-worker", "--port", "0", "--time-scale", "4")
         procs.append(worker)
-        gw = await spawn("serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+        gw = await spawn("serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--http-port", "0",
                          "--worker", f"127.0.0.1:{worker.port}", "--drain-timeout-s", "20", "--log-level", "WARNING")
         procs.append(gw)
         stub = stream_stub(channels(gw.port))
@@ -123,7 +124,7 @@ async def test_master_sigkill_new_master_in_time_and_no_failed_calls(zookeeper, 
     try:
         worker = await spawn("mock-worker", "--port", "0")
         procs.append(worker)
-        replicas = [await spawn("serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+        replicas = [await spawn("serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--http-port", "0",
                                 "--worker", f"127.0.0.1:{worker.port}", "--log-level", "WARNING", env=env)
                     for _ in range(3)]
         procs += replicas
@@ -145,7 +146,7 @@ async def test_master_sigkill_new_master_in_time_and_no_failed_calls(zookeeper, 
                 assert loop.time() < deadline, f"replicas never agreed on a master: {names}"
                 await asyncio.sleep(0.1)  # polling interval while waiting for agreement
             master_host = names.pop()
-            master = next(r for r in replicas if master_host == f"127.0.0.1:{r.admin_port}")
+            master = next(r for r in replicas if master_host == f"127.0.0.1:{r.http_port}")
             survivors = [r for r in replicas if r is not master]
             failures: list[str] = []
             stop_calls = asyncio.Event()
@@ -186,7 +187,7 @@ async def test_sigterm_with_only_schedule_reservations_does_not_wait_out_the_dra
     try:
         worker = await spawn("mock-worker", "--port", "0")
         procs.append(worker)
-        gw = await spawn("serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+        gw = await spawn("serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--http-port", "0",
                          "--worker", f"127.0.0.1:{worker.port}", "--drain-timeout-s", "60", "--log-level", "WARNING")
         procs.append(gw)
         schedule = channels(gw.port).unary_unary(

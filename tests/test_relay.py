@@ -12,7 +12,6 @@ import pytest
 from flexlb import wire
 from flexlb.balancer.workers import Role, WorkerAddr
 from flexlb.pb import model_rpc_service_pb2 as pb
-from flexlb.sim.engine import EngineParams
 from flexlb.sim.mock_worker import Faults
 from tests.conftest import generate_input, stream_stub, wait_for, worker_addr
 
@@ -213,29 +212,24 @@ async def test_in_flight_returns_to_zero_after_1000_mixed_calls(mock_workers, ga
 
 
 async def test_1000_concurrent_streams_complete(mock_workers, gateways, channels) -> None:
-    # cheap prefills and 300 ms decode steps: every stream lives >1 s, so the 1000 overlap
-    slow_decode = EngineParams(
-        prefill_base_ms=0.05,
-        prefill_ms_per_uncached_token=0.0,
-        decode_step_base_ms=300.0,
-        decode_step_ms_per_running=0.0,
-    )
-    ws = [await mock_workers(params=slow_decode) for _ in range(2)]
+    # the workers hold every call before their engine until all 1000 are open through the gateway at once
+    ws = [await mock_workers(time_scale=0.0) for _ in range(2)]
+    for w in ws:
+        w.hold_calls()
     gw = await gateways([worker_addr(w) for w in ws], strategy="ROUND_ROBIN_LOWEST_CONCURRENCY")
     stubs = [stream_stub(channels(gw.grpc_port, **{"grpc.channel_id": i})) for i in range(4)]
-    peak = 0
 
     async def one(i: int) -> int:
-        nonlocal peak
-        n = 0
-        async for _ in stubs[i % 4](generate_input(5000 + i, max_new_tokens=5), timeout=60):
-            n += 1
-            peak = max(peak, gw.cluster.ledger.calls)
-        return n
+        return len([m async for m in stubs[i % 4](generate_input(5000 + i, max_new_tokens=5), timeout=120)])
 
-    counts = await asyncio.gather(*(one(i) for i in range(1000)))
+    calls = [asyncio.create_task(one(i)) for i in range(1000)]
+    try:
+        await wait_for(lambda: gw.cluster.ledger.calls == 1000, timeout_s=90, what="1000 calls open at once")
+    finally:
+        for w in ws:
+            w.release_calls()
+    counts = await asyncio.gather(*calls)
     assert counts == [5] * 1000
-    assert peak > 500  # the streams really were concurrent
     await wait_for(lambda: gw.cluster.ledger.calls == 0, what="in-flight back to 0")
 
 

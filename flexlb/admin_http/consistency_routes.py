@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,11 +18,10 @@ def _error(status: int, reason: str) -> web.Response:
 
 
 class ConsistencyRoutes:
-    """syncStatus / notifyMaster (and aliases) guarded by a Bearer token; master/info open and read-only."""
+    """syncStatus / notifyMaster (and aliases) guarded by a Bearer token (master/info is ApiRoutes', served always)."""
 
-    def __init__(self, consistency: Consistency, master_info: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, consistency: Consistency) -> None:
         self.consistency = consistency
-        self._master_info = master_info
 
     def register(self, app: web.Application) -> None:
         """Add the routes."""
@@ -31,7 +29,6 @@ class ConsistencyRoutes:
             app.router.add_post(path, guard(self.sync_status, self._token, {"success": False}))
         for path in (NOTIFY_MASTER_PATH, "/rtp_llm/notify_master"):
             app.router.add_post(path, guard(self.notify_master, self._token, {"success": False}))
-        app.router.add_post("/rtp_llm/master/info", self.master_info)
 
     def _token(self) -> str | None:
         return self.consistency.token
@@ -68,7 +65,3 @@ class ConsistencyRoutes:
             return _error(400, "field 'reqIp' must be a string 'ip:port'")
         await self.consistency.notified()
         return web.json_response({"success": True, "msg": None, "master": self.consistency.master_http()})
-
-    async def master_info(self, request: web.Request) -> web.Response:
-        """Frontends' heartbeat and master discovery (open, read-only; any JSON body is ignored)."""
-        return web.json_response(self._master_info())

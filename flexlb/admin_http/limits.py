@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -158,8 +159,10 @@ class GuardedHandler(web.RequestHandler):
 class GuardedSite(web.SockSite):
     """A SockSite whose connections are GuardedHandlers."""
 
-    def __init__(self, runner: web.AppRunner, sock: socket.socket, limits: AdminLimits, **handler_args: Any) -> None:
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, limits: AdminLimits,
+                 tls: ssl.SSLContext | None = None, **handler_args: Any) -> None:
         super().__init__(runner, sock)
+        self._tls = tls  # HTTPS; the handshake is bounded by the head read time
         self._limits = limits
         self._handler_args = handler_args
         self.gate = _Gate(limits.max_connections)
@@ -173,7 +176,9 @@ class GuardedSite(web.SockSite):
         def handler() -> GuardedHandler:
             return GuardedHandler(server, loop=loop, limits=self._limits, gate=self.gate, **self._handler_args)
 
-        self._server = await loop.create_server(handler, sock=self._sock)
+        timeout_s = self._limits.header_timeout_s if self._tls is not None else None
+        self._server = await loop.create_server(handler, sock=self._sock, ssl=self._tls,
+                                                ssl_handshake_timeout=timeout_s)
 
 
 def head_limit(max_head_bytes: int) -> Middleware:

@@ -1,19 +1,25 @@
-"""Admin HTTP endpoints on their own port: /actuator/* (open, read-only) and /admin/* (Bearer token)."""
+"""Admin HTTP endpoints on their own port: /actuator/* (open, read-only) and /admin/* (Bearer token).
+
+The actuator endpoints are also served at the root (`/health`, `/health/liveness`, `/health/readiness`,
+`/prometheus`, `/info`), where FlexLB HEAD's management port (Spring actuator, base path "/") has them.
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from flexlb.admin_http.auth import guard
 from flexlb.admin_http.body import error_response, read_json_object
 from flexlb.admin_http.limits import AdminLimits, GuardedSite, handler_args, head_limit
 from flexlb.metrics import Metrics
+from flexlb.readiness import DOWN, UP, Verdict, liveness
 
 log = logging.getLogger("flexlb.admin")
 
@@ -29,7 +35,15 @@ class AdminServer:
         set_rotation: Callable[[str, bool, str], dict[str, Any] | None] | None = None,
         token: str | None = None,
         limits: AdminLimits | None = None,
+        actuator: bool = True,
+        readiness: Callable[[], Verdict] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`actuator=False`: only the routes added with add_routes (the HTTP API port of --server.port).
+        `readiness`: the readiness probe's verdict (default: UP when `health` says so). `tls`: serve HTTPS."""
+        self._actuator = actuator
+        self._readiness = readiness
+        self._tls = tls  # serve HTTPS
         self._metrics = metrics
         self._health = health
         self._info = info
@@ -51,12 +65,25 @@ class AdminServer:
         app = web.Application(
             client_max_size=self.limits.max_body_bytes, middlewares=[head_limit(self.limits.max_head_bytes)]
         )
-        app.router.add_get("/actuator/health", self._get_health)
-        app.router.add_get("/actuator/prometheus", self._get_prometheus)
-        app.router.add_get("/actuator/info", self._get_info)
-        app.router.add_post("/admin/workers/rotation", guard(self._post_rotation, lambda: self.token))
+        actuator = {
+            "/health": self._get_health,
+            "/health/liveness": self._get_liveness,
+            "/health/readiness": self._get_readiness,
+            "/prometheus": self._get_prometheus,
+            "/info": self._get_info,
+        }
+        if self._actuator:
+            for path, handler in actuator.items():
+                app.router.add_get("/actuator" + path, handler)
+            app.router.add_post("/admin/workers/rotation", guard(self._post_rotation, lambda: self.token))
         for hook in self._route_hooks:
             hook(app)
+        if self._actuator:
+            # HEAD's root paths; a path another route set already serves keeps that route
+            taken = {r.canonical for r in app.router.resources()}
+            for path, handler in actuator.items():
+                if path not in taken:
+                    app.router.add_get(path, handler)
         return app
 
     @property
@@ -86,9 +113,9 @@ class AdminServer:
         assert self._sock is not None
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        self._site = GuardedSite(self._runner, self._sock, self.limits, **handler_args(self.limits))
+        self._site = GuardedSite(self._runner, self._sock, self.limits, self._tls, **handler_args(self.limits))
         await self._site.start()
-        if not self.token:
+        if not self.token and self._actuator:
             log.warning("no admin token (FLEXLB_ADMIN_TOKEN / --admin-token): mutating admin endpoints accept "
                         "loopback callers only")
         return self.port
@@ -105,8 +132,21 @@ class AdminServer:
         body = {"status": "UP" if up else "DOWN", **detail}
         return web.json_response(body, status=200 if up else 503)
 
+    async def _get_liveness(self, request: web.Request) -> web.Response:
+        """Spring Boot's liveness group: UP whenever the event loop answers (workers never matter)."""
+        return _verdict_response(liveness())
+
+    async def _get_readiness(self, request: web.Request) -> web.Response:
+        """Spring Boot's readiness group: UP (200) when a call can be served; DOWN or OUT_OF_SERVICE (503)."""
+        if self._readiness is not None:
+            return _verdict_response(self._readiness())
+        up, _ = self._health()
+        return _verdict_response(Verdict(UP if up else DOWN))
+
     async def _get_prometheus(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self._metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        """Prometheus text format, or OpenMetrics when the scraper's Accept asks for it."""
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self._metrics.registry), headers={"Content-Type": content_type})
 
     async def _get_info(self, request: web.Request) -> web.Response:
         return web.json_response(self._info())
@@ -127,6 +167,10 @@ class AdminServer:
         if result is None:
             return web.json_response({"error": f"unknown worker {worker!r}"}, status=404)
         return web.json_response(result)
+
+
+def _verdict_response(v: Verdict) -> web.Response:
+    return web.json_response(v.body(), status=200 if v.ok else 503)
 
 
 def _bad_request(reason: str) -> web.Response:

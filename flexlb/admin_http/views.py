@@ -11,7 +11,7 @@ from typing import Any
 from flexlb.balancer.health import worker_state
 from flexlb.balancer.prefix_index import PrefixIndex
 from flexlb.balancer.ttft import TtftModel
-from flexlb.balancer.workers import Cluster, WorkerState
+from flexlb.balancer.workers import Cluster, Role, WorkerState
 
 
 def worker_view(w: WorkerState, now_s: float, ttft: TtftModel, index: PrefixIndex | None) -> dict[str, Any]:
@@ -32,6 +32,15 @@ def worker_view(w: WorkerState, now_s: float, ttft: TtftModel, index: PrefixInde
         "active_tokens": w.active_tokens,
         "dispatched_total": w.dispatched_total,
         "reported_running": w.reported_running,
+        # the engine's own GetWorkerStatus figures (0 until it reports them)
+        "waiting_query_len": w.reported_waiting,
+        "running_query_len": w.reported_running_queries,
+        "untracked_waiting": w.untracked_waiting,
+        "step_latency_ms": w.step_latency_ms,
+        "max_seq_len": w.max_seq_len,
+        "max_batch_tokens_size": w.max_batch_tokens,
+        "reported_alive": w.reported_alive,
+        "reported_role": w.reported_role.name if w.reported_role is not None else None,
         "kv_available_tokens": w.kv_available_tokens,
         "kv_total_tokens": w.kv_total_tokens,
         "ttft": None if m is None else {
@@ -49,8 +58,9 @@ def workers_view(cluster: Cluster, now_s: float, ttft: TtftModel, index: PrefixI
     return [worker_view(w, now_s, ttft, index) for w in cluster.all()]
 
 
-def master_info(cluster: Cluster, real_master_host: str) -> dict[str, Any]:
-    """/rtp_llm/master/info in the original FlexLB's shape ('' master host: null, as without HA)."""
+def master_info(cluster: Cluster, real_master_host: str, queue_length: int = 0) -> dict[str, Any]:
+    """/rtp_llm/master/info in the original FlexLB's shape ('' master host: null, as without HA); queue_length
+    is what the scheduler holds (frontends report it as the master's queue)."""
     summary: dict[str, dict[str, int]] = {}
     for w in cluster.all():
         role = summary.setdefault(w.role.name, {"discovered": 0, "alive": 0, "maxQueueTokens": 0})
@@ -60,7 +70,15 @@ def master_info(cluster: Cluster, real_master_host: str) -> dict[str, Any]:
         "success": True,
         "code": 200,
         "real_master_host": real_master_host or None,
-        "queue_length": 0,
+        "queue_length": queue_length,
         "worker_summary": summary,
         "ready": True,
     }
+
+
+def inflight_status(cluster: Cluster, scheduler_inflight: int) -> dict[str, Any]:
+    """/rtp_llm/inflight_status in FlexLB's shape: what is held per prefill (or fused) and per decode worker."""
+    prefill = [{"ip_port": w.key, "inflight_batches": w.in_flight, "inflight_requests": w.in_flight}
+               for w in cluster.all() if w.role in (Role.PREFILL, Role.PDFUSION)]
+    decode = [{"ip_port": w.key, "inflight_requests": w.in_flight} for w in cluster.all() if w.role is Role.DECODE]
+    return {"scheduler_inflight": scheduler_inflight, "prefill_endpoints": prefill, "decode_endpoints": decode}

@@ -100,6 +100,12 @@ def usable(w: WorkerState, now_s: float) -> bool:
     return w.healthy and not w.probing and not w.operator_out and w.ejected_until_s <= now_s
 
 
+def usable_workers(workers: Sequence[WorkerState], now_s: float) -> list[WorkerState]:
+    """The usable ones of `workers`, in order (usable() inlined: routing runs this over every worker of a role on
+    every decision, and the call per worker was a third of a decision's time over 1,250 workers)."""
+    return [w for w in workers if w.healthy and not w.probing and not w.operator_out and w.ejected_until_s <= now_s]
+
+
 def worker_state(w: WorkerState, now_s: float) -> str:
     """The one state a worker is in: operator > active checks > passive ejection > in rotation."""
     if w.operator_out:

@@ -45,8 +45,9 @@ try:
     from flexlb.balancer._blockhash import prompt_block_keys as _fast_prompt
 
     FAST_BLOCK_KEYS = True
-except ImportError as exc:  # a source tree that was never built; routing still works, ~100x slower
-    log.warning("C block-key hash unavailable (%s); using the pure-Python reference — run `pip install -e .`", exc)
+except ImportError as exc:  # installed without a C compiler, or a source tree never built; routing still works
+    log.warning("C block-key hash unavailable (%s): using the pure-Python one (same keys, ~100x slower on long "
+                "prompts); install a C compiler and reinstall flexlb (`pip install .`) to build it", exc)
     _fast = _reference_any
     _fast_prompt = None
     FAST_BLOCK_KEYS = False

@@ -29,14 +29,19 @@ class PrefixIndex:
         self._lru: list[OrderedDict[int, float]] = []  # per slot: block key → last use time
         self._holders: dict[int, int] = {}  # block key → bitmask of slots
         self._names: list[str] = []  # slot → worker key
+        self._free: list[int] = []  # slots of dropped workers, reused first (bitmasks stay as narrow as the pool)
 
     def _slot_of(self, worker: str) -> int:
         slot = self._slot.get(worker)
         if slot is None:
-            slot = len(self._lru)
+            if self._free:
+                slot = self._free.pop()
+                self._names[slot] = worker
+            else:
+                slot = len(self._lru)
+                self._lru.append(OrderedDict())
+                self._names.append(worker)
             self._slot[worker] = slot
-            self._lru.append(OrderedDict())
-            self._names.append(worker)
         return slot
 
     def record(self, worker: str, keys: Sequence[int], now_s: float) -> None:
@@ -108,6 +113,18 @@ class PrefixIndex:
         for k in list(self._lru[slot]):
             self._drop(slot, k)
         self._lru[slot].clear()
+
+    def drop_worker(self, worker: str) -> None:
+        """The worker left the cluster for good: forget its blocks and free its slot for another worker."""
+        self.forget_worker(worker)
+        slot = self._slot.pop(worker, None)
+        if slot is not None:
+            self._names[slot] = ""
+            self._free.append(slot)
+
+    def workers(self) -> list[str]:
+        """Workers the index has a record for."""
+        return list(self._slot)
 
     def blocks_held(self, worker: str) -> int:
         """How many blocks the index believes the worker holds."""

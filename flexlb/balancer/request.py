@@ -29,6 +29,16 @@ class RouteRequest:
     block_size_tokens: int = 0
     # who sent it (a client connection): the prefill queue shares a worker's slots fairly among clients
     client: str = ""
+    # the longest single sequence, when it is not the whole prompt (a BatchGenerateCall of several inputs);
+    # 0: prompt_tokens. Workers whose max_seq_len is below it are not chosen
+    seq_len_tokens: int = 0
+    # the worker group every role must come from (traffic policy, flexlb/balancer/traffic_policy.py); "": any
+    pinned_group: str = ""
+
+    @property
+    def longest_sequence(self) -> int:
+        """Tokens of the longest sequence the worker must hold (checked against its max_seq_len)."""
+        return self.seq_len_tokens or self.prompt_tokens
 
 
 def cached_tokens(req: RouteRequest, matched_blocks: int) -> int:
@@ -56,6 +66,15 @@ class Decision:
     estimate_ms: float | None = None  # estimated TTFT on the target
     cached_tokens: int = 0  # prompt tokens the index expects the target to reuse
     prefill_ms: float = 0.0  # estimated prefill part of the TTFT
+    # the VIT (multimodal) worker the engine is to use, when VIT workers are configured
+    vit: WorkerState | None = None
+
+    @property
+    def workers(self) -> tuple[WorkerState, ...]:
+        """Every worker of the decision: the target, then the decode peer and the VIT worker if any."""
+        if self.vit is None:
+            return (self.target,) if self.decode is None else (self.target, self.decode)
+        return (self.target, self.vit) if self.decode is None else (self.target, self.decode, self.vit)
 
 
 class NoWorkerAvailable(Exception):
@@ -66,3 +85,16 @@ class NoWorkerAvailable(Exception):
         self.role = role
         # every candidate is at its in-flight cap: busy, not broken (RESOURCE_EXHAUSTED, not UNAVAILABLE)
         self.saturated = saturated
+
+
+class PromptTooLong(NoWorkerAvailable):
+    """No configured worker of a needed role takes a prompt this long (each reports a smaller max_seq_len):
+    no retry can serve it, unlike a worker that is only out of rotation."""
+
+    def __init__(self, role: str, prompt_tokens: int, max_seq_len: int) -> None:
+        Exception.__init__(self, f"prompt of {prompt_tokens} tokens is longer than the max_seq_len of every {role} "
+                                 f"worker (largest {max_seq_len})")
+        self.role = role
+        self.saturated = False
+        self.prompt_tokens = prompt_tokens
+        self.max_seq_len = max_seq_len

@@ -16,15 +16,18 @@ from flexlb.balancer.failures import FailureKind
 from flexlb.balancer.health import Ejection, OutlierConfig, OutlierDetector, usable
 from flexlb.balancer.prefill_queue import HeldCall, PrefillQueue, PrefillQueueConfig
 from flexlb.balancer.prefix_index import PrefixIndex
-from flexlb.balancer.request import Decision, Deploy, NoWorkerAvailable, Pick, RouteRequest
+from flexlb.balancer.request import Decision, Deploy, NoWorkerAvailable, Pick, PromptTooLong, RouteRequest
 from flexlb.balancer.request import cached_tokens as reused_tokens
 from flexlb.balancer.strategies.base import Chain, Filter, PickContext, apply_filters
 from flexlb.balancer.strategies.cost import waiting_k
-from flexlb.balancer.strategies.filters import GroupFilter, InFlightCapFilter
+from flexlb.balancer.strategies.filters import VIT_FILTERS, GroupFilter, InFlightCapFilter, SeqLenFilter
+from flexlb.balancer.strategies.pickers import RandomPicker
 from flexlb.balancer.ttft import TtftModel, TtftPriors
 from flexlb.balancer.workers import Cluster, Lease, Role, WorkerState
 
 __all__ = ["Lease", "Router"]
+
+_PREFILLING = (Role.PREFILL, Role.PDFUSION)  # the roles whose calls the prefill queue holds
 
 
 def _uncached(call: HeldCall) -> int:
@@ -53,11 +56,14 @@ class Router:
         index: PrefixIndex | None = None,
         outliers: OutlierDetector | None = None,
         queue: PrefillQueueConfig | None = None,
+        vit_strategy: Chain | None = None,
     ) -> None:
         self.cluster = cluster
         self.deploy = deploy
         self.prefill_strategy = prefill_strategy
         self.decode_strategy = decode_strategy
+        # picks the VIT worker of every decision while the cluster has VIT workers (vitLoadBalanceStrategy)
+        self.vit_strategy = vit_strategy or Chain("RANDOM", VIT_FILTERS, None, RandomPicker("random"))
         self.ttft = ttft or TtftModel(TtftPriors())
         # LOCAL_STATIC / LOCAL_SYNC prefix index; None when kvCache is NONE
         self.index = index
@@ -96,16 +102,21 @@ class Router:
         pick = self.prefill_strategy.pick(candidates, req, ctx)
         return self._commit(req, ctx, pick, None, hold, payload, kind)
 
-    def route_to(self, req: RouteRequest, target: str, decode: str | None, kind: str = "call") -> Lease:
+    def route_to(self, req: RouteRequest, target: str, decode: str | None, kind: str = "call",
+                 vit: str | None = None) -> Lease:
         """Reserve load for a choice made elsewhere (the elected master; worker keys); raises NoWorkerAvailable
-        if the chosen workers are unknown here or out of rotation (the caller then decides itself)."""
+        if the chosen workers are unknown here or out of rotation (the caller then decides itself). Without a
+        usable `vit` from the master, the VIT worker (if any are configured) is chosen here."""
         now = self._clock()
         t = self.cluster.get(target)
         d = self.cluster.get(decode) if decode else None
         if t is None or not usable(t, now) or (decode and (d is None or not usable(d, now))):
             raise NoWorkerAvailable(t.role.name if t else "PREFILL", "the master's choice is not usable here")
+        v = self.cluster.get(vit) if vit else None
+        vit_pick = Pick(v, "master") if v is not None and v.role is Role.VIT and usable(v, now) else None
         ctx = self._context(req, now)
-        return self._commit(req, ctx, Pick(t, "master"), Pick(d, "master") if d else None, kind=kind)
+        return self._commit(req, ctx, Pick(t, "master"), Pick(d, "master") if d else None, kind=kind,
+                            vit_pick=vit_pick)
 
     def expected_uncached_tokens(self, req: RouteRequest) -> int:
         """Prompt tokens no worker is known to hold: the prefill this request costs at best."""
@@ -118,8 +129,10 @@ class Router:
         return usable(w, self._clock())
 
     def can_route(self) -> bool:
-        """Whether every role this deployment needs has a healthy worker."""
-        roles = (Role.PDFUSION,) if self.deploy is Deploy.PD_FUSION else (Role.PREFILL, Role.DECODE)
+        """Whether every role this deployment needs has a healthy worker (VIT too, when VIT workers are configured)."""
+        roles: tuple[Role, ...] = (Role.PDFUSION,) if self.deploy is Deploy.PD_FUSION else (Role.PREFILL, Role.DECODE)
+        if self.cluster.of_role(Role.VIT):
+            roles = (*roles, Role.VIT)
         now = self._clock()
         return all(any(usable(w, now) for w in self.cluster.of_role(r)) for r in roles)
 
@@ -143,8 +156,25 @@ class Router:
         decode_pick = self.decode_strategy.pick(same_group, req, ctx)
         return self._commit(req, ctx, prefill_pick, decode_pick, hold, payload, kind)
 
+    def _pick_vit(self, req: RouteRequest, ctx: PickContext, group: str) -> Pick | None:
+        """The VIT worker for a call whose target is in `group`: one of that group's VIT workers in rotation,
+        else any in rotation (an image embedding is not tied to a KV hand-off); None without VIT workers;
+        NoWorkerAvailable (VIT) when none is in rotation."""
+        vits = self.cluster.of_role(Role.VIT)
+        if not vits:
+            return None
+        same = [w for w in vits if w.addr.group == group]
+        pool = self.vit_strategy.candidates(same, req, ctx) if same else ()
+        if not pool and len(same) < len(vits):
+            pool = self.vit_strategy.candidates(vits, req, ctx)
+        if not pool:
+            raise self._none_left(Role.VIT, req, ctx, self.vit_strategy.filters)
+        return self.vit_strategy.pick(pool, req, ctx)
+
     def _commit(self, req: RouteRequest, ctx: PickContext, pick: Pick, decode_pick: Pick | None,
-                hold: bool = False, payload: object = None, kind: str = "call") -> Lease:
+                hold: bool = False, payload: object = None, kind: str = "call", vit_pick: Pick | None = None) -> Lease:
+        if vit_pick is None:
+            vit_pick = self._pick_vit(req, ctx, pick.worker.addr.group)
         self._seq += 1
         seq = self._seq
         target = pick.worker
@@ -175,6 +205,7 @@ class Router:
             estimate_ms=ttft_ms,
             cached_tokens=cached,
             prefill_ms=prefill_ms,
+            vit=vit_pick.worker if vit_pick is not None else None,
         )
         if self.index is not None and req.block_keys:
             # speculative insert: the worker will hold these blocks once it has prefilled them
@@ -269,7 +300,7 @@ class Router:
             self._release(call, call.prefill_ms, now, out)
         # a worker that went idle hears of no first token: let the idle ones look for waiting calls now
         if len(self.queue):
-            idle = [w for w in self.cluster.all() if w.role is not Role.DECODE and not self.queue.held(w.key)
+            idle = [w for w in self.cluster.all() if w.role in _PREFILLING and not self.queue.held(w.key)
                     and self._slot_free(w.key) and usable(w, now)]
             matches: dict[int, dict[str, int]] = {}
             for w in heapq.nsmallest(self._STEAL_IDLE, idle, key=lambda x: x.in_flight):
@@ -412,6 +443,12 @@ class Router:
 
     def _none_left(self, role: Role, req: RouteRequest, ctx: PickContext,
                    filters: Sequence[Filter]) -> NoWorkerAvailable:
+        workers = self.cluster.of_role(role)
+        if workers and any(isinstance(f, SeqLenFilter) for f in filters):
+            # too long for every configured worker, in rotation or not: no retry can serve it
+            n = req.longest_sequence
+            if all(w.max_seq_len and n > w.max_seq_len for w in workers):
+                return PromptTooLong(role.name, n, max(w.max_seq_len for w in workers))
         cap = self.max_in_flight_per_worker
         if cap > 0:
             uncapped = [f for f in filters if not isinstance(f, InFlightCapFilter)]

@@ -115,6 +115,13 @@ class TtftModel:
         """Every worker model by worker key."""
         return self._workers
 
+    def drop(self, key: str) -> None:
+        """The worker left the cluster for good: forget what was learnt about it (a new worker there starts from
+        the priors)."""
+        w = self._workers.pop(key, None)
+        if w is not None:
+            self.total_pending -= len(w.pending)
+
     def estimate_ms(self, key: str, uncached_tokens: int, cached_tokens: int, now_s: float,
                     prompt_tokens: int = 0) -> tuple[float, float, float]:
         """(TTFT, queue wait, prefill) in ms for a request that would go to `key` now."""
@@ -231,22 +238,29 @@ _FACES: tuple[tuple[tuple[float, float, float], ...], ...] = (
 )
 
 
+# each face as, per free coefficient, the indices of (a, b, c) it sets: the reduced normal equations are sums
+# of entries of A (the faces' vectors are 0/1), which is what makes a fit per relayed call cheap
+_FACE_INDICES: tuple[tuple[tuple[int, ...], ...], ...] = tuple(
+    tuple(tuple(r for r in range(3) if v[r]) for v in face) for face in _FACES)
+
+
 def _constrained_fit(a: list[list[float]], b: list[float]) -> list[float] | None:
     """argmin θᵀAθ - 2bᵀθ subject to a, b >= 0 and 0 <= c <= b (A positive definite, 3 x 3)."""
     best: tuple[float, list[float]] | None = None
-    for face in _FACES:
-        k = len(face)
-        ar = [[sum(face[i][r] * a[r][s] * face[j][s] for r in range(3) for s in range(3)) for j in range(k)]
-              for i in range(k)]
-        br = [sum(face[i][r] * b[r] for r in range(3)) for i in range(k)]
+    for face in _FACE_INDICES:
+        ar = [[sum(a[r][c] for r in fi for c in fj) for fj in face] for fi in face]
+        br = [sum(b[r] for r in fi) for fi in face]
         z = _solve(ar, br)
         if z is None:
             continue
-        th = [sum(z[i] * face[i][r] for i in range(k)) for r in range(3)]
+        th = [0.0, 0.0, 0.0]
+        for zi, fi in zip(z, face, strict=True):
+            for r in fi:
+                th[r] += zi
         if th[0] < 0.0 or th[1] < 0.0 or th[2] < 0.0 or th[2] > th[1] * (1.0 + 1e-12) or not all(
                 math.isfinite(v) for v in th):
             continue
-        if k == 3:
+        if len(face) == 3:
             return th  # the unconstrained optimum is feasible: it is the optimum
         obj = sum(th[i] * a[i][j] * th[j] for i in range(3) for j in range(3)) - 2.0 * sum(b[i] * th[i]
                                                                                          for i in range(3))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -45,8 +46,9 @@ class WorkerAddr:
 
     @functools.cached_property
     def key(self) -> str:
-        """Stable identity of the worker: `ip:grpc_port` (computed once; routing reads it per candidate)."""
-        return f"{self.ip}:{self.grpc_port}"
+        """Stable identity of the worker: `ip:grpc_port`, `[v6]:grpc_port` (computed once; routing reads it per
+        candidate; also the gRPC target, which needs the brackets)."""
+        return f"[{self.ip}]:{self.grpc_port}" if ":" in self.ip else f"{self.ip}:{self.grpc_port}"
 
 
 @dataclass
@@ -80,6 +82,19 @@ class WorkerState:
     # the engine's prefill token budget per iteration (GetWorkerStatus max_batch_tokens_size; 0: not known,
     # e.g. an engine that prefills one request at a time)
     max_batch_tokens: int = 0
+    # the longest sequence the engine takes (GetWorkerStatus max_seq_len; 0: not known): longer prompts are
+    # not sent there
+    max_seq_len: int = 0
+    # the rest of the engine's own report (upstream/worker_status.py): its queue (requests waiting to be
+    # scheduled, requests running), the last iteration's time, the role and liveness it says it has
+    reported_waiting: int = 0
+    reported_running_queries: int = 0
+    step_latency_ms: float = 0.0
+    reported_role: Role | None = None
+    reported_alive: bool = True
+    # requests waiting at the engine beyond the calls this gateway has in flight there when it reported
+    # (other replicas, Schedule callers that call the worker themselves); 0 when the gateway is the only sender
+    untracked_waiting: int = 0
     # free-form labels surfaced by /actuator/info (e.g. why a worker is out)
     notes: dict[str, str] = field(default_factory=dict)
     key: str = field(init=False)  # same as addr.key, a plain attribute because routing reads it constantly
@@ -107,7 +122,7 @@ class Lease:
     seq: int
     active_tokens: int
     kind: str = "call"
-    # the legs carrying the load: the target, and the decode peer in PD
+    # the legs carrying the load: the target, the decode peer in PD, the VIT worker when configured
     workers: tuple[WorkerState, ...] = ()
     released: bool = False
     first_token_seen: bool = False
@@ -136,10 +151,11 @@ class Ledger:
         return self._open["reservation"]
 
     def reserve(self, decision: Decision, seq: int, active_tokens: int, kind: str = "call") -> Lease:
-        """Put one call's load on the decision's workers (each leg counts on its own worker)."""
+        """Put one call's load on the decision's workers (each leg counts on its own worker; a VIT worker
+        counts the calls routed with it)."""
         if kind not in self._open:
             raise ValueError(f"lease kind {kind!r}; expected one of {', '.join(LEASE_KINDS)}")
-        legs = (decision.target,) if decision.decode is None else (decision.target, decision.decode)
+        legs = decision.workers
         for w in legs:
             w.in_flight += 1
             w.active_tokens += active_tokens
@@ -175,33 +191,121 @@ class Ledger:
         lease.moved = True
 
 
+@dataclass(frozen=True)
+class MembershipChange:
+    """What one Cluster.apply did. `removed` workers get no new calls; their in-flight calls finish and
+    Cluster.reap hands them back once none is left. `changed`: same `ip:port`, new role, group or HTTP port."""
+
+    added: tuple[WorkerState, ...] = ()
+    removed: tuple[WorkerState, ...] = ()
+    changed: tuple[WorkerState, ...] = ()
+    generation: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """The workers routing sees; replaced whole by Cluster.apply, never mutated (one swap per change)."""
+
+    by_key: dict[str, WorkerState]
+    by_role: dict[Role, list[WorkerState]]
+    generation: int = 0
+
+
 class Cluster:
-    """All workers by role, in a stable order (the order of the configuration)."""
+    """All workers by role, in a stable order (the order of the configuration).
+
+    Membership changes (Cluster.apply) replace the routing view in one assignment: a decision sees the old set
+    or the new one, never a mix. Workers that stay keep their state; removed ones leave routing at once and are
+    kept (Cluster.leaving) until the Ledger has released their last lease.
+    """
 
     def __init__(self, addrs: list[WorkerAddr]) -> None:
         # every reservation of load on these workers goes through it
         self.ledger = Ledger()
-        self._by_key: dict[str, WorkerState] = {}
-        self._by_role: dict[Role, list[WorkerState]] = {}
+        by_key: dict[str, WorkerState] = {}
         for addr in addrs:
-            if addr.key in self._by_key:
-                continue  # the same worker listed twice is one worker
-            state = WorkerState(addr)
-            self._by_key[addr.key] = state
-            self._by_role.setdefault(addr.role, []).append(state)
+            if addr.key not in by_key:  # the same worker listed twice is one worker
+                by_key[addr.key] = WorkerState(addr)
+        self._view = _view_of(by_key, 0)
+        # removed workers whose calls are still in flight, by key
+        self._leaving: dict[str, WorkerState] = {}
+
+    @property
+    def generation(self) -> int:
+        """How many membership changes were applied."""
+        return self._view.generation
 
     def roles(self) -> list[Role]:
         """Roles that have at least one worker."""
-        return [r for r, ws in self._by_role.items() if ws]
+        return [r for r, ws in self._view.by_role.items() if ws]
 
     def of_role(self, role: Role) -> list[WorkerState]:
-        """Workers of a role in configuration order (empty list if none)."""
-        return self._by_role.get(role, [])
+        """Workers of a role in configuration order (empty list if none); the list is never changed afterwards."""
+        return self._view.by_role.get(role, [])
 
     def get(self, key: str) -> WorkerState | None:
-        """A worker by `ip:grpc_port`."""
-        return self._by_key.get(key)
+        """A worker in routing by `ip:grpc_port` (a removed one, still finishing calls, is not)."""
+        return self._view.by_key.get(key)
 
     def all(self) -> list[WorkerState]:
-        """Every worker."""
-        return list(self._by_key.values())
+        """Every worker in routing."""
+        return list(self._view.by_key.values())
+
+    def leaving(self) -> list[WorkerState]:
+        """Removed workers whose calls are still in flight."""
+        return list(self._leaving.values())
+
+    def apply(self, addrs: Sequence[WorkerAddr], admit: bool = True) -> MembershipChange:
+        """Make `addrs` the workers in routing (one swap); the first of a duplicated `ip:port` wins.
+
+        New workers start in rotation when `admit`, else out until an active probe admits them (healthy=False).
+        A removed worker that comes back before its calls finished is the same WorkerState again (its load
+        stays counted)."""
+        old = self._view.by_key
+        by_key: dict[str, WorkerState] = {}
+        added: list[WorkerState] = []
+        changed: list[WorkerState] = []
+        for addr in addrs:
+            if addr.key in by_key:
+                continue
+            state = old.get(addr.key)
+            if state is not None:
+                if state.addr != addr:
+                    changed.append(state)
+            else:
+                state = self._leaving.pop(addr.key, None) or WorkerState(addr, healthy=admit)
+                state.notes.pop(MEMBERSHIP_NOTE, None)
+                if not state.healthy:
+                    state.notes[MEMBERSHIP_NOTE] = "added: in rotation after its first good probe"
+                added.append(state)
+            state.addr = addr  # the key is the same: at most role, group or HTTP port moved
+            by_key[addr.key] = state
+        removed = [w for key, w in old.items() if key not in by_key]
+        if not (added or removed or changed):
+            return MembershipChange(generation=self._view.generation)
+        for w in removed:
+            w.notes[MEMBERSHIP_NOTE] = "removed: no new calls, the calls in flight finish"
+            self._leaving[w.key] = w
+        self._view = _view_of(by_key, self._view.generation + 1)
+        return MembershipChange(tuple(added), tuple(removed), tuple(changed), self._view.generation)
+
+    def reap(self) -> list[WorkerState]:
+        """Removed workers whose last lease was released: forgotten here; the caller drops their other state."""
+        gone = [w for w in self._leaving.values() if w.in_flight <= 0]
+        for w in gone:
+            del self._leaving[w.key]
+        return gone
+
+
+# WorkerState.notes key of what membership says about a worker (added and not probed yet, removed)
+MEMBERSHIP_NOTE = "membership"
+
+
+def _view_of(by_key: dict[str, WorkerState], generation: int) -> _View:
+    by_role: dict[Role, list[WorkerState]] = {}
+    for w in by_key.values():
+        by_role.setdefault(w.role, []).append(w)
+    return _View(by_key, by_role, generation)

@@ -27,13 +27,16 @@ from flexlb.balancer.failures import FailureKind
 from flexlb.balancer.health import Ejection
 from flexlb.balancer.hold_driver import Cancellable, HoldDriver
 from flexlb.balancer.prefix import prompt_block_keys
-from flexlb.balancer.request import NoWorkerAvailable, RouteRequest
+from flexlb.balancer.request import NoWorkerAvailable, PromptTooLong, RouteRequest
 from flexlb.balancer.router import Lease, Router
+from flexlb.balancer.traffic_policy import TrafficPolicy
 from flexlb.balancer.workers import Role, WorkerState
+from flexlb.call.requests import RequestTable
 from flexlb.metrics import Metrics
 from flexlb.pb import model_rpc_service_pb2 as pb
 
 if TYPE_CHECKING:  # the forwarder is plugged in by the composition root
+    from flexlb.call.lifecycle import CallRecord
     from flexlb.consistency.forwarding import MasterChoice, MasterForwarder
 
 log = logging.getLogger("flexlb.call")
@@ -41,14 +44,18 @@ log = logging.getLogger("flexlb.call")
 GENERATE_STREAM = "GenerateStreamCall"
 BATCH_GENERATE = "BatchGenerateCall"
 # FlexLB's per-role "no available worker" codes (flexlb-original.md §1.2)
-NO_WORKER_CODE = {"PREFILL": 8402, "DECODE": 8403, "PDFUSION": 8404}
-_ROLE_ENUM = {Role.PREFILL: pb.RoleAddrPB.PREFILL, Role.DECODE: pb.RoleAddrPB.DECODE}
+NO_WORKER_CODE = {"PREFILL": wire.NO_PREFILL_WORKER, "DECODE": wire.NO_DECODE_WORKER,
+                  "PDFUSION": wire.NO_PDFUSION_WORKER, "VIT": wire.NO_VIT_WORKER}
+# the roles whose role_addrs entries the gateway writes (a fused target is called, not named)
+_ROLE_ENUM = {Role.PREFILL: pb.RoleAddrPB.PREFILL, Role.DECODE: pb.RoleAddrPB.DECODE, Role.VIT: pb.RoleAddrPB.VIT}
+_ROLE_NAMES = frozenset(pb.RoleAddrPB.RoleType.keys())
 
 
 class Rejection(Exception):
-    """The gateway answers the call itself with this status (nothing reached a worker)."""
+    """The gateway answers the call itself with this status (nothing reached a worker), and with the
+    ErrorDetailsPB trailer an engine sends (`error_code`: the engine's or FlexLB's ErrorCode number)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str, error_code: int | None = None) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str, error_code: int) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -56,8 +63,17 @@ class Rejection(Exception):
         self.error_code = error_code
 
     def trailer(self) -> tuple[tuple[str, bytes], ...]:
-        """The ErrorDetailsPB trailer RTP-LLM clients read, when the rejection has an engine code."""
-        return wire.error_trailer(self.error_code, self.message) if self.error_code is not None else ()
+        """The ErrorDetailsPB trailer RTP-LLM clients read."""
+        return wire.error_trailer(self.error_code, self.message)
+
+
+def bad_request(code: grpc.StatusCode, message: str, reason: str = "bad_request") -> Rejection:
+    """A request no worker would take (the engine's INVALID_PARAMS)."""
+    return Rejection(code, message, reason, wire.INVALID_PARAMS)
+
+
+DRAINING = Rejection(grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; retry on another replica", "draining",
+                     wire.NO_AVAILABLE_WORKER)
 
 
 @dataclass(eq=False)
@@ -112,16 +128,38 @@ def _role_addr(w: WorkerState) -> pb.RoleAddrPB:
     return wire.role_addr(_ROLE_ENUM[a.role], a.ip, a.grpc_port, a.http_port)
 
 
+def _entry_role(a: pb.RoleAddrPB) -> int:
+    """The role of a role_addrs entry as the engine reads it: the enum, else `role_str` (with or without its
+    `RoleType.` prefix); neither set is PDFUSION (enum value 0 is not on the wire)."""
+    if a.role:
+        return int(a.role)
+    name = a.role_str.strip().upper()
+    name = name[len("ROLETYPE."):] if name.startswith("ROLETYPE.") else name
+    return pb.RoleAddrPB.RoleType.Value(name) if name in _ROLE_NAMES else pb.RoleAddrPB.PDFUSION
+
+
 def _addressed(prepared: _Prepared, lease: Lease) -> bytes:
-    """The request bytes for the lease's workers: in PD mode role_addrs = [PREFILL, DECODE]
-    (rtp-llm-wire.md §5.5), so the prefill finds its decode peer; fused calls go unchanged."""
+    """The request bytes for the lease's workers (rtp-llm-wire.md §5.5): role_addrs gets the gateway's choices,
+    PREFILL first, then DECODE (PD), then the VIT worker (when VIT workers are configured); they replace the
+    client's entries of those roles, and the client's entries of other roles are kept after them (a VIT the
+    client chose, with no VIT workers configured here). A fused call without a VIT goes unchanged. Repeatable:
+    a failover's new choice replaces the last one's entries."""
     d = lease.decision
-    if d.decode is None:
+    if d.decode is None and d.vit is None:
         return prepared.body
-    inp = prepared.inp
-    del inp.generate_config.role_addrs[:]
-    inp.generate_config.role_addrs.extend([_role_addr(d.target), _role_addr(d.decode)])
-    return inp.SerializeToString()
+    ours = [w for w in d.workers if w.role in _ROLE_ENUM]
+    roles = {_ROLE_ENUM[w.role] for w in ours}
+    addrs = prepared.inp.generate_config.role_addrs
+    kept = []
+    for a in addrs:
+        if _entry_role(a) not in roles:
+            copy = pb.RoleAddrPB()
+            copy.CopyFrom(a)
+            kept.append(copy)
+    del addrs[:]
+    addrs.extend([_role_addr(w) for w in ours])
+    addrs.extend(kept)
+    return prepared.inp.SerializeToString()
 
 
 class Dispatcher:
@@ -140,7 +178,10 @@ class Dispatcher:
         self._batcher: Batcher[_Waiting] | None = Batcher(batch) if batch is not None and batch.enabled else None
         self.max_in_flight = 0  # admission cap for the whole gateway (0: none)
         self.max_new_tokens = 0  # generate_config.max_new_tokens cap (0: none)
+        self.traffic_policy: TrafficPolicy | None = None  # pins a call's workers to one group
         self.forwarder: MasterForwarder | None = None  # enableGrpcPrefillMaster on a replica
+        self.requests = RequestTable()  # in-flight calls by request id, for RpcService.Cancel
+        self.access_log: Callable[[CallRecord], None] | None = None  # one line per call (flexlb/logs.py)
         self._tasks: set[asyncio.Task[None]] = set()
         self._window_timer: asyncio.TimerHandle | None = None
         self._call_later = call_later
@@ -160,43 +201,48 @@ class Dispatcher:
                hold: bool = False, payload: object = None) -> Lease:
         """Admission checks, then the router's choice (or the master's, reserved here too)."""
         if self._is_draining():
-            raise Rejection(
-                grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; retry on another replica", "draining"
-            )
+            raise DRAINING
         if self.max_in_flight and self.router.cluster.ledger.calls >= self.max_in_flight:
             raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"gateway at its in-flight cap ({self.max_in_flight} calls); retry later", "overloaded")
+                            f"gateway at its in-flight cap ({self.max_in_flight} calls); retry later", "overloaded",
+                            wire.QUEUE_FULL)
         try:
             if master_choice is not None:
                 lease = self.router.route_to(req, master_choice.target, master_choice.decode)
             else:
                 lease = self.router.route(req, pair=pair, hold=hold, payload=payload)
         except NoWorkerAvailable as exc:
+            if isinstance(exc, PromptTooLong):
+                # what the engine itself answers for it (LONG_PROMPT_ERROR, OUT_OF_RANGE): no retry serves it
+                raise Rejection(grpc.StatusCode.OUT_OF_RANGE, str(exc), "prompt_too_long",
+                                wire.LONG_PROMPT_ERROR) from None
             if exc.saturated:
                 raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "worker_cap",
-                                NO_WORKER_CODE.get(exc.role, 8402)) from None
+                                NO_WORKER_CODE.get(exc.role, wire.NO_PREFILL_WORKER)) from None
             raise Rejection(
-                grpc.StatusCode.UNAVAILABLE, str(exc), "no_worker", NO_WORKER_CODE.get(exc.role, 8402)
+                grpc.StatusCode.UNAVAILABLE, str(exc), "no_worker", NO_WORKER_CODE.get(exc.role, wire.NO_PREFILL_WORKER)
             ) from None
         d = lease.decision
         self.metrics.decisions.labels(d.strategy, d.reason).inc()
         return lease
 
-    def _prepare_generate(self, body: bytes, client: str = "") -> _Prepared:
+    def pinned_group(self, request_id: int, api_key: str, seq_len_tokens: int) -> str:
+        """The group the traffic policy pins this request to ('' for none)."""
+        if self.traffic_policy is None:
+            return ""
+        return self.traffic_policy.choose(request_id, api_key, seq_len_tokens) or ""
+
+    def _prepare_generate(self, body: bytes, client: str = "", api_key: str = "") -> _Prepared:
         """Parse and key a GenerateStreamCall (rejections happen here, before any batching wait)."""
         started_s = time.monotonic()
         try:
             inp = pb.GenerateInputPB.FromString(body)
         except DecodeError as exc:
-            raise Rejection(
-                grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid GenerateInputPB: {exc}", "bad_request"
-            ) from None
+            raise bad_request(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid GenerateInputPB: {exc}") \
+                from None
         if not inp.token_ids:
-            raise Rejection(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "GenerateInputPB.token_ids is empty; nothing to generate from",
-                "no_tokens",
-            )
+            raise bad_request(grpc.StatusCode.INVALID_ARGUMENT,
+                              "GenerateInputPB.token_ids is empty; nothing to generate from", "no_tokens")
         self._check_max_new_tokens(inp.generate_config.max_new_tokens)
         keys: tuple[int, ...] = ()
         if self.router.index is not None:
@@ -206,14 +252,15 @@ class Dispatcher:
             except ValueError:
                 keys = ()  # wire forms protobuf tolerates but the fast reader does not: route without affinity
         req = RouteRequest(inp.request_id, len(inp.token_ids), inp.generate_config.max_new_tokens,
-                           block_keys=keys, block_size_tokens=self.block_size_tokens, client=client)
+                           block_keys=keys, block_size_tokens=self.block_size_tokens, client=client,
+                           pinned_group=self.pinned_group(inp.request_id, api_key, len(inp.token_ids)))
         return _Prepared(inp, body, req, started_s)
 
     def _check_max_new_tokens(self, max_new_tokens: int) -> None:
         if self.max_new_tokens and max_new_tokens > self.max_new_tokens:
-            raise Rejection(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"generate_config.max_new_tokens {max_new_tokens} is above this gateway's cap "
-                            f"({self.max_new_tokens})", "max_new_tokens")
+            raise bad_request(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"generate_config.max_new_tokens {max_new_tokens} is above this gateway's cap "
+                              f"({self.max_new_tokens})", "max_new_tokens")
 
     def _route_prepared(self, prepared: _Prepared, attempt: int = 1,
                         master_choice: MasterChoice | None = None, hold: _HeldWaiter | None = None) -> Planned:
@@ -230,17 +277,21 @@ class Dispatcher:
         return self._route_prepared(self._prepare_generate(body))
 
     def submit_generate(self, body: bytes, done: Callable[[Planned | Rejection], None],
-                        alive: Callable[[], bool], client: str = "") -> None:
+                        alive: Callable[[], bool], client: str = "",
+                        parsed: Callable[[int], None] | None = None, api_key: str = "") -> None:
         """Route a GenerateStreamCall, through the batching window when one is configured.
 
         `done` gets the plan (or the rejection) exactly once, unless the call died while it waited
-        in the window (`alive()` false): then nothing is routed and nothing is reserved.
+        in the window (`alive()` false): then nothing is routed and nothing is reserved. `parsed` gets the
+        request id as soon as the request is parsed (before any wait).
         """
         try:
-            prepared = self._prepare_generate(body, client)
+            prepared = self._prepare_generate(body, client, api_key)
         except Rejection as rejection:
             done(rejection)
             return
+        if parsed is not None:
+            parsed(prepared.req.request_id)
         if self.forwarder is not None and self.forwarder.should_forward():
             task = asyncio.get_running_loop().create_task(self._forwarded(prepared, done, alive))
             self._tasks.add(task)
@@ -379,21 +430,18 @@ class Dispatcher:
         try:
             batch = pb.BatchGenerateInputPB.FromString(body)
         except DecodeError as exc:
-            raise Rejection(
-                grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid BatchGenerateInputPB: {exc}", "bad_request"
-            ) from None
+            raise bad_request(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"request is not a valid BatchGenerateInputPB: {exc}") from None
         if not batch.inputs or any(not i.token_ids for i in batch.inputs):
-            raise Rejection(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "BatchGenerateInputPB needs at least one input, each with token_ids",
-                "no_tokens",
-            )
+            raise bad_request(grpc.StatusCode.INVALID_ARGUMENT,
+                              "BatchGenerateInputPB needs at least one input, each with token_ids", "no_tokens")
         for i in batch.inputs:
             self._check_max_new_tokens(i.generate_config.max_new_tokens)
         req = RouteRequest(
             batch.inputs[0].request_id,
             sum(len(i.token_ids) for i in batch.inputs),
             max(i.generate_config.max_new_tokens for i in batch.inputs),
+            seq_len_tokens=max(len(i.token_ids) for i in batch.inputs),  # each input is its own sequence
         )
         lease = self._route(BATCH_GENERATE, req, pair=False)
         return Planned(lease, body, BATCH_GENERATE, started_s, req)
@@ -420,8 +468,9 @@ class Dispatcher:
                  req.request_id, code_name, target.key, kind.value, nxt.attempt, nxt.lease.decision.target.key)
         return nxt
 
-    def first_message(self, planned: Planned, message: bytes | None) -> None:
-        """The first response message arrived: record TTFT and feed the balancer what the worker said."""
+    def first_message(self, planned: Planned, message: bytes | None) -> int | None:
+        """The first response message arrived: record TTFT and feed the balancer what the worker said.
+        Returns the prompt tokens the worker reported served from its cache (None: not reported)."""
         ttft_s = time.monotonic() - planned.started_s
         decision = planned.lease.decision
         self.router.outliers.success(decision.target)
@@ -443,6 +492,7 @@ class Dispatcher:
                 uncached = max(aux.input_len - cached, 0)
         self.holds.after(self.router.first_token(planned.lease, ttft_s * 1000.0, prefill_ms, uncached, cached,
                                                  engine_ms))
+        return cached
 
     def finish(self, planned: Planned, code_name: str, messages: int, kind: FailureKind | None = None,
                mid_stream: bool = False) -> None:
@@ -464,6 +514,13 @@ class Dispatcher:
     def _account(self, planned: Planned, code_name: str, messages: int) -> None:
         d = planned.lease.decision
         self.metrics.requests.labels(planned.method, d.target.key, d.target.role.name, d.strategy, code_name).inc()
-        self.metrics.latency.labels(planned.method).observe(time.monotonic() - planned.started_s)
+        if d.decode is not None:  # the PD call's decode leg, under its own worker and role
+            self.metrics.requests.labels(planned.method, d.decode.key, d.decode.role.name, d.strategy, code_name).inc()
         if messages:
             self.metrics.relayed_messages.labels(planned.method).inc(messages)
+
+    def call_ended(self, record: CallRecord) -> None:
+        """A client call's one finish (CallLife): its per-call metrics and its access log line."""
+        self.metrics.call_ended(record)
+        if self.access_log is not None:
+            self.access_log(record)

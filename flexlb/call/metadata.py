@@ -16,3 +16,17 @@ def forwarded_metadata(headers: Iterable[tuple[str, V]]) -> list[tuple[str, V]]:
     """The client's metadata to send on to the worker: no pseudo-headers, no hop headers, no grpc-* headers."""
     return [(k, v) for k, v in headers
             if k and k[0] != ":" and not k.startswith("grpc-") and k not in HOP_HEADERS]
+
+
+def api_key(metadata: Iterable[tuple[str, str | bytes]]) -> str:
+    """The caller's API key as the RTP-LLM frontend reads it: `x-api-key`, `api-key`, else a Bearer token."""
+    found: dict[str, str] = {}
+    for k, v in metadata:
+        key = k.lower()
+        if key in ("x-api-key", "api-key", "authorization") and key not in found:
+            found[key] = v.decode("latin-1") if isinstance(v, bytes) else v
+    for name in ("x-api-key", "api-key"):
+        if found.get(name):
+            return found[name].strip()
+    auth = found.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""

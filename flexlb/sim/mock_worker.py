@@ -42,13 +42,20 @@ from flexlb.sim.engine import (
     output_token,
     plan_prefill,
 )
+from flexlb.tls import ServerTls, grpc_server_credentials
 
 ROLE_NAMES = {
     "PDFUSION": pb.RoleAddrPB.PDFUSION,
     "PREFILL": pb.RoleAddrPB.PREFILL,
     "DECODE": pb.RoleAddrPB.DECODE,
+    "VIT": pb.RoleAddrPB.VIT,  # serves MultimodalRpcService status only (no generation)
 }
 ENGINES = ("batching", "fifo")
+TOMBSTONE_S = 60.0  # a Cancel of an unknown request id rejects an EnqueueBatch of it this long (8429)
+FETCH_ATTACH_DEFAULT_MS = 600_000  # EnqueueBatch's fetch_attach_timeout_ms 0: the prefill's default, 10 minutes
+# RTP-LLM's gRPC server and client take messages up to 1 GiB
+_MESSAGE_LIMITS = (("grpc.max_receive_message_length", wire.RTP_LLM_MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", wire.RTP_LLM_MAX_MESSAGE_BYTES))
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,10 @@ class MockWorkerConfig:
     # the batching engine's costs and limits; None: `params`' costs as iterations (BatchingParams.from_engine),
     # so a prompt alone and a decode step take what they take on the FIFO engine
     batching: BatchingParams | None = None
+    # longest prompt served (longer: LONG_PROMPT_ERROR, as the engine), reported as max_seq_len; 0: the
+    # batching engine's max_seq_len, or 1 << 20 on the FIFO engine
+    max_seq_len: int = 0
+    tls: ServerTls | None = None  # serve TLS (mTLS with a client CA) instead of plaintext
 
 
 @dataclass
@@ -88,6 +99,20 @@ class _Task:
     waiting: bool = True
     iterations: int = 0
     seq_id: int | None = None  # its sequence in the batching engine
+    handler: asyncio.Task[object] | None = None  # the task serving its GenerateStreamCall (Cancel preempts it)
+    preempted: bool = False
+
+
+@dataclass(eq=False)
+class _Parked:
+    """A request taken by EnqueueBatch: generating already, its messages kept until FetchResponse attaches."""
+
+    request_id: int
+    outputs: asyncio.Queue[pb.GenerateOutputsPB | None] = field(default_factory=asyncio.Queue)  # None: the end
+    error: _EngineError | None = None
+    attached: bool = False
+    expired: bool = False
+    timer: asyncio.TimerHandle | None = None
 
 
 class _EngineError(Exception):
@@ -121,7 +146,7 @@ class MockWorker:
         # (so holding it pauses either engine)
         self._prefill_lock = asyncio.Lock()
         self.engine: BatchingEngine | None = None
-        if config.engine == "batching":
+        if config.engine == "batching" and config.role != "VIT":
             bp = config.batching or BatchingParams.from_engine(config.params)
             if bp.block_size_tokens != config.params.block_size_tokens:
                 raise ValueError("the batching engine's block size must be params.block_size_tokens (cache keys)")
@@ -138,6 +163,8 @@ class MockWorker:
         self._decoding = 0
         self._iterations = 0
         self._generate_calls = 0
+        self._admitting = asyncio.Event()  # cleared: generate calls are accepted and held before the engine
+        self._admitting.set()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -149,12 +176,22 @@ class MockWorker:
         self.last_request_bytes = b""
         self.messages_sent = 0  # GenerateStreamCall messages handed to grpc (flow control shows here)
         self.request_ids_seen: list[int] = []  # GenerateStreamCall request ids in arrival order
+        # what GetWorkerStatus says as `alive` (a test flips it: the gateway must take the worker out, then back)
+        self.alive = True
+        self.max_seq_len = config.max_seq_len or (self.engine.max_seq_len if self.engine is not None else 1 << 20)
+        self.cancel_requests: list[int] = []  # request ids of the Cancel calls received
+        # EnqueueBatch: contexts waiting for their FetchResponse, tombstones left by Cancel (id -> expiry)
+        self._parked: dict[int, _Parked] = {}
+        self._tombstones: dict[int, float] = {}
+        self.enqueued_ids: list[int] = []  # request ids taken by EnqueueBatch, in order
+        self.enqueue_batches = 0  # EnqueueBatch calls answered
+        self._enqueued_tasks: set[asyncio.Task[object]] = set()
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port."""
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *_MESSAGE_LIMITS])
         handlers = {
             "GenerateStreamCall": grpc.unary_stream_rpc_method_handler(
                 self.generate_stream_call,
@@ -187,9 +224,33 @@ class MockWorker:
                 response_serializer=pb.CheckHealthResponsePB.SerializeToString,
             ),
         }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(wire.RPC_SERVICE, handlers),))
+        # the engine serves the master-enqueued path (EnqueueBatch, FetchResponse) and Cancel on PREFILL only;
+        # this mock serves them on PDFUSION too, so BATCH mode can be run on a fused fleet (batchFusedWorkers)
+        if self.config.role in ("PREFILL", "PDFUSION"):
+            handlers["Cancel"] = grpc.unary_unary_rpc_method_handler(
+                self.cancel,
+                request_deserializer=pb.CancelRequestPB.FromString,
+                response_serializer=pb.CancelResponsePB.SerializeToString,
+            )
+            handlers["EnqueueBatch"] = grpc.unary_unary_rpc_method_handler(
+                self.enqueue_batch,
+                request_deserializer=pb.EnqueueBatchRequestPB.FromString,
+                response_serializer=pb.EnqueueBatchResponsePB.SerializeToString,
+            )
+            handlers["FetchResponse"] = grpc.unary_stream_rpc_method_handler(
+                self.fetch_response,
+                request_deserializer=pb.FetchRequestPB.FromString,
+                response_serializer=pb.GenerateOutputsPB.SerializeToString,
+            )
+        if self.config.role == "VIT":  # a VIT process serves MultimodalRpcService, not RpcService
+            handlers = {name: handlers[name] for name in ("GetWorkerStatus", "GetCacheStatus")}
+        service = wire.VIT_SERVICE if self.config.role == "VIT" else wire.RPC_SERVICE
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        bind = f"{self.config.host}:{self.config.port}"
+        tls = self.config.tls
+        self.port = server.add_secure_port(bind, grpc_server_credentials(tls)) if tls is not None and tls.enabled \
+            else server.add_insecure_port(bind)
         if self.port == 0:
             raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
         await server.start()
@@ -205,6 +266,11 @@ class MockWorker:
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
+        for t in list(self._enqueued_tasks):  # enqueued requests end with the worker
+            t.cancel()
+        for t in list(self._enqueued_tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
         if self._engine_task is not None:
             self._engine_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -254,10 +320,25 @@ class MockWorker:
             os._exit(17)  # a crash, not a shutdown: no goodbye to anyone
         if f.hang:
             await asyncio.Event().wait()
+        await self._admitting.wait()
         if f.delay_ms > 0:
             await asyncio.sleep(f.delay_ms / 1000.0)
         if f.error_rate > 0 and self._rng.random() < f.error_rate:
             raise _EngineError(f.error_code, f"injected failure (error_code {f.error_code})")
+
+    def _check_length(self, req: pb.GenerateInputPB) -> None:
+        """Refuse a prompt longer than max_seq_len like the engine's scheduler (LONG_PROMPT_ERROR)."""
+        if len(req.token_ids) > self.max_seq_len:
+            raise _EngineError(wire.LONG_PROMPT_ERROR,
+                               f"input len {len(req.token_ids)} is greater than max seq len {self.max_seq_len}")
+
+    def hold_calls(self) -> None:
+        """Accept generate calls but hold them before the engine until release_calls() (in-process use)."""
+        self._admitting.clear()
+
+    def release_calls(self) -> None:
+        """Let held and new generate calls through."""
+        self._admitting.set()
 
     def _now_ms(self) -> float:
         return time.monotonic() * 1000.0
@@ -320,6 +401,8 @@ class MockWorker:
     def _engine_add(self, task: _Task, req: pb.GenerateInputPB, kind: Kind, arrival_s: float) -> asyncio.Queue[Event]:
         """Give the call's sequence to the batching engine; its events arrive on the returned queue."""
         assert self.engine is not None
+        if task.seq_id is not None and task.seq_id in self._waiters:
+            return self._waiters[task.seq_id]  # admitted when EnqueueBatch took it
         sid = next(self._seq_ids)
         q: asyncio.Queue[Event] = asyncio.Queue()
         self._waiters[sid] = q
@@ -459,6 +542,8 @@ class MockWorker:
         )
         if error:
             info.error_info.CopyFrom(pb.ErrorDetailsPB(error_code=error))
+        if task.preempted:
+            info.priority_preemption_progress = pb.PRIORITY_PREEMPTION_CANCELED
         self._finished.append((self._finished_version, info))
         del self._finished[:-1000]
 
@@ -480,7 +565,7 @@ class MockWorker:
         if self.config.role == "DECODE":
             await context.abort(grpc.StatusCode.INTERNAL, "server not implement GenerateStreamCall")
         start_s = time.monotonic()
-        task = _Task(req.request_id, len(req.token_ids), start_s=start_s)
+        task = _Task(req.request_id, len(req.token_ids), start_s=start_s, handler=asyncio.current_task())
         self._running[req.request_id] = task
         self.last_request_bytes = req.SerializeToString()
         self.request_ids_seen.append(req.request_id)
@@ -488,6 +573,7 @@ class MockWorker:
         try:
             await self._echo_metadata(context)
             await self._admit(context)
+            self._check_length(req)
             if self.config.role == "PREFILL" and _can_use_pd(req):
                 async for out in self._generate_pd(req, start_s, task):
                     self.messages_sent += 1
@@ -499,8 +585,19 @@ class MockWorker:
         except _EngineError as err:
             error = err.error_code
             await _abort_engine(context, err)
-        except (asyncio.CancelledError, GeneratorExit):
-            # cancelled while awaiting (CancelledError) or while suspended at a yield (GeneratorExit)
+        except asyncio.CancelledError:
+            if not task.preempted:
+                self.cancelled_ids.append(req.request_id)
+                error = wire.CANCELLED_ERROR
+                raise
+            # Cancel preempted it: the engine ends the request with PRIORITY_PREEMPTED
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            error = wire.PRIORITY_PREEMPTED
+            await _abort_engine(context, _EngineError(error, "request preempted by Cancel"))
+        except GeneratorExit:
+            # cancelled while suspended at a yield
             self.cancelled_ids.append(req.request_id)
             error = wire.CANCELLED_ERROR
             raise
@@ -536,7 +633,7 @@ class MockWorker:
     def _channel(self, target: str) -> grpc.aio.Channel:
         ch = self._channels.get(target)
         if ch is None:
-            ch = grpc.aio.insecure_channel(target)
+            ch = grpc.aio.insecure_channel(target, options=list(_MESSAGE_LIMITS))
             self._channels[target] = ch
         return ch
 
@@ -654,6 +751,8 @@ class MockWorker:
         try:
             await self._echo_metadata(context)
             await self._admit(context)
+            for inp in req.inputs:
+                self._check_length(inp)
         except _EngineError as err:
             await _abort_engine(context, err)
 
@@ -701,15 +800,16 @@ class MockWorker:
             ))
         finished = [info for v, info in self._finished if v > req.latest_finished_version]
         available, total = self._kv_tokens()
+        max_seq_len = self.max_seq_len
         if self.engine is not None:
             step_ms = self.engine.last_step_ms
             iterations = self.engine.iterations
             max_batch_tokens = self.engine.max_batch_tokens
-            max_seq_len = self.engine.max_seq_len
+        elif self.config.role == "VIT":
+            step_ms, iterations, max_batch_tokens, max_seq_len = 0.0, 0, 0, 0  # no language model here
         else:
             # 0: no prefill token budget (one prompt at a time), as the gateway reads it
-            step_ms, iterations, max_batch_tokens, max_seq_len = (
-                self.params.decode_step_ms(self._decoding), self._iterations, 0, 1 << 20)
+            step_ms, iterations, max_batch_tokens = self.params.decode_step_ms(self._decoding), self._iterations, 0
         # the worker's clock in microseconds, strictly increasing (a poller drops answers that go back)
         self._status_version = max(self._status_version + 1, int(time.time() * 1e6))
         return pb.WorkerStatusPB(
@@ -724,7 +824,7 @@ class MockWorker:
             dp_size=1,
             tp_size=1,
             status_version=self._status_version,
-            alive=True,
+            alive=self.alive,
             latest_finished_version=self._finished_version,
             available_kv_cache=available,
             total_kv_cache=total,
@@ -745,6 +845,141 @@ class MockWorker:
             for k in self.cache.keys():  # noqa: SIM118 (PrefixCache.keys is a method, not a dict)
                 out.cache_keys[k] = True
         return out
+
+    # ------------------------------------------------------------ master-enqueued path (BATCH mode)
+
+    async def enqueue_batch(self, req: pb.EnqueueBatchRequestPB,
+                            context: grpc.aio.ServicerContext) -> pb.EnqueueBatchResponsePB:
+        """Take a batch: every accepted request enters the engine's waiting queue at once (so what came
+        together is prefilled together) and its messages are kept until FetchResponse attaches."""
+        out = pb.EnqueueBatchResponsePB(batch_id=req.batch_id)
+
+        def refuse(rid: int, code: int, message: str) -> None:
+            out.errors.append(pb.EnqueueBatchErrorPB(
+                request_id=rid, error_info=pb.ErrorDetailsPB(error_code=code, error_message=message)))
+
+        try:
+            await self._admit(context)  # the fault switches (hang, delay, crash) apply to the whole call
+        except _EngineError as err:
+            for slot in req.dp_slots:
+                for item in slot.requests:
+                    refuse(item.input.request_id, err.error_code, err.message)
+            return out
+        attach_ms = req.fetch_attach_timeout_ms or FETCH_ATTACH_DEFAULT_MS
+        now = time.monotonic()
+        for slot in req.dp_slots:
+            for item in slot.requests:
+                inp = item.input
+                rid = inp.request_id
+                # error codes as the engine's: gRPC status numbers, or 8429 for a tombstoned id
+                if slot.dp_rank != 0:
+                    refuse(rid, grpc.StatusCode.INVALID_ARGUMENT.value[0], f"dp_rank {slot.dp_rank}: this worker is 0")
+                elif not item.HasField("input") or not inp.token_ids:
+                    refuse(rid, grpc.StatusCode.INVALID_ARGUMENT.value[0], "missing input")
+                elif self._tombstones.get(rid, 0.0) > now:
+                    refuse(rid, wire.PRIORITY_PREEMPTED, f"request {rid} was cancelled (tombstoned)")
+                elif rid in self._parked or rid in self._running:
+                    refuse(rid, grpc.StatusCode.ALREADY_EXISTS.value[0], f"request {rid} already exists")
+                else:
+                    self._park(inp, attach_ms)
+                    out.successes.append(pb.EnqueueBatchSuccessPB(request_id=rid))
+        self.enqueue_batches += 1
+        return out
+
+    def _park(self, inp: pb.GenerateInputPB, attach_ms: int) -> None:
+        start_s = time.monotonic()
+        rid = inp.request_id
+        task = _Task(rid, len(inp.token_ids), start_s=start_s)
+        self._running[rid] = task
+        self.enqueued_ids.append(rid)
+        self.request_ids_seen.append(rid)
+        self.last_request_bytes = inp.SerializeToString()
+        parked = _Parked(rid)
+        self._parked[rid] = parked
+        pd = self.config.role == "PREFILL" and _can_use_pd(inp)
+        if self.engine is not None and len(inp.token_ids) <= self.max_seq_len:
+            self._engine_add(task, inp, Kind.PREFILL_ONLY if pd else Kind.FUSED, start_s)
+        loop = asyncio.get_running_loop()
+        task.handler = loop.create_task(self._run_parked(parked, inp, task, pd), name=f"enqueued {rid}")
+        self._enqueued_tasks.add(task.handler)
+        task.handler.add_done_callback(self._enqueued_tasks.discard)
+        parked.timer = loop.call_later(attach_ms / 1000.0, self._attach_expired, parked)
+
+    async def _run_parked(self, parked: _Parked, inp: pb.GenerateInputPB, task: _Task, pd: bool) -> None:
+        """Generate an enqueued request as GenerateStreamCall would, into its parked context."""
+        error = 0
+        try:
+            self._check_length(inp)
+            gen = self._generate_pd(inp, task.start_s, task) if pd else self._generate_local(inp, task.start_s, task)
+            async for message in gen:
+                parked.outputs.put_nowait(message)
+        except _EngineError as err:
+            error = err.error_code
+            parked.error = err
+        except asyncio.CancelledError:
+            if task.preempted:
+                error = wire.PRIORITY_PREEMPTED
+                parked.error = _EngineError(error, "request preempted by Cancel")
+            elif parked.expired:
+                error = wire.GENERATE_TIMEOUT
+                parked.error = _EngineError(error, "FetchResponse context TTL expired")
+            else:
+                error = wire.CANCELLED_ERROR
+                parked.error = _EngineError(error, "request cancelled")
+                self.cancelled_ids.append(inp.request_id)
+        finally:
+            parked.outputs.put_nowait(None)
+            self._finish_task(task, error)
+
+    def _attach_expired(self, parked: _Parked) -> None:
+        """Nobody attached within fetch_attach_timeout_ms: the request is cancelled, a later attach is NOT_FOUND."""
+        if parked.attached:
+            return
+        parked.expired = True
+        self._parked.pop(parked.request_id, None)
+        task = self._running.get(parked.request_id)
+        if task is not None and task.handler is not None and not task.handler.done():
+            task.handler.cancel()
+
+    async def fetch_response(self, req: pb.FetchRequestPB,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateOutputsPB]:
+        """Attach to an enqueued request: its messages (those produced so far first), then its end."""
+        parked = self._parked.pop(req.request_id, None)
+        if parked is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"request {req.request_id} not found")
+            return
+        parked.attached = True
+        if parked.timer is not None:
+            parked.timer.cancel()
+        finished = False
+        try:
+            while (message := await parked.outputs.get()) is not None:
+                self.messages_sent += 1
+                yield message
+            finished = True
+        finally:
+            if not finished:  # the caller left: the request is cancelled, as GenerateStreamCall's would be
+                task = self._running.get(req.request_id)
+                if task is not None and task.handler is not None and not task.handler.done():
+                    task.handler.cancel()
+        if parked.error is not None:
+            await _abort_engine(context, parked.error)
+
+    async def cancel(self, req: pb.CancelRequestPB, context: grpc.aio.ServicerContext) -> pb.CancelResponsePB:
+        """PREFILL: preempt a live request (it ends with PRIORITY_PREEMPTED); TOMBSTONED when none is live."""
+        self.cancel_requests.append(req.request_id)
+        task = self._running.get(req.request_id)
+        if task is None or task.handler is None or task.handler.done():
+            if any(info.request_id == req.request_id for _, info in self._finished):
+                return pb.CancelResponsePB(status=pb.CANCEL_STATUS_NOT_FOUND)  # it already ended here
+            # never seen (an EnqueueBatch still on its way?): fence its id for a while
+            now = time.monotonic()
+            self._tombstones = {k: t for k, t in self._tombstones.items() if t > now}
+            self._tombstones[req.request_id] = now + TOMBSTONE_S
+            return pb.CancelResponsePB(status=pb.CANCEL_STATUS_TOMBSTONED)
+        task.preempted = True
+        task.handler.cancel()
+        return pb.CancelResponsePB(status=pb.CANCEL_STATUS_ACCEPTED)
 
     async def check_health(self, req: pb.EmptyPB, context: grpc.aio.ServicerContext) -> pb.CheckHealthResponsePB:
         """Always OK while the server is up, like the engine."""

@@ -19,6 +19,7 @@ from flexlb import wire
 from flexlb.balancer.prefix_index import PrefixIndex
 from flexlb.balancer.workers import WorkerAddr
 from flexlb.pb import model_rpc_service_pb2 as pb
+from flexlb.tls import PLAINTEXT, Dialer
 from flexlb.upstream.pollers import WorkerPollers
 
 log = logging.getLogger("flexlb.cache_sync")
@@ -49,20 +50,39 @@ class CacheSync:
     """Polls every worker's GetCacheStatus and replaces its record in the prefix index."""
 
     def __init__(self, index: PrefixIndex, workers: list[WorkerAddr], config: CacheSyncConfig,
-                 on_block_size: Callable[[int], None]) -> None:
+                 on_block_size: Callable[[int], None], dialer: Dialer = PLAINTEXT) -> None:
         self.index = index
         self.workers = workers
         self.config = config
         self.views = {w.key: WorkerCacheView() for w in workers}
         self._on_block_size = on_block_size
-        self._pollers = WorkerPollers("cache-sync")
+        self._pollers = WorkerPollers("cache-sync", dialer)
+        self._started = False
 
     def start(self) -> None:
         """One named polling task per worker."""
-        by_key = {w.key: w for w in self.workers}
-        self._pollers.start(list(by_key), lambda key, ch: self._poll(by_key[key], ch.unary_unary(
+        self._started = True
+        for w in self.workers:
+            self._add(w)
+
+    def _add(self, worker: WorkerAddr) -> None:
+        self.views.setdefault(worker.key, WorkerCacheView())
+        self._pollers.add(worker.key, lambda _key, ch: self._poll(worker, ch.unary_unary(
             wire.GET_CACHE_STATUS, request_serializer=pb.CacheVersionPB.SerializeToString,
             response_deserializer=pb.CacheStatusPB.FromString)))
+
+    def follow(self, workers: list[WorkerAddr]) -> None:
+        """The engines to poll are now `workers` (membership changed): poll new ones, stop polling gone ones."""
+        wanted = {w.key: w for w in workers}
+        self.workers = list(wanted.values())
+        if not self._started:
+            return
+        for key in self._pollers.targets():
+            if key not in wanted:
+                self._pollers.remove(key)
+                self.views.pop(key, None)
+        for w in self.workers:
+            self._add(w)
 
     async def stop(self) -> None:
         """Cancel the pollers and close their channels."""

@@ -18,7 +18,7 @@ from flexlb.balancer.strategies.cost import (
     TtftScorer,
 )
 from flexlb.balancer.strategies.decode import KvUsedScorer
-from flexlb.balancer.strategies.filters import STANDARD_FILTERS
+from flexlb.balancer.strategies.filters import STANDARD_FILTERS, VIT_FILTERS
 from flexlb.balancer.strategies.pickers import (
     LowestConcurrencyPicker,
     MinCostPicker,
@@ -71,3 +71,12 @@ def make_strategy(name: str) -> Chain:
     except KeyError:
         raise KeyError(f"unknown strategy {name!r}; accepted: {', '.join(strategy_names())}") from None
     return factory()
+
+
+def make_vit_strategy(name: str) -> Chain:
+    """The chain that picks the VIT worker (vitLoadBalanceStrategy): the named strategy over the VIT filters
+    (no prompt-length rule, no failing open). The load-only ones (RANDOM, ROUND_ROBIN, LOWEST_CONCURRENCY,
+    ROUND_ROBIN_LOWEST_CONCURRENCY) are the meaningful choices: the TTFT costs know nothing of VIT work."""
+    chain = make_strategy(name)
+    chain.filters = VIT_FILTERS
+    return chain

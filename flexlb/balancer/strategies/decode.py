@@ -23,4 +23,6 @@ class KvUsedScorer(Scorer):
 
     def score(self, candidates: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Scored:
         """KV tokens in use per candidate."""
-        return Scored(candidates, [float(kv_used_tokens(w)) for w in candidates])
+        # kv_used_tokens inlined: this runs over every decode worker on every PD decision
+        return Scored(candidates, [max(w.kv_total_tokens - w.kv_available_tokens if w.kv_total_tokens else 0,
+                                       w.active_tokens) for w in candidates])

@@ -1,11 +1,11 @@
-"""Filters every chain starts with: the call's exclude set, rotation (failing open), the per-worker cap;
-and PD group affinity, which the router adds for the pairing."""
+"""Filters every chain starts with: the call's exclude set, the prompt length the worker takes, rotation (failing
+open), the per-worker cap; PD group affinity, which the router adds for the pairing; and the VIT chain's own."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from flexlb.balancer.health import usable
+from flexlb.balancer.health import usable, usable_workers
 from flexlb.balancer.request import RouteRequest
 from flexlb.balancer.strategies.base import Filter, PickContext
 from flexlb.balancer.workers import WorkerState
@@ -29,7 +29,7 @@ class UsableFilter(Filter):
 
     def apply(self, workers: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Sequence[WorkerState]:
         """The usable workers, or all of them when none is."""
-        healthy = [w for w in workers if usable(w, ctx.now_s)]
+        healthy = usable_workers(workers, ctx.now_s)
         return workers if len(healthy) == len(workers) else (healthy or workers)
 
 
@@ -57,4 +57,42 @@ class GroupFilter(Filter):
         return [w for w in workers if w.addr.group in self.groups]
 
 
-STANDARD_FILTERS: tuple[Filter, ...] = (ExcludeFilter(), UsableFilter(), InFlightCapFilter())
+class SeqLenFilter(Filter):
+    """Drops workers that reported a max_seq_len below the call's longest sequence (the engine would refuse it
+    with LONG_PROMPT_ERROR); never fails open. A worker that has not reported one (0) is kept."""
+
+    name = "max_seq_len"
+
+    def apply(self, workers: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Sequence[WorkerState]:
+        """Workers whose max_seq_len admits the call (all of them when none is too short)."""
+        n = req.longest_sequence
+        kept = [w for w in workers if not w.max_seq_len or n <= w.max_seq_len]
+        return workers if len(kept) == len(workers) else kept
+
+
+class InRotationFilter(Filter):
+    """Drops workers out of rotation and does not fail open: for VIT workers, which the engine calls itself, a
+    worker known to be out is not handed over (no VIT in rotation: NO_VIT_WORKER, 8405)."""
+
+    name = "in_rotation"
+
+    def apply(self, workers: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Sequence[WorkerState]:
+        """The usable workers."""
+        return [w for w in workers if usable(w, ctx.now_s)]
+
+
+class PinnedGroupFilter(Filter):
+    """Keeps the workers of the group the traffic policy pinned the call to (every role; no failing open)."""
+
+    name = "pinned_group"
+
+    def apply(self, workers: Sequence[WorkerState], req: RouteRequest, ctx: PickContext) -> Sequence[WorkerState]:
+        """Workers of `req.pinned_group` (all of them when the call is not pinned)."""
+        return [w for w in workers if w.addr.group == req.pinned_group] if req.pinned_group else workers
+
+
+# the seq-len and pinned-group filters run before the usable one, so failing open stays within what the call may use
+STANDARD_FILTERS: tuple[Filter, ...] = (ExcludeFilter(), PinnedGroupFilter(), SeqLenFilter(), UsableFilter(),
+                                        InFlightCapFilter())
+# VIT workers: no prompt-length rule (they embed images, not the prompt), no failing open
+VIT_FILTERS: tuple[Filter, ...] = (ExcludeFilter(), InRotationFilter(), InFlightCapFilter())

@@ -60,7 +60,8 @@ class WeightedRandomPicker(Picker):
         cost = scored.cost
         assert cost is not None, "WeightedRandomPicker needs a scorer that gives a cost"
         least = min(cost)
-        weights = [math.exp(-self.decay_per_unit * (c - least)) for c in cost]
+        exp, k = math.exp, -self.decay_per_unit  # (bound once: this runs over every decode worker per PD decision)
+        weights = [exp(k * (c - least)) for c in cost]
         return Pick(ctx.rng.choices(scored.workers, weights=weights)[0], self.reason)
 
 

@@ -20,7 +20,7 @@ from flexlb.call.dispatch import BATCH_GENERATE, GENERATE_STREAM, Dispatcher, Pl
 from flexlb.call.failures_wire import engine_code_from_trailers
 from flexlb.call.lifecycle import CallLife, CallPolicy, Metadata
 from flexlb.call.metadata import forwarded_metadata
-from flexlb.pb import model_rpc_service_pb2 as pb
+from flexlb.call.surface import RpcSurface
 from flexlb.relay.grpcio.pool import UpstreamPool
 
 
@@ -74,23 +74,19 @@ async def _raise_unless_ok(call: grpc.aio.UnaryStreamCall) -> None:
 
 
 class RpcRelay:
-    """Serves GenerateStreamCall and BatchGenerateCall (relayed) and CheckHealth (answered here)."""
+    """Serves GenerateStreamCall and BatchGenerateCall (relayed) and the methods of `surface` (answered here)."""
 
     def __init__(self, dispatcher: Dispatcher, policy: CallPolicy, router: Router, pool: UpstreamPool) -> None:
         self.dispatcher = dispatcher
         self.policy = policy
         self.router = router
         self.pool = pool
+        self.surface = RpcSurface(dispatcher, router, pool.unary)
 
     def handler(self, relay_generate: bool = True) -> grpc.GenericRpcHandler:
-        """Generic handler for service RpcService; methods not listed answer UNIMPLEMENTED."""
-        methods: dict[str, grpc.RpcMethodHandler] = {
-            "CheckHealth": grpc.unary_unary_rpc_method_handler(
-                self.check_health,
-                request_deserializer=pb.EmptyPB.FromString,
-                response_serializer=pb.CheckHealthResponsePB.SerializeToString,
-            ),
-        }
+        """Generic handler for service RpcService; methods not listed answer UNIMPLEMENTED. Without
+        `relay_generate` (the h2 engine relays those itself) only the answered methods."""
+        methods: dict[str, grpc.RpcMethodHandler] = self.surface.handlers()
         if relay_generate:
             # bytes in, bytes out: no deserializer / serializer on the relayed methods
             methods[GENERATE_STREAM] = grpc.unary_stream_rpc_method_handler(self.generate_stream_call)
@@ -135,10 +131,21 @@ class RpcRelay:
 
     async def _failed(self, exc: grpc.aio.AioRpcError, step: _Attempt, port: _Port, life: CallLife,
                       context: grpc.aio.ServicerContext) -> None:
-        """An attempt failed with the worker's status: fail over (return), or relay it verbatim (raises)."""
+        """An attempt failed: fail over (return), answer a transport failure (return: the answer is queued),
+        or relay the worker's status verbatim (raises)."""
         engine_code = engine_code_from_trailers(exc.trailing_metadata() or ())
         if step.generation != port.generation:
             return  # the lifecycle stopped it (first-message timeout): its next step is queued
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and engine_code is None:
+            # grpc C-core reports its own transport failures (refused, reset, lost) as UNAVAILABLE without an
+            # ErrorDetailsPB, the worker's address in the text: the gateway words those itself
+            connect = (exc.details() or "").startswith("failed to connect")
+            error_code = wire.CONNECT_FAILED if connect else wire.CONNECTION_RESET_BY_PEER
+            if port.messages == 0 and life.attempt_failed(exc.code().name, error_code):
+                return
+            life.give_up(exc.code(), "cannot connect to the worker" if connect else "connection to the worker lost",
+                         port.messages, error_code=error_code, detail=exc.details() or "")
+            return
         if port.messages == 0 and life.attempt_failed(exc.code().name, engine_code):
             return
         life.ended(exc.code().name, port.messages, engine_code)
@@ -193,14 +200,6 @@ class RpcRelay:
         context.set_trailing_metadata(tuple(await call.trailing_metadata()))
         life.ended(grpc.StatusCode.OK.name, 1)
         return True, reply
-
-    async def check_health(self, request: pb.EmptyPB, context: grpc.aio.ServicerContext) -> pb.CheckHealthResponsePB:
-        """OK while the gateway can route (not draining, every needed role has a worker in rotation)."""
-        if self.dispatcher.is_draining():
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is draining")
-        if not self.router.can_route():
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no worker in rotation for a needed role")
-        return pb.CheckHealthResponsePB(health="OK")
 
 
 def _cancelling() -> bool:

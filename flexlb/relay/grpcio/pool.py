@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
 from flexlb import wire
 from flexlb.balancer.workers import WorkerAddr
+from flexlb.tls import PLAINTEXT, Dialer
 
 
 @dataclass
@@ -17,13 +18,15 @@ class _Upstream:
     generate_stream: list[grpc.aio.UnaryStreamMultiCallable]
     batch_generate: list[grpc.aio.UnaryUnaryMultiCallable]
     turn: itertools.cycle
+    unary: dict[str, grpc.aio.UnaryUnaryMultiCallable] = field(default_factory=dict)  # by method path
 
 
 class UpstreamPool:
     """One (or a few) channels per worker, created lazily on the event loop and reused for every call."""
 
-    def __init__(self, max_message_bytes: int, channels_per_worker: int = 1) -> None:
+    def __init__(self, max_message_bytes: int, channels_per_worker: int = 1, dialer: Dialer = PLAINTEXT) -> None:
         self._max_message_bytes = max_message_bytes
+        self._dialer = dialer  # plaintext or TLS towards workers
         self._channels_per_worker = max(1, channels_per_worker)
         self._by_key: dict[str, _Upstream] = {}
 
@@ -49,7 +52,7 @@ class UpstreamPool:
         up = self._by_key.get(addr.key)
         if up is None:
             channels = [
-                grpc.aio.insecure_channel(addr.key, options=self._options(i)) for i in range(self._channels_per_worker)
+                self._dialer.channel(addr.key, self._options(i)) for i in range(self._channels_per_worker)
             ]
             up = _Upstream(
                 channels=channels,
@@ -70,6 +73,21 @@ class UpstreamPool:
         """Bytes callable for BatchGenerateCall on the worker."""
         up = self._get(addr)
         return up.batch_generate[next(up.turn)]
+
+    async def unary(self, addr: WorkerAddr, path: str, request: bytes, timeout_s: float | None) -> bytes:
+        """One unary call to the worker, bytes in and out (Cancel, GetWorkerStatus, ...); raises AioRpcError."""
+        up = self._get(addr)
+        call = up.unary.get(path)
+        if call is None:
+            call = up.unary[path] = up.channels[0].unary_unary(path)
+        reply: bytes = await call(request, timeout=timeout_s)
+        return reply
+
+    async def drop(self, key: str) -> None:
+        """Close the channels of a worker that left the cluster (a later call there would open new ones)."""
+        up = self._by_key.pop(key, None)
+        for ch in up.channels if up is not None else ():
+            await ch.close()
 
     async def close(self) -> None:
         """Close every channel."""

@@ -71,7 +71,7 @@ class Stream:
         self.send_credit = 0  # window updates received minus bytes sent; the window is this + the peer's initial
         self.recv_window = recv_window  # bytes the peer may still send before we credit more
         self.recv_owed = 0  # credit earned but not yet sent in a WINDOW_UPDATE
-        self.pending: deque[bytes] = deque()
+        self.pending: deque[bytes | memoryview] = deque()
         self.pending_end = False
         self.pending_trailers: Headers | None = None
         self.closed_local = False
@@ -833,8 +833,10 @@ class H2Connection(asyncio.Protocol):
             chunk = pending[0]
             n = min(len(chunk), window, self.peer_max_frame)
             if n < len(chunk):
-                pending[0] = chunk[n:]
-                chunk = chunk[:n]
+                # views, not copies: slicing bytes would copy the rest of a large message for every frame
+                view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
+                pending[0] = view[n:]
+                chunk = view[:n]
             else:
                 pending.popleft()
             last = not pending and stream.pending_end and stream.pending_trailers is None

@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import logging
 import resource
+import ssl
 import time
 import zlib
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import grpc
 
 from flexlb import wire
 from flexlb.balancer.workers import WorkerAddr
-from flexlb.call.dispatch import BATCH_GENERATE, GENERATE_STREAM, Dispatcher, Planned, Rejection
+from flexlb.call.dispatch import BATCH_GENERATE, GENERATE_STREAM, Dispatcher, Planned, Rejection, bad_request
 from flexlb.call.failures_wire import engine_code_from_trailers
 from flexlb.call.lifecycle import CallLife, CallPolicy, Metadata
 from flexlb.call.metadata import forwarded_metadata
@@ -36,6 +37,7 @@ from flexlb.metrics import Metrics
 from flexlb.ratelog import RateLimitedLog
 from flexlb.relay.h2 import frames as f
 from flexlb.relay.h2.conn import ConnLimits, H2Connection, Headers, Stream, WriteBatch
+from flexlb.tls import PLAINTEXT, Dialer
 
 log = logging.getLogger("flexlb.h2")
 
@@ -45,6 +47,9 @@ _UPSTREAM_CONN_WINDOW = 16 * 1024 * 1024
 _CLIENT_STREAM_WINDOW = 1024 * 1024
 _FIRST_MESSAGE_CAP = 1024 * 1024  # larger first messages are relayed but not parsed for feedback
 _INLINE_INFLATE_BYTES = 64 * 1024  # larger compressed requests are inflated off the event loop
+# a compressed request inflates to at most this (or --max-message-bytes if lower): a few KiB of gzip must not
+# make the gateway hold RTP-LLM's 1 GiB message limit
+MAX_INFLATED_BYTES = 64 * 1024 * 1024
 _FRAMES_PER_TURN = 1000  # a client's burst is handled in slices of this many frames
 _MAX_LINGERING = 128  # closed connections kept reading for a moment so that their GOAWAY arrives
 _UPSTREAM_LIMITS = ConnLimits(stream_window=_UPSTREAM_STREAM_WINDOW, conn_window=_UPSTREAM_CONN_WINDOW,
@@ -64,7 +69,7 @@ def _status_headers(code: grpc.StatusCode, message: str, extra: tuple[tuple[str,
 _INFLATE_CHUNK = 1024 * 1024
 
 
-def _inflate(message: bytes, encoding: str, limit_bytes: int) -> bytes:
+def _inflate(message: bytes | memoryview, encoding: str, limit_bytes: int) -> bytes:
     """Decompress a request message, holding no more than `limit_bytes` (plus a chunk) at any time.
 
     Two passes: the first only counts (a bomb is refused having held one chunk at a time), the
@@ -78,8 +83,8 @@ def _inflate(message: bytes, encoding: str, limit_bytes: int) -> bytes:
         while data:
             size += len(inflater.decompress(data, _INFLATE_CHUNK))
             if size > limit_bytes:
-                raise Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"decompressed request message larger than max ({limit_bytes} bytes)", "too_large")
+                raise bad_request(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"decompressed request message larger than max ({limit_bytes} bytes)", "too_large")
             data = inflater.unconsumed_tail
         if not inflater.eof:
             raise zlib.error("incomplete stream")
@@ -91,11 +96,11 @@ def _inflate(message: bytes, encoding: str, limit_bytes: int) -> bytes:
             pos += len(chunk)
             data = inflater.unconsumed_tail
     except zlib.error as exc:
-        raise Rejection(grpc.StatusCode.INTERNAL, f"cannot decompress request: {exc}", "bad_request") from None
+        raise bad_request(grpc.StatusCode.INTERNAL, f"cannot decompress request: {exc}") from None
     return bytes(out)  # the one copy an accepted message costs; a refused one never gets here
 
 
-_NO_REQUEST = Rejection(grpc.StatusCode.INTERNAL, "Half-closed without a request", "bad_request")
+_NO_REQUEST = bad_request(grpc.StatusCode.INTERNAL, "Half-closed without a request")
 
 
 class Call:
@@ -176,22 +181,26 @@ class Call:
         ]
         if timeout_s is not None:
             headers.append(("grpc-timeout", f.format_grpc_timeout(timeout_s)))
-        framed = f.grpc_message_frame(planned.body)
+        body = planned.body
         edge = self.down_conn.edge
 
         def start(conn: UpstreamConnection) -> None:
             if not self.closed and self.attempt == attempt:
                 try:
-                    conn.open_stream_for(self, headers, framed, True)
+                    # prefix and message apart: a large message is sent from its one copy
+                    conn.open_stream_for(self, headers, f.grpc_prefix(len(body)), False)
+                    if self.up is not None:
+                        conn.send_data(self.up, body, True)
                 except Exception as exc:
                     edge.call_failed(self, exc)
 
-        def fail(reason: str) -> None:
+        def fail(reason: str, detail: str) -> None:
             if self.closed or self.attempt != attempt or self.life is None:
                 return
             try:
-                if not self.life.attempt_failed(grpc.StatusCode.UNAVAILABLE.name):
-                    self.life.give_up(grpc.StatusCode.UNAVAILABLE, reason)
+                if not self.life.attempt_failed(grpc.StatusCode.UNAVAILABLE.name, wire.CONNECT_FAILED):
+                    self.life.give_up(grpc.StatusCode.UNAVAILABLE, reason, error_code=wire.CONNECT_FAILED,
+                                      detail=detail)
             except Exception as exc:
                 edge.call_failed(self, exc)
 
@@ -271,17 +280,19 @@ class Call:
             self.up_conn.reset(self.up, f.CANCEL)
         self.close()
 
-    def worker_gone(self, message: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+    def worker_gone(self, message: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+                    error_code: int = wire.CONNECTION_RESET_BY_PEER) -> None:
         """The worker's stream failed without a status: fail over if nothing was relayed, else end the call."""
         if self.closed:
             return
         life = self.life
         if life is None:
-            self.answer(code, message, ())
+            self.answer(code, message, wire.error_trailer(error_code, message))
             return
-        if not self.response_started and life.attempt_failed(code.name):
+        if not self.response_started and life.attempt_failed(code.name, error_code):
             return
-        life.give_up(code, message, self.messages)  # answers (trailers after what was relayed) and closes
+        # answers (trailers after what was relayed) and closes
+        life.give_up(code, message, self.messages, error_code=error_code)
 
     def close(self) -> None:
         """Let go of the call's engine state: held request bytes, the edge's record (once)."""
@@ -292,6 +303,7 @@ class Call:
         edge = self.down_conn.edge
         edge.release_buffered(self, self.buffered)
         edge.calls.discard(self)
+        edge.awaiting_extension.pop(self, None)
 
 
 class DownstreamConnection(H2Connection):
@@ -318,8 +330,9 @@ class DownstreamConnection(H2Connection):
         edge = self.edge
         if over_limit is not None:
             edge.metrics.client_protocol_errors.labels("stream", "RESOURCE_EXHAUSTED", "header_limit").inc()
-            edge.answer(self, stream, _status_headers(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                                      f"request headers: {over_limit}"))
+            message = f"request headers: {over_limit}"
+            edge.answer(self, stream, _status_headers(grpc.StatusCode.RESOURCE_EXHAUSTED, message,
+                                                      wire.error_trailer(wire.INVALID_PARAMS, message)))
             return
         path = ""
         method_ok = False
@@ -341,7 +354,7 @@ class DownstreamConnection(H2Connection):
                                  forwarded_metadata(headers), deadline_s, self.client_id)
         if timeout_header is not None and timeout_s is None:
             # what grpc C-core answers (and a client sees the same from a worker behind the gateway)
-            call.reject(Rejection(grpc.StatusCode.INTERNAL, "Error parsing 'grpc-timeout' metadata", "bad_request"))
+            call.reject(bad_request(grpc.StatusCode.INTERNAL, "Error parsing 'grpc-timeout' metadata"))
             return
         if call.life is None:
             if end_stream and path in wire.ONE_REQUEST_PATHS:
@@ -388,15 +401,20 @@ class DownstreamConnection(H2Connection):
         if call.declared_bytes is None and len(call.body) >= 5:
             call.declared_bytes = 5 + int.from_bytes(call.body[1:5], "big")
             if call.declared_bytes - 5 > edge.max_message_bytes:
-                call.reject(Rejection(
+                call.reject(bad_request(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"request message larger than max ({call.declared_bytes - 5} vs. {edge.max_message_bytes})",
                     "too_large"))
                 return
+            if call.declared_bytes > edge.largest_request_bytes():
+                call.reject(bad_request(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"request message larger than this gateway can buffer ({call.declared_bytes - 5} vs. "
+                    f"{edge.largest_request_bytes() - 5} bytes, --request-buffer-bytes)", "too_large"))
+                return
             edge.maybe_extend(call)
         if call.declared_bytes is not None and len(call.body) > call.declared_bytes:
-            call.reject(Rejection(grpc.StatusCode.INVALID_ARGUMENT, "expected exactly one request message",
-                                  "bad_request"))
+            call.reject(bad_request(grpc.StatusCode.INVALID_ARGUMENT, "expected exactly one request message"))
             return
         # the stream window follows the message as it arrives; the connection window bounds what is held
         self.credit_stream(stream, len(data))
@@ -410,15 +428,15 @@ class DownstreamConnection(H2Connection):
             if len(call.request_head) == 5:
                 call.declared_bytes = 5 + int.from_bytes(call.request_head[1:5], "big")
                 if call.declared_bytes - 5 > self.edge.max_message_bytes:
-                    return Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request message larger than max "
-                                     f"({call.declared_bytes - 5} vs. {self.edge.max_message_bytes})", "too_large")
+                    return bad_request(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request message larger than max "
+                                       f"({call.declared_bytes - 5} vs. {self.edge.max_message_bytes})", "too_large")
         if not end_stream:
             return None
         received = call.down.received
         if received == 0:
             return _NO_REQUEST
         if call.declared_bytes is None or received < call.declared_bytes:
-            return Rejection(grpc.StatusCode.INTERNAL, "Encountered end-of-stream mid-frame", "bad_request")
+            return bad_request(grpc.StatusCode.INTERNAL, "Encountered end-of-stream mid-frame")
         return None
 
     def after_frames(self) -> None:
@@ -576,7 +594,7 @@ class UpstreamConnection(H2Connection):
         if end_stream:
             # a gRPC response ends with trailers; a worker that ends without them failed the call
             self.remote_end(stream)
-            call.worker_gone("worker ended the stream without trailers", grpc.StatusCode.INTERNAL)
+            call.worker_gone("worker ended the stream without trailers", grpc.StatusCode.INTERNAL, wire.UNKNOWN_ERROR)
 
     def _relay_reset(self, call: Call, error_code: int) -> None:
         if call.response_started:
@@ -632,12 +650,16 @@ class Edge:
     """Listens on the gateway's gRPC port and relays at the HTTP/2 frame level."""
 
     def __init__(self, dispatcher: Dispatcher, policy: CallPolicy, metrics: Metrics, limits: EdgeLimits,
-                 max_message_bytes: int, control_port: Callable[[], int]) -> None:
+                 max_message_bytes: int, control_port: Callable[[], int], tls: ssl.SSLContext | None = None,
+                 dialer: Dialer = PLAINTEXT) -> None:
+        """`tls`: the client-facing port speaks TLS (ALPN h2); `dialer`: how workers are reached (the loopback
+        hop to the gateway's own grpc.aio server is always plaintext)."""
         self.dispatcher = dispatcher
         self.policy = policy
         self.metrics = metrics
         self.limits = limits
         self.max_message_bytes = max_message_bytes
+        self.max_inflated_bytes = min(max_message_bytes, MAX_INFLATED_BYTES)
         self.client_limits = ConnLimits(
             stream_window=_CLIENT_STREAM_WINDOW,
             conn_window=limits.request_buffer_bytes_per_connection,
@@ -654,6 +676,8 @@ class Edge:
             frames_per_turn=_FRAMES_PER_TURN,
         )
         self._control_port = control_port
+        self.tls = tls
+        self.dialer = dialer
         self.loop: asyncio.AbstractEventLoop  # set by start(), on the serving loop
         self.writes: WriteBatch  # one batch for all connections: output of one read goes out together
         self.server: asyncio.AbstractServer | None = None
@@ -661,9 +685,13 @@ class Edge:
         self.downstream: dict[DownstreamConnection, None] = {}
         self.calls: set[Call] = set()
         self.buffered = 0  # request bytes held for all clients
-        # connection windows beyond the protocol's initial 65,535 bytes are reserved from this pool, so the
-        # request bytes all clients may have in flight are bounded whatever the number of connections
-        self.window_pool = limits.request_buffer_bytes
+        # connection windows beyond the protocol's initial 65,535 bytes are reserved from the request buffer, so the
+        # request bytes all clients may have in flight are bounded whatever the number of connections; windows get
+        # half of it: the other half is the budget of messages larger than their connection's window (a window
+        # granted cannot be taken back, so idle connections' windows would otherwise leave nothing for them)
+        self.extension_pool = limits.request_buffer_bytes // 2
+        self.window_pool = limits.request_buffer_bytes - self.extension_pool
+        self.awaiting_extension: dict[Call, None] = {}  # large messages waiting for the budget, in arrival order
         self._short: dict[DownstreamConnection, None] = {}  # connections granted less than their full window
         self._upstreams: dict[str, list[UpstreamConnection]] = {}
         self._connecting: dict[str, asyncio.Task[UpstreamConnection]] = {}
@@ -686,11 +714,16 @@ class Edge:
         limits = self.limits
         self.max_connections = limits.max_connections or max(16, _open_file_limit() - limits.fd_headroom)
         for addr in warm:
-            self.with_upstream(addr.key, addr.ip, addr.grpc_port, lambda conn: None, lambda reason: None)
-        self.with_upstream("control", "127.0.0.1", self._control_port(), lambda conn: None, lambda reason: None)
+            self.warm_upstream(addr)
+        self.with_upstream("control", "127.0.0.1", self._control_port(), lambda conn: None,
+                           lambda reason, detail: None)
         self.metrics.watch_edge(lambda: len(self.downstream), lambda: self.buffered)
+        # TLS: the handshake is bounded by the handshake timeout too; the preface must then come within what is
+        # left of it (a connection's clock starts at accept)
+        tls_timeout_s = limits.handshake_timeout_s if self.tls is not None else None
         self.server = await self.loop.create_server(lambda: DownstreamConnection(self), host, port,
-                                                    reuse_port=False)
+                                                    reuse_port=False, ssl=self.tls, ssl_handshake_timeout=tls_timeout_s,
+                                                    ssl_shutdown_timeout=tls_timeout_s)
         self.port = self.server.sockets[0].getsockname()[1]
         self._arm_sweep()
         return self.port
@@ -740,6 +773,8 @@ class Edge:
             self._short[conn] = None
         else:
             self._short.pop(conn, None)
+        if grant > 0 and self.awaiting_extension:
+            self._serve_extensions()  # a larger window leaves less to extend
 
     def _return_window(self, n: int) -> None:
         self.window_pool += n
@@ -755,8 +790,9 @@ class Edge:
             return
         self._short.pop(conn, None)
         conn.extended = None
-        self._return_window(conn.conn_recv_target - f.DEFAULT_WINDOW + conn.extension)
-        conn.extension = 0
+        extension, conn.extension = conn.extension, 0
+        self._return_window(conn.conn_recv_target - f.DEFAULT_WINDOW)
+        self._return_extension(extension)
 
     def _arm_sweep(self) -> None:
         limits = self.limits
@@ -850,18 +886,45 @@ class Edge:
         if conn.extended is call and (call.buffered == 0 or call.ended):
             conn.extended = None
             extension, conn.extension = conn.extension, 0
-            self._return_window(extension)
+            self._return_extension(extension)
+
+    def largest_request_bytes(self) -> int:
+        """The largest framed request message sure to complete on any connection, even one holding no more than
+        RFC 9113's initial window: that window plus the whole extension budget."""
+        return f.DEFAULT_WINDOW + self.limits.request_buffer_bytes // 2
 
     def maybe_extend(self, call: Call) -> None:
-        """A message larger than the connection window can complete when it is the connection's only large one."""
+        """A message larger than the connection window can complete when it is the connection's only large one:
+        the excess comes from the extension budget, now or, when it is spent, once another large message
+        completes (it waits in arrival order; bounded by the stream idle timeout)."""
+        if not self._extend(call):
+            self.awaiting_extension[call] = None
+
+    def _extend(self, call: Call) -> bool:
+        """Grant `call` its excess over the connection window; False when it must wait."""
         conn = call.down_conn
         assert call.declared_bytes is not None
         excess = call.declared_bytes - conn.conn_recv_target
-        if excess <= 0 or conn.extended is not None or excess > self.window_pool:
-            return  # it waits for window like any other request (bounded by the stream idle timeout)
-        self.window_pool -= excess
+        if excess <= 0:
+            return True  # it fits the connection window: it waits for window like any other request
+        if conn.extended is not None or excess > self.extension_pool:
+            return False
+        self.extension_pool -= excess
         conn.extended, conn.extension = call, excess
         conn.grow_conn_window(excess)
+        return True
+
+    def _return_extension(self, n: int) -> None:
+        """A large message's extension is back: the next large messages waiting for one may go on."""
+        self.extension_pool += n
+        self._serve_extensions()
+
+    def _serve_extensions(self) -> None:
+        for call in list(self.awaiting_extension):
+            if call.ended or call.requested or call.down_conn.closed or self._extend(call):
+                del self.awaiting_extension[call]
+            elif self.extension_pool <= 0:
+                break
 
     # ---------------------------------------------------------------- upstream pool
 
@@ -871,6 +934,18 @@ class Edge:
         if conns and conn in conns:
             conns.remove(conn)
 
+    def warm_upstream(self, addr: WorkerAddr) -> None:
+        """Open a connection to a worker now (one added to the cluster), not on its first call."""
+        self.with_upstream(addr.key, addr.ip, addr.grpc_port, lambda conn: None, lambda reason, detail: None)
+
+    def drop_upstream(self, key: str) -> None:
+        """The worker left the cluster and its calls are done: close its connections (no call goes there now)."""
+        task = self._connecting.pop(key, None)
+        if task is not None:
+            task.cancel()
+        for c in self._upstreams.pop(key, []):
+            c.close()
+
     def _ready_upstream(self, key: str) -> UpstreamConnection | None:
         for c in self._upstreams.get(key, ()):
             if c.accepting and not c.closed and len(c.streams) < c.peer_max_streams:
@@ -879,14 +954,21 @@ class Edge:
 
     async def _connect(self, key: str, host: str, port: int) -> UpstreamConnection:
         try:
-            _, conn = await self.loop.create_connection(lambda: UpstreamConnection(self, key), host, port)
+            # workers over TLS when configured; the control hop stays plaintext on loopback
+            tls = self.dialer.ssl if key != "control" else None
+            _, conn = await self.loop.create_connection(
+                lambda: UpstreamConnection(self, key), host, port, ssl=tls,
+                server_hostname=self.dialer.server_hostname(host) if tls is not None else None,
+                ssl_handshake_timeout=self.limits.handshake_timeout_s if tls is not None else None)
             self._upstreams.setdefault(key, []).append(conn)
             return conn
         finally:
             self._connecting.pop(key, None)
 
     def with_upstream(self, key: str, host: str, port: int, start: Callable[[UpstreamConnection], None],
-                       fail: Callable[[str], None]) -> None:
+                      fail: Callable[[str, str], None]) -> None:
+        """Run `start` with a ready connection to `key`, connecting first if needed; `fail(message, detail)` when
+        connecting fails (`message` for the client, without the address; `detail` for the log)."""
         conn = self._ready_upstream(key)
         if conn is not None:
             start(conn)
@@ -899,9 +981,9 @@ class Edge:
         def done(t: asyncio.Task[UpstreamConnection]) -> None:
             # addresses stay out of what clients see (RTP-LLM's frontend shows messages to end users)
             if t.cancelled():
-                fail("connecting to the worker was cancelled")
-            elif t.exception() is not None:
-                fail(f"cannot connect to the worker: {type(t.exception()).__name__}")
+                fail("connecting to the worker was cancelled", f"connecting to {host}:{port} was cancelled")
+            elif (exc := t.exception()) is not None:
+                fail(f"cannot connect to the worker: {type(exc).__name__}", f"{host}:{port}: {exc!r}")
             else:
                 start(t.result())
 
@@ -919,8 +1001,7 @@ class Edge:
         """A routed call's whole request is in: hand its message to the call's lifecycle (inflated first)."""
         life = call.life
         assert life is not None
-        body = bytes(call.body)
-        call.body = bytearray()
+        body, call.body = call.body, bytearray()  # nothing writes to `body` any more
         call.requested = True
         # the request is the dispatcher's now (bounded by admission), no longer the connection's buffer
         self.release_buffered(call, call.buffered)
@@ -930,39 +1011,39 @@ class Edge:
             life.reject(rejection)
             return
         if message is None:
-            task = self.loop.create_task(self._inflate_then_request(call, body))
+            task = self.loop.create_task(self._inflate_then_request(call, bytes(memoryview(body)[5:])))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
+        del body  # a large request is held once: as the message
         life.request(message)
 
-    async def _inflate_then_request(self, call: Call, body: bytes) -> None:
+    async def _inflate_then_request(self, call: Call, compressed: bytes) -> None:
         encoding = next((v for k, v in call.request_headers if k == "grpc-encoding"), "identity")
         assert call.life is not None
         try:
-            message = await self.loop.run_in_executor(None, _inflate, body[5:], encoding, self.max_message_bytes)
+            message = await self.loop.run_in_executor(None, _inflate, compressed, encoding, self.max_inflated_bytes)
         except Rejection as rejection:
             call.life.reject(rejection)
             return
         if not call.ended:
             call.life.request(message)
 
-    def _unframe(self, call: Call, body: bytes) -> bytes | None:
-        """The request message; None when it must be inflated off the event loop first."""
+    def _unframe(self, call: Call, body: bytearray) -> bytes | None:
+        """The request message (its one copy); None when it must be inflated off the event loop first."""
         if len(body) < 5:
-            raise Rejection(grpc.StatusCode.INVALID_ARGUMENT, "expected one request message, got none", "bad_request")
+            raise bad_request(grpc.StatusCode.INVALID_ARGUMENT, "expected one request message, got none")
         length = int.from_bytes(body[1:5], "big")
         if len(body) != 5 + length:
-            raise Rejection(grpc.StatusCode.INVALID_ARGUMENT, "expected exactly one request message", "bad_request")
+            raise bad_request(grpc.StatusCode.INVALID_ARGUMENT, "expected exactly one request message")
         if body[0] == 0:
-            return body[5:]
+            return bytes(memoryview(body)[5:])
         encoding = next((v for k, v in call.request_headers if k == "grpc-encoding"), "identity")
         if encoding not in ("gzip", "deflate"):
-            raise Rejection(grpc.StatusCode.UNIMPLEMENTED, f"compression {encoding!r} is not supported",
-                            "bad_request")
+            raise bad_request(grpc.StatusCode.UNIMPLEMENTED, f"compression {encoding!r} is not supported")
         if length > _INLINE_INFLATE_BYTES:
             return None
-        return _inflate(body[5:], encoding, self.max_message_bytes)
+        return _inflate(memoryview(body)[5:], encoding, self.max_inflated_bytes)
 
     def open_passthrough(self, call: Call, end_stream: bool) -> None:
         """Relay a call we do not route to the gateway's own grpc.aio server."""
@@ -978,20 +1059,23 @@ class Edge:
             except Exception as exc:
                 self.call_failed(call, exc)
 
-        def fail(reason: str) -> None:
+        def fail(reason: str, detail: str) -> None:
             if not call.ended:
-                call.answer(grpc.StatusCode.UNAVAILABLE, reason, ())
+                self._log.log(logging.ERROR, "control", "the gateway's own grpc server is unreachable: %s", detail)
+                message = "gateway control server unavailable"
+                call.answer(grpc.StatusCode.UNAVAILABLE, message, wire.error_trailer(wire.UNKNOWN_ERROR, message))
 
         self.with_upstream("control", "127.0.0.1", self._control_port(), start, fail)
 
     def on_stream_idle(self, call: Call) -> None:
         """Nothing moved on the call for the stream idle timeout: cancel upstream, tell the client."""
         self.metrics.client_connection_closes.labels("stream_idle_timeout").inc()
+        message = "stream idle timeout"
         if call.life is not None:
-            call.life.give_up(grpc.StatusCode.UNAVAILABLE, "stream idle timeout", call.messages)
+            call.life.give_up(grpc.StatusCode.UNAVAILABLE, message, call.messages, error_code=wire.KEEP_ALIVE_TIMEOUT)
             return
         call.stop_attempt()
-        call.answer(grpc.StatusCode.UNAVAILABLE, "stream idle timeout", ())
+        call.answer(grpc.StatusCode.UNAVAILABLE, message, wire.error_trailer(wire.KEEP_ALIVE_TIMEOUT, message))
 
     def in_flight_streams(self) -> int:
         """Calls currently relayed (routed or passed through)."""

@@ -91,7 +91,12 @@ def parse_settings(payload: bytes) -> dict[int, int]:
 
 def grpc_message_frame(message: bytes) -> bytes:
     """gRPC length-prefixed message (uncompressed)."""
-    return b"\x00" + len(message).to_bytes(4, "big") + message
+    return grpc_prefix(len(message)) + message
+
+
+def grpc_prefix(length: int) -> bytes:
+    """The 5-byte prefix of an uncompressed gRPC message of `length` bytes."""
+    return b"\x00" + length.to_bytes(4, "big")
 
 
 _TIMEOUT_UNITS_S = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}

@@ -1,0 +1,367 @@
+"""BATCH against DIRECT Schedule, and QUEUE-mode priority under overload, on real processes.
+
+    python bench/batch_mode.py [--pairs 3] [--workers 2] [--window-ms 10] [--out docs/benchmarks.md]
+
+Each run starts a fresh fleet: `flexlb mock-worker` PDFUSION processes on the batching engine model and a
+`flexlb serve` gateway whose FLEXLB_CONFIG sets defaultScheduleMode (batchFusedWorkers so BATCH reaches the
+fused mock workers). The load generator (this process, asyncio) follows the RTP-LLM frontend: Schedule on the
+gateway; then, with enqueued_by_master, FetchResponse on the worker it names, else GenerateStreamCall there.
+TTFT = Schedule sent to the first streamed message.
+
+- A/B: DIRECT and BATCH interleaved in pairs (fresh fleets each), at concurrency 1 (the TTFT BATCH adds when
+  nothing else is waiting: at most the window) and at saturation (closed loop, `--concurrency`); medians over
+  the pairs of calls/s and TTFT.
+- priority: QUEUE mode, open loop at `--overload` x the larger (DIRECT, BATCH) saturation throughput measured
+  above, half the requests priority 90 and half 10: TTFT p99 of each class (target: high <= 0.5x low).
+
+Writes only to --out (a section of that markdown file); without it the section goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from docs_section import update_section
+
+from flexlb.launch import Proc, spawn, stop_all
+from flexlb.pb import flexlb_schedule_service_pb2 as fpb
+from flexlb.pb import model_rpc_service_pb2 as pb
+
+SECTION = "batch-mode"
+CALL_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Call:
+    """One request as the frontend saw it."""
+
+    priority: int = 50
+    sent_s: float = 0.0
+    first_s: float | None = None
+    end_s: float = 0.0
+    enqueued: bool = False
+    error: str | None = None
+
+
+class Frontend:
+    """Channels to the gateway and to workers; one request at a time per call of `request`."""
+
+    def __init__(self, gateway_port: int, max_new_tokens: int, prompt_tokens: tuple[int, int], seed: int) -> None:
+        self.gateway = grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}")
+        self.schedule = self.gateway.unary_unary(
+            "/FlexlbService/Schedule", request_serializer=fpb.FlexlbScheduleRequestPB.SerializeToString,
+            response_deserializer=fpb.FlexlbScheduleResponsePB.FromString)
+        self._workers: dict[str, grpc.aio.Channel] = {}
+        self.max_new_tokens = max_new_tokens
+        self.prompt_tokens = prompt_tokens
+        self.rng = random.Random(seed)
+        self._ids = iter(range(1, 1 << 40))
+
+    def _worker(self, target: str) -> grpc.aio.Channel:
+        ch = self._workers.get(target)
+        if ch is None:
+            ch = self._workers[target] = grpc.aio.insecure_channel(target)
+        return ch
+
+    def _input(self) -> pb.GenerateInputPB:
+        rid = next(self._ids)
+        n = self.rng.randint(*self.prompt_tokens)
+        start = self.rng.randrange(30000)
+        return pb.GenerateInputPB(request_id=rid, token_ids=[(start + i * 7919) % 30000 + 1 for i in range(n)],
+                                  generate_config=pb.GenerateConfigPB(max_new_tokens=self.max_new_tokens,
+                                                                      is_streaming=True, can_use_pd_separation=True))
+
+    async def request(self, call: Call) -> None:
+        """Schedule, then FetchResponse (enqueued by the master) or GenerateStreamCall on the chosen worker."""
+        inp = self._input()
+        call.sent_s = time.perf_counter()
+        try:
+            reply = await self.schedule(fpb.FlexlbScheduleRequestPB(
+                request_id=inp.request_id, generate_input=inp.SerializeToString(), seq_len=len(inp.token_ids),
+                generate_timeout=int(CALL_TIMEOUT_S * 1000), max_new_tokens=self.max_new_tokens,
+                priority=call.priority, model="engine_service"), timeout=CALL_TIMEOUT_S)
+            if not reply.success:
+                call.error = f"code_{reply.code}"
+                return
+            by_role = {s.role: f"{s.server_ip}:{s.grpc_port}" for s in reply.server_status}
+            target = by_role.get("PREFILL") or by_role["PDFUSION"]
+            ch = self._worker(target)
+            call.enqueued = reply.enqueued_by_master
+            if reply.enqueued_by_master:
+                stream = ch.unary_stream("/RpcService/FetchResponse",
+                                         request_serializer=pb.FetchRequestPB.SerializeToString)(
+                    pb.FetchRequestPB(request_id=inp.request_id), timeout=CALL_TIMEOUT_S)
+            else:
+                for s in reply.server_status:
+                    inp.generate_config.role_addrs.append(pb.RoleAddrPB(
+                        role=pb.RoleAddrPB.RoleType.Value(s.role), ip=s.server_ip, http_port=s.http_port,
+                        grpc_port=s.grpc_port, role_str=s.role))
+                stream = ch.unary_stream("/RpcService/GenerateStreamCall",
+                                         request_serializer=pb.GenerateInputPB.SerializeToString)(
+                    inp, timeout=CALL_TIMEOUT_S)
+            async for _ in stream:
+                if call.first_s is None:
+                    call.first_s = time.perf_counter()
+        except grpc.aio.AioRpcError as exc:
+            call.error = exc.code().name
+        finally:
+            call.end_s = time.perf_counter()
+
+    async def close(self) -> None:
+        """Close every channel."""
+        await self.gateway.close()
+        for ch in self._workers.values():
+            await ch.close()
+
+
+async def fleet(a: argparse.Namespace, config: dict[str, Any]) -> list[Proc]:
+    """Fresh mock workers, then the gateway (its FLEXLB_CONFIG = `config`); the gateway is the last one."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MODEL_SERVICE_CONFIG", "WHALE_MASTER_CONFIG", "FLEXLB_CONFIG")}
+    flags = ["--engine", "batching", "--time-scale", f"{a.time_scale:g}", *a.worker_flags.split()]
+    workers = await asyncio.gather(*(spawn("mock-worker", "--role", "PDFUSION", "--host", "127.0.0.1", "--port", "0",
+                                           *flags, name=f"worker-{i}", env=env) for i in range(a.workers)))
+    args = ["serve", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--http-port", "0",
+            "--log-level", "WARNING"]
+    for w in workers:
+        args += ["--worker", f"127.0.0.1:{w.port}"]
+    try:
+        gateway = await spawn(*args, name="gateway", env={**env, "FLEXLB_CONFIG": json.dumps(config)})
+    except Exception:
+        await stop_all(list(workers))
+        raise
+    return [*workers, gateway]
+
+
+def gateway_config(mode: str, a: argparse.Namespace) -> dict[str, Any]:
+    """FLEXLB_CONFIG of a run."""
+    return {"defaultScheduleMode": mode, "loadBalanceStrategy": a.strategy, "batchFusedWorkers": True,
+            "flexlbBatchAlgorithm": "fixed_window", "flexlbBatchFixedWaitMs": a.window_ms,
+            "flexlbBatchSizeMax": a.size_max, "maxQueueSize": 100_000}
+
+
+def _pct(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100.0 * (len(s) - 1))))]
+
+
+def summarize(calls: Sequence[Call], wall_s: float) -> dict[str, Any]:
+    """Calls/s, TTFT mean/p50/p99 in ms, errors."""
+    ok = [c for c in calls if c.error is None and c.first_s is not None]
+    ttft = [((c.first_s or 0.0) - c.sent_s) * 1000.0 for c in ok]
+    errors: dict[str, int] = {}
+    for c in calls:
+        if c.error is not None or c.first_s is None:
+            errors[c.error or "NO_MESSAGE"] = errors.get(c.error or "NO_MESSAGE", 0) + 1
+    return {"calls": len(calls), "ok": len(ok), "errors": errors, "calls_per_s": len(ok) / max(wall_s, 1e-9),
+            "ttft_mean_ms": statistics.fmean(ttft) if ttft else None, "ttft_p50_ms": _pct(ttft, 50),
+            "ttft_p99_ms": _pct(ttft, 99), "enqueued": sum(c.enqueued for c in ok)}
+
+
+async def closed_loop(fe: Frontend, concurrency: int, duration_s: float, max_calls: int) -> tuple[list[Call], float]:
+    """`concurrency` callers issue requests back to back until `duration_s` (or `max_calls`) is reached."""
+    calls: list[Call] = []
+    stop_at = time.perf_counter() + duration_s
+
+    async def caller() -> None:
+        while time.perf_counter() < stop_at and len(calls) < max_calls:
+            c = Call()
+            calls.append(c)
+            await fe.request(c)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return calls, time.perf_counter() - t0
+
+
+async def open_loop(fe: Frontend, rate_per_s: float, duration_s: float, seed: int) -> tuple[list[Call], float]:
+    """Poisson arrivals at `rate_per_s` for `duration_s`, priorities 90 and 10 at random; waits for all."""
+    rng = random.Random(seed)
+    calls: list[Call] = []
+    tasks: list[asyncio.Task[None]] = []
+    t0 = time.perf_counter()
+    at = 0.0
+    while at < duration_s:
+        delay = t0 + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        c = Call(priority=90 if rng.random() < 0.5 else 10)
+        calls.append(c)
+        tasks.append(asyncio.create_task(fe.request(c)))
+        at += rng.expovariate(rate_per_s)
+    await asyncio.gather(*tasks)
+    return calls, time.perf_counter() - t0
+
+
+async def one_run(a: argparse.Namespace, mode: str, work: str, seed: int, rate: float = 0.0) -> dict[str, Any]:
+    """A fresh fleet in `mode`, one workload, its figures."""
+    procs = await fleet(a, gateway_config(mode, a))
+    fe = Frontend(procs[-1].port, a.max_new_tokens, (a.prompt_min, a.prompt_max), seed)
+    try:
+        warm = [Call() for _ in range(a.workers * 2)]  # channels and the first-call costs out of the way
+        await asyncio.gather(*(fe.request(c) for c in warm))
+        if work == "light":
+            calls, wall = await closed_loop(fe, 1, 3600.0, a.light_calls)
+        elif work == "saturated":
+            calls, wall = await closed_loop(fe, a.concurrency, a.duration_s, 1 << 30)
+        else:
+            calls, wall = await open_loop(fe, rate, a.priority_duration_s, seed)
+    finally:
+        await fe.close()
+        await stop_all(procs)
+    out = summarize(calls, wall)
+    out.update(mode=mode, work=work, wall_s=wall)
+    if work == "priority":
+        for prio, name in ((90, "high"), (10, "low")):
+            out[name] = summarize([c for c in calls if c.priority == prio], wall)
+    return out
+
+
+def _med(runs: Sequence[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _f(v: float | None, spec: str = ".1f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def report(a: argparse.Namespace, ab: list[dict[str, Any]], prio: list[dict[str, Any]]) -> str:
+    """The markdown section."""
+    lines = [f"<!-- {SECTION}:begin -->",
+             f"`python bench/batch_mode.py --pairs {a.pairs} --workers {a.workers} --window-ms {a.window_ms} "
+             f"--size-max {a.size_max} --concurrency {a.concurrency}` — measured on a shared 2-core machine (other "
+             "jobs were running), so absolute figures are noisy; runs are interleaved to share the noise.",
+             "",
+             f"{a.workers} PDFUSION mock workers (batching engine, worker flags `{a.worker_flags}`, time scale "
+             f"{a.time_scale:g}), prompts {a.prompt_min}-{a.prompt_max} tokens, {a.max_new_tokens} streamed output "
+             f"tokens; the gateway's strategy {a.strategy}; BATCH = fixed_window, {a.window_ms} ms window, "
+             f"size_max {a.size_max}. Client pattern of the RTP-LLM frontend (Schedule, then FetchResponse or "
+             "GenerateStreamCall on the named worker). Medians over the pairs.",
+             "",
+             "| workload | mode | calls/s | TTFT mean ms | TTFT p50 ms | TTFT p99 ms | errors |",
+             "|---|---|---|---|---|---|---|"]
+    verdict: list[str] = []
+    for work in ("light", "saturated"):
+        med: dict[str, dict[str, float | None]] = {}
+        for mode in ("DIRECT", "BATCH"):
+            runs = [r for r in ab if r["work"] == work and r["mode"] == mode]
+            med[mode] = {k: _med(runs, k) for k in ("calls_per_s", "ttft_mean_ms", "ttft_p50_ms", "ttft_p99_ms")}
+            errs = sum(sum(r["errors"].values()) for r in runs)
+            label = "c=1" if work == "light" else f"c={a.concurrency} (saturation)"
+            lines.append(f"| {label} | {mode} | {_f(med[mode]['calls_per_s'])} | {_f(med[mode]['ttft_mean_ms'])} | "
+                         f"{_f(med[mode]['ttft_p50_ms'])} | {_f(med[mode]['ttft_p99_ms'])} | {errs} |")
+        d, b = med["DIRECT"], med["BATCH"]
+        if work == "light" and d["ttft_p50_ms"] is not None and b["ttft_p50_ms"] is not None:
+            added = b["ttft_p50_ms"] - d["ttft_p50_ms"]
+            verdict.append(f"- TTFT BATCH adds at c=1 (p50): {added:+.1f} ms, window {a.window_ms} ms: "
+                           f"{'within' if added <= a.window_ms else 'MORE than'} the window.")
+        if work == "saturated" and d["calls_per_s"] and b["calls_per_s"]:
+            gain = b["calls_per_s"] / d["calls_per_s"]
+            added_sat = (b["ttft_p50_ms"] or 0.0) - (d["ttft_p50_ms"] or 0.0)
+            verdict.append(f"- throughput at saturation: BATCH {gain:.3f}x DIRECT "
+                           f"({'raised' if gain > 1.0 else 'NOT raised'}); TTFT p50 there {added_sat:+.1f} ms.")
+    lines += ["", *verdict, ""]
+    if prio:
+        hi = [r["high"]["ttft_p99_ms"] for r in prio if r["high"]["ttft_p99_ms"] is not None]
+        lo = [r["low"]["ttft_p99_ms"] for r in prio if r["low"]["ttft_p99_ms"] is not None]
+        ratios = [h / lo_ for h, lo_ in zip(hi, lo, strict=False) if lo_]
+        lines += [f"Priority (QUEUE mode, open loop at {a.overload:g}x the larger saturation throughput above, "
+                  f"{a.priority_duration_s:g} s, half priority 90 / half 10), per run:", "",
+                  "| run | offered/s | calls/s | high TTFT p50 / p99 ms | low TTFT p50 / p99 ms | high p99 / low p99 "
+                  "| errors |", "|---|---|---|---|---|---|---|"]
+        for i, r in enumerate(prio, 1):
+            h, lo_r = r["high"], r["low"]
+            ratio = h["ttft_p99_ms"] / lo_r["ttft_p99_ms"] if h["ttft_p99_ms"] and lo_r["ttft_p99_ms"] else None
+            lines.append(f"| {i} | {_f(r['offered_per_s'])} | {_f(r['calls_per_s'])} | {_f(h['ttft_p50_ms'])} / "
+                         f"{_f(h['ttft_p99_ms'])} | {_f(lo_r['ttft_p50_ms'])} / {_f(lo_r['ttft_p99_ms'])} | "
+                         f"{_f(ratio, '.3f')} | {sum(r['errors'].values())} |")
+        if ratios:
+            med_ratio = statistics.median(ratios)
+            lines += ["", f"- high-priority TTFT p99 / low-priority p99, median over runs: {med_ratio:.3f} "
+                      f"(target <= 0.5: {'met' if med_ratio <= 0.5 else 'NOT met'})."]
+    lines.append(f"<!-- {SECTION}:end -->")
+    return "\n".join(lines)
+
+
+async def main_async(a: argparse.Namespace) -> str:
+    ab: list[dict[str, Any]] = []
+    for pair in range(a.pairs):
+        for work in ("light", "saturated"):
+            order = ("DIRECT", "BATCH") if pair % 2 == 0 else ("BATCH", "DIRECT")
+            for mode in order:
+                r = await one_run(a, mode, work, seed=pair)
+                ab.append(r)
+                print(f"pair {pair + 1} {work:9s} {mode:6s} calls/s {r['calls_per_s']:.1f} TTFT p50 "
+                      f"{_f(r['ttft_p50_ms'])} p99 {_f(r['ttft_p99_ms'])} errors {r['errors']}", file=sys.stderr)
+    # the larger of the two modes' saturation throughputs: offered load beyond it is an overload for both
+    capacity = max(_med([r for r in ab if r["work"] == "saturated" and r["mode"] == m], "calls_per_s") or 1.0
+                   for m in ("DIRECT", "BATCH"))
+    prio: list[dict[str, Any]] = []
+    for i in range(a.priority_runs):
+        rate = a.overload * capacity
+        r = await one_run(a, "QUEUE", "priority", seed=100 + i, rate=rate)
+        r["offered_per_s"] = rate
+        prio.append(r)
+        print(f"priority run {i + 1}: high p99 {_f(r['high']['ttft_p99_ms'])} low p99 {_f(r['low']['ttft_p99_ms'])} "
+              f"errors {r['errors']}", file=sys.stderr)
+    return report(a, ab, prio)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=3, help="interleaved DIRECT/BATCH pairs per workload")
+    ap.add_argument("--workers", type=int, default=2, help="PDFUSION mock workers")
+    ap.add_argument("--window-ms", type=int, default=10, help="flexlbBatchFixedWaitMs")
+    ap.add_argument("--size-max", type=int, default=16, help="flexlbBatchSizeMax")
+    ap.add_argument("--concurrency", type=int, default=48, help="closed-loop callers at saturation")
+    ap.add_argument("--duration-s", type=float, default=8.0, help="length of a saturation run")
+    ap.add_argument("--light-calls", type=int, default=40, help="calls of a c=1 run")
+    ap.add_argument("--prompt-min", type=int, default=300)
+    ap.add_argument("--prompt-max", type=int, default=1500)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--time-scale", type=float, default=1.0)
+    ap.add_argument("--strategy", default="ROUND_ROBIN", help="loadBalanceStrategy")
+    ap.add_argument("--worker-flags", default="--batch-prefill-base-ms 10",
+                    help="extra mock-worker flags (default: a 10 ms fixed cost per iteration that prefills)")
+    ap.add_argument("--overload", type=float, default=1.5, help="priority runs: offered load / measured capacity")
+    ap.add_argument("--priority-duration-s", type=float, default=10.0)
+    ap.add_argument("--priority-runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="1 pair, short runs, 1 priority run (a smoke test)")
+    ap.add_argument("--out", type=Path, default=None, help="markdown file whose section to write (else stdout)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.pairs, a.duration_s, a.light_calls, a.priority_runs, a.priority_duration_s = 1, 2.0, 6, 1, 3.0
+    return a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse_args(argv)
+    section = asyncio.run(main_async(a))
+    if a.out is None:
+        print(section)
+    else:
+        update_section(a.out, SECTION, "BATCH and QUEUE Schedule modes (live)", section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
