@@ -8,11 +8,15 @@ fused mock workers). The load generator (this process, asyncio) follows the RTP-
 gateway; then, with enqueued_by_master, FetchResponse on the worker it names, else GenerateStreamCall there.
 TTFT = Schedule sent to the first streamed message.
 
-- A/B: DIRECT and BATCH interleaved in pairs (fresh fleets each), at concurrency 1 (the TTFT BATCH adds when
-  nothing else is waiting: at most the window) and at saturation (closed loop, `--concurrency`); medians over
-  the pairs of calls/s and TTFT.
-- priority: QUEUE mode, open loop at `--overload` x the larger (DIRECT, BATCH) saturation throughput measured
-  above, half the requests priority 90 and half 10: TTFT p99 of each class (target: high <= 0.5x low).
+- A/B: DIRECT, BATCH (HEAD's fixed window) and BATCH_IDLE (the same with flexlbBatchDispatchWhenIdle: sent at
+  once while the worker has no batch in flight) interleaved in rounds (fresh fleets each, the order rotated), at
+  concurrency 1 (the TTFT BATCH adds when nothing else is waiting) and at saturation (closed loop,
+  `--concurrency`); medians over the rounds of calls/s, TTFT and the mean batch size (the gateway's
+  flexlb_schedule_batch_size histogram, scraped from /actuator/prometheus before and after the workload).
+  The must-show is checked on each BATCH variant: batches (mean size > 1) at saturation, throughput raised
+  there, and the TTFT added over DIRECT no more than the window, at c=1 and at saturation.
+- priority: QUEUE mode, open loop at `--overload` x the largest saturation throughput measured above, half
+  the requests priority 90 and half 10: TTFT p99 of each class (target: high <= 0.5x low).
 
 Writes only to --out (a section of that markdown file); without it the section goes to stdout.
 """
@@ -27,6 +31,7 @@ import random
 import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +50,7 @@ from flexlb.pb import model_rpc_service_pb2 as pb
 
 SECTION = "batch-mode"
 CALL_TIMEOUT_S = 120.0
+MODES = ("DIRECT", "BATCH", "BATCH_IDLE")  # BATCH_IDLE: BATCH with flexlbBatchDispatchWhenIdle
 
 
 @dataclass
@@ -151,9 +157,40 @@ async def fleet(a: argparse.Namespace, config: dict[str, Any]) -> list[Proc]:
 
 def gateway_config(mode: str, a: argparse.Namespace) -> dict[str, Any]:
     """FLEXLB_CONFIG of a run."""
-    return {"defaultScheduleMode": mode, "loadBalanceStrategy": a.strategy, "batchFusedWorkers": True,
-            "flexlbBatchAlgorithm": "fixed_window", "flexlbBatchFixedWaitMs": a.window_ms,
-            "flexlbBatchSizeMax": a.size_max, "maxQueueSize": 100_000}
+    return {"defaultScheduleMode": "BATCH" if mode == "BATCH_IDLE" else mode, "loadBalanceStrategy": a.strategy,
+            "batchFusedWorkers": True, "flexlbBatchAlgorithm": "fixed_window", "flexlbBatchFixedWaitMs": a.window_ms,
+            "flexlbBatchSizeMax": a.size_max, "flexlbBatchDispatchWhenIdle": mode == "BATCH_IDLE",
+            "maxQueueSize": 100_000}
+
+
+def batch_counters(text: str) -> dict[str, float]:
+    """From a /actuator/prometheus page: the batch size histogram's sum and count, and dispatches by reason."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("flexlb_schedule_batch_size_sum "):
+            out["sum"] = float(line.split()[-1])
+        elif line.startswith("flexlb_schedule_batch_size_count "):
+            out["count"] = float(line.split()[-1])
+        elif line.startswith("flexlb_schedule_dispatch_reasons_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            out[f"reason:{reason}"] = float(line.split()[-1])
+    return out
+
+
+def scrape(admin_port: int | None) -> dict[str, float]:
+    """The gateway's batch counters now."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/actuator/prometheus", timeout=10) as r:
+        return batch_counters(r.read().decode())
+
+
+def batch_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Batches, requests, mean batch size and dispatch reasons between two scrapes (None: no batch sent)."""
+    count = after.get("count", 0.0) - before.get("count", 0.0)
+    total = after.get("sum", 0.0) - before.get("sum", 0.0)
+    reasons = {k.split(":", 1)[1]: after[k] - before.get(k, 0.0) for k in after
+               if k.startswith("reason:") and after[k] - before.get(k, 0.0) > 0}
+    return {"batches": count, "batched_requests": total, "mean_batch": total / count if count else None,
+            "reasons": reasons}
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:
@@ -218,17 +255,19 @@ async def one_run(a: argparse.Namespace, mode: str, work: str, seed: int, rate: 
     try:
         warm = [Call() for _ in range(a.workers * 2)]  # channels and the first-call costs out of the way
         await asyncio.gather(*(fe.request(c) for c in warm))
+        before = await asyncio.to_thread(scrape, procs[-1].admin_port)
         if work == "light":
             calls, wall = await closed_loop(fe, 1, 3600.0, a.light_calls)
         elif work == "saturated":
             calls, wall = await closed_loop(fe, a.concurrency, a.duration_s, 1 << 30)
         else:
             calls, wall = await open_loop(fe, rate, a.priority_duration_s, seed)
+        after = await asyncio.to_thread(scrape, procs[-1].admin_port)
     finally:
         await fe.close()
         await stop_all(procs)
     out = summarize(calls, wall)
-    out.update(mode=mode, work=work, wall_s=wall)
+    out.update(mode=mode, work=work, wall_s=wall, **batch_delta(before, after))
     if work == "priority":
         for prio, name in ((90, "high"), (10, "low")):
             out[name] = summarize([c for c in calls if c.priority == prio], wall)
@@ -244,6 +283,42 @@ def _f(v: float | None, spec: str = ".1f") -> str:
     return "—" if v is None else format(v, spec)
 
 
+def _reasons(runs: Sequence[dict[str, Any]]) -> str:
+    total: dict[str, float] = {}
+    for r in runs:
+        for k, v in (r.get("reasons") or {}).items():
+            total[k] = total.get(k, 0.0) + v
+    return ", ".join(f"{k} {v:.0f}" for k, v in sorted(total.items(), key=lambda kv: -kv[1])) or "—"
+
+
+def verdicts(a: argparse.Namespace, med: dict[tuple[str, str], dict[str, float | None]]) -> list[str]:
+    """The must-show, checked on each BATCH variant against DIRECT (medians per workload and mode)."""
+    out: list[str] = []
+    sat = f"c={a.concurrency}"
+    for mode in MODES[1:]:
+        dl, bl = med[("light", "DIRECT")], med[("light", mode)]
+        ds, bs = med[("saturated", "DIRECT")], med[("saturated", mode)]
+        if None in (dl["ttft_p50_ms"], bl["ttft_p50_ms"], ds["ttft_p50_ms"], bs["ttft_p50_ms"],
+                    ds["calls_per_s"], bs["calls_per_s"]):
+            out.append(f"- {mode}: incomplete figures, not checked.")
+            continue
+        added_1 = (bl["ttft_p50_ms"] or 0.0) - (dl["ttft_p50_ms"] or 0.0)
+        added_s = (bs["ttft_p50_ms"] or 0.0) - (ds["ttft_p50_ms"] or 0.0)
+        gain = (bs["calls_per_s"] or 0.0) / (ds["calls_per_s"] or 1.0)
+        mean_b = bs["mean_batch"]
+        checks = [("batches at saturation (mean size > 1)", mean_b is not None and mean_b > 1.0),
+                  ("throughput raised at saturation", gain > 1.0),
+                  (f"added TTFT at c=1 <= {a.window_ms} ms", added_1 <= a.window_ms),
+                  (f"added TTFT at saturation <= {a.window_ms} ms", added_s <= a.window_ms)]
+        failed = [name for name, ok in checks if not ok]
+        out.append(f"- {mode}: mean batch {_f(bl['mean_batch'], '.2f')} at c=1, {_f(mean_b, '.2f')} at {sat}; "
+                   f"throughput at saturation {gain:.3f}x DIRECT; TTFT p50 added over DIRECT {added_1:+.1f} ms at "
+                   f"c=1 ({'within' if added_1 <= a.window_ms else 'MORE than'} the {a.window_ms} ms window), "
+                   f"{added_s:+.1f} ms at {sat} ({'within' if added_s <= a.window_ms else 'MORE than'} the window). "
+                   f"Must-show: {'met' if not failed else 'NOT met (' + '; '.join(failed) + ')'}.")
+    return out
+
+
 def report(a: argparse.Namespace, ab: list[dict[str, Any]], prio: list[dict[str, Any]]) -> str:
     """The markdown section."""
     lines = [f"<!-- {SECTION}:begin -->",
@@ -254,37 +329,34 @@ def report(a: argparse.Namespace, ab: list[dict[str, Any]], prio: list[dict[str,
              f"{a.workers} PDFUSION mock workers (batching engine, worker flags `{a.worker_flags}`, time scale "
              f"{a.time_scale:g}), prompts {a.prompt_min}-{a.prompt_max} tokens, {a.max_new_tokens} streamed output "
              f"tokens; the gateway's strategy {a.strategy}; BATCH = fixed_window, {a.window_ms} ms window, "
-             f"size_max {a.size_max}. Client pattern of the RTP-LLM frontend (Schedule, then FetchResponse or "
-             "GenerateStreamCall on the named worker). Medians over the pairs.",
+             f"size_max {a.size_max} (HEAD's rule); BATCH_IDLE = the same with flexlbBatchDispatchWhenIdle true. "
+             "Client pattern of the RTP-LLM frontend (Schedule, then FetchResponse or GenerateStreamCall on the "
+             f"named worker). {a.pairs} rounds, the mode order rotated each round; medians over the rounds. Mean "
+             "batch = requests per EnqueueBatch (the gateway's flexlb_schedule_batch_size histogram, scraped before "
+             "and after each workload).",
              "",
-             "| workload | mode | calls/s | TTFT mean ms | TTFT p50 ms | TTFT p99 ms | errors |",
-             "|---|---|---|---|---|---|---|"]
-    verdict: list[str] = []
+             "| workload | mode | calls/s | TTFT mean ms | TTFT p50 ms | TTFT p99 ms | mean batch "
+             "| dispatches by reason | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    med: dict[tuple[str, str], dict[str, float | None]] = {}
     for work in ("light", "saturated"):
-        med: dict[str, dict[str, float | None]] = {}
-        for mode in ("DIRECT", "BATCH"):
+        for mode in MODES:
             runs = [r for r in ab if r["work"] == work and r["mode"] == mode]
-            med[mode] = {k: _med(runs, k) for k in ("calls_per_s", "ttft_mean_ms", "ttft_p50_ms", "ttft_p99_ms")}
+            m = med[(work, mode)] = {k: _med(runs, k) for k in (
+                "calls_per_s", "ttft_mean_ms", "ttft_p50_ms", "ttft_p99_ms", "mean_batch")}
             errs = sum(sum(r["errors"].values()) for r in runs)
             label = "c=1" if work == "light" else f"c={a.concurrency} (saturation)"
-            lines.append(f"| {label} | {mode} | {_f(med[mode]['calls_per_s'])} | {_f(med[mode]['ttft_mean_ms'])} | "
-                         f"{_f(med[mode]['ttft_p50_ms'])} | {_f(med[mode]['ttft_p99_ms'])} | {errs} |")
-        d, b = med["DIRECT"], med["BATCH"]
-        if work == "light" and d["ttft_p50_ms"] is not None and b["ttft_p50_ms"] is not None:
-            added = b["ttft_p50_ms"] - d["ttft_p50_ms"]
-            verdict.append(f"- TTFT BATCH adds at c=1 (p50): {added:+.1f} ms, window {a.window_ms} ms: "
-                           f"{'within' if added <= a.window_ms else 'MORE than'} the window.")
-        if work == "saturated" and d["calls_per_s"] and b["calls_per_s"]:
-            gain = b["calls_per_s"] / d["calls_per_s"]
-            added_sat = (b["ttft_p50_ms"] or 0.0) - (d["ttft_p50_ms"] or 0.0)
-            verdict.append(f"- throughput at saturation: BATCH {gain:.3f}x DIRECT "
-                           f"({'raised' if gain > 1.0 else 'NOT raised'}); TTFT p50 there {added_sat:+.1f} ms.")
+            reasons = _reasons(runs) if mode != "DIRECT" else "—"
+            lines.append(f"| {label} | {mode} | {_f(m['calls_per_s'])} | {_f(m['ttft_mean_ms'])} | "
+                         f"{_f(m['ttft_p50_ms'])} | {_f(m['ttft_p99_ms'])} | {_f(m['mean_batch'], '.2f')} | "
+                         f"{reasons} | {errs} |")
+    verdict = verdicts(a, med)
     lines += ["", *verdict, ""]
     if prio:
         hi = [r["high"]["ttft_p99_ms"] for r in prio if r["high"]["ttft_p99_ms"] is not None]
         lo = [r["low"]["ttft_p99_ms"] for r in prio if r["low"]["ttft_p99_ms"] is not None]
         ratios = [h / lo_ for h, lo_ in zip(hi, lo, strict=False) if lo_]
-        lines += [f"Priority (QUEUE mode, open loop at {a.overload:g}x the larger saturation throughput above, "
+        lines += [f"Priority (QUEUE mode, open loop at {a.overload:g}x the largest saturation throughput above, "
                   f"{a.priority_duration_s:g} s, half priority 90 / half 10), per run:", "",
                   "| run | offered/s | calls/s | high TTFT p50 / p99 ms | low TTFT p50 / p99 ms | high p99 / low p99 "
                   "| errors |", "|---|---|---|---|---|---|---|"]
@@ -306,15 +378,16 @@ async def main_async(a: argparse.Namespace) -> str:
     ab: list[dict[str, Any]] = []
     for pair in range(a.pairs):
         for work in ("light", "saturated"):
-            order = ("DIRECT", "BATCH") if pair % 2 == 0 else ("BATCH", "DIRECT")
+            order = MODES[pair % len(MODES):] + MODES[:pair % len(MODES)]
             for mode in order:
                 r = await one_run(a, mode, work, seed=pair)
                 ab.append(r)
-                print(f"pair {pair + 1} {work:9s} {mode:6s} calls/s {r['calls_per_s']:.1f} TTFT p50 "
-                      f"{_f(r['ttft_p50_ms'])} p99 {_f(r['ttft_p99_ms'])} errors {r['errors']}", file=sys.stderr)
-    # the larger of the two modes' saturation throughputs: offered load beyond it is an overload for both
+                print(f"round {pair + 1} {work:9s} {mode:10s} calls/s {r['calls_per_s']:.1f} TTFT p50 "
+                      f"{_f(r['ttft_p50_ms'])} p99 {_f(r['ttft_p99_ms'])} mean batch {_f(r['mean_batch'], '.2f')} "
+                      f"errors {r['errors']}", file=sys.stderr)
+    # the largest of the modes' saturation throughputs: offered load beyond it is an overload for all
     capacity = max(_med([r for r in ab if r["work"] == "saturated" and r["mode"] == m], "calls_per_s") or 1.0
-                   for m in ("DIRECT", "BATCH"))
+                   for m in MODES)
     prio: list[dict[str, Any]] = []
     for i in range(a.priority_runs):
         rate = a.overload * capacity
@@ -328,7 +401,7 @@ async def main_async(a: argparse.Namespace) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", type=int, default=3, help="interleaved DIRECT/BATCH pairs per workload")
+    ap.add_argument("--pairs", type=int, default=3, help="interleaved rounds (one run of each mode) per workload")
     ap.add_argument("--workers", type=int, default=2, help="PDFUSION mock workers")
     ap.add_argument("--window-ms", type=int, default=10, help="flexlbBatchFixedWaitMs")
     ap.add_argument("--size-max", type=int, default=16, help="flexlbBatchSizeMax")

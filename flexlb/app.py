@@ -413,6 +413,7 @@ class Gateway:
         """Removed workers whose last call finished: drop their prefix-index, TTFT, metric series, connections."""
         for w in self.cluster.reap():
             self.router.ttft.drop(w.key)
+            self.router.outliers.forget(w.key)
             if self.router.index is not None:
                 self.router.index.drop_worker(w.key)
             self.metrics.forget_worker(w.key)

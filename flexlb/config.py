@@ -490,6 +490,9 @@ MASTER_FIELDS: tuple[MasterField, ...] = (
     # this port's own Schedule fields (not HEAD's)
     _sched("batchFusedWorkers", "batch_fused_workers", BOOL, "BATCH mode batches for PDFUSION workers too, instead "
            "of answering DIRECT there (RTP-LLM's fused workers do not serve EnqueueBatch; the mock worker does)"),
+    _sched("flexlbBatchDispatchWhenIdle", "batch.dispatch_when_idle", BOOL, "BATCH mode sends a request at once "
+           "while its prefill worker has no batch of this master in flight, instead of waiting out the window "
+           "(false: HEAD's behaviour)"),
     _sched("requestStateTtlMs", "request_state_ttl_ms", INT, "a finished request's state stays visible to "
            "GetRequestState this long", minimum=0, unit="ms"),
     _sched("statusPollIntervalMs", "status_poll_interval_ms", INT, "GetWorkerStatus interval of workers holding "
@@ -942,7 +945,7 @@ class CliOverrides:
     upstream_tls_key: str | None = None
     upstream_tls_server_name: str | None = None
     # dynamic membership (README Dynamic membership): DNS names, their interval and nameserver, a workers file
-    workers_dns: tuple[str, ...] = ()
+    workers_dns: tuple[str, ...] | None = None  # (`| None`: the config file's [server] reads it as a list)
     workers_dns_interval_s: float | None = None
     dns_server: str | None = None
     workers_dns_allow_empty: bool | None = None
@@ -972,7 +975,7 @@ def _discovery(cli: CliOverrides) -> tuple[DiscoveryConfig, list[WorkerAddr]]:
             raise ConfigError("--workers-file", f"cannot read {cli.workers_file!r}: {exc}") from None
     return replace(
         d,
-        dns=tuple(parse_dns_flag("--workers-dns", t) for t in cli.workers_dns),
+        dns=tuple(parse_dns_flag("--workers-dns", t) for t in cli.workers_dns or ()),
         dns_interval_s=cli.workers_dns_interval_s if cli.workers_dns_interval_s is not None else d.dns_interval_s,
         dns_server=cli.dns_server or "",
         dns_allow_empty=bool(cli.workers_dns_allow_empty),

@@ -257,8 +257,8 @@ class Metrics:
         )
         self.schedule_dispatch_reasons = Counter(
             "flexlb_schedule_dispatch_reasons", "Why BATCH mode sent a batch (batch_full, fixed_window_timeout, "
-            "predict_threshold, batch_size_max, deadline_guard, target_batch_size, arrival_guard; uncertain: an "
-            "EnqueueBatch outcome not known)", ["reason"], registry=r,
+            "predict_threshold, batch_size_max, deadline_guard, target_batch_size, arrival_guard, worker_idle; "
+            "uncertain: an EnqueueBatch outcome not known)", ["reason"], registry=r,
         )
         self.schedule_queue_length = Gauge(
             "flexlb_schedule_queue_length", "Requests the scheduler holds (queued, batching, placed on a worker "

@@ -48,6 +48,9 @@ class BatchSettings:
     max_capacity_tokens: int = 1_048_576  # flexlbBatchMaxCapacity
     queue_max_size: int = 1024  # flexlbBatchQueueMaxSize (per prefill worker)
     max_inflight: int = 100_000  # flexlbBatchMaxInflight (whole master)
+    # not a HEAD field (this port's own): dispatch at once while the worker has no batch of this master in
+    # flight, instead of waiting out the window for company; False is HEAD's exact behaviour
+    dispatch_when_idle: bool = False  # flexlbBatchDispatchWhenIdle
 
 
 @dataclass(frozen=True)

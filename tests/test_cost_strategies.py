@@ -454,3 +454,13 @@ def test_a_fused_batching_worker_busy_decoding_costs_more_for_a_prefill() -> Non
     busy.max_batch_tokens = idle.max_batch_tokens = 8192  # batching engines: the decodes share the iterations
     assert decoding_sequences(busy, ctx) == 60 and decoding_sequences(idle, ctx) == 0
     assert chain.pick(chain.candidates(cluster.all(), req, ctx), req, ctx).worker is idle
+
+
+@pytest.mark.parametrize("name", ["COST_BASED_PREFILL", "SHORTEST_TTFT"])
+def test_a_large_pool_shortlist_sees_other_senders_waiting_requests(name: str) -> None:
+    # 40 idle workers (above the shortlist bound); all but the last report other senders' requests waiting
+    s = Setup(name, n=40)
+    for w in s.ws[:-1]:
+        w.untracked_waiting = 5
+    lease = s.route(keys=(), prompt=1024)
+    assert lease.decision.target.key == s.ws[-1].key

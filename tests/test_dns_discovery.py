@@ -150,6 +150,7 @@ async def test_workers_follow_a_records(dns: LoopbackDns, same_port_workers: Any
     assert [len(await t) for t in held] == [8, 8]  # its in-flight call completed
     await wait_for(lambda: not gw.cluster.leaving(), what="the removed worker's state dropped")
     assert _key(b) not in gw.router.ttft.workers()
+    assert _key(b) not in gw.router.outliers._stats  # nor are its outlier-detection counts kept
 
 
 async def _collect(stub: Any, request_id: int) -> list[Any]:

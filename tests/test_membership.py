@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from flexlb.balancer.events import Evicted
+from flexlb.balancer.prefill_queue import PrefillQueueConfig
 from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
 from flexlb.balancer.request import RouteRequest
 from flexlb.balancer.ttft import TtftModel, TtftPriors
@@ -111,6 +113,22 @@ def test_decisions_never_see_a_mixed_set_while_membership_flips() -> None:
         r.release(lease)
     r.cluster.reap()
     assert all(w.in_flight == 0 for w in r.cluster.all()) and not r.cluster.leaving()
+
+
+def test_calls_held_for_a_removed_worker_are_routed_again() -> None:
+    r = make_router(addrs(Role.PDFUSION, 1), "COST_BASED_PREFILL",
+                    queue=PrefillQueueConfig(depth=1, hold_after_ms=0.0))
+    (w,) = r.cluster.all()
+    sent, held = r.route(_req(1), hold=True), r.route(_req(2), hold=True)
+    assert not sent.held and held.held
+    spare = WorkerAddr("127.0.0.9", 9001, 9000, Role.PDFUSION)
+    r.cluster.apply([spare])
+    events = r.evict_held(w.key)
+    assert [e.lease for e in events if isinstance(e, Evicted)] == [held] and held.evicted
+    r.release(held)  # the owner routes it again: to the worker that is left
+    assert r.route(_req(3), hold=True).decision.target.key == spare.key
+    r.release(sent)
+    assert r.cluster.reap() == [w]
 
 
 def test_prefix_index_drops_a_worker_and_reuses_its_slot() -> None:
@@ -403,3 +421,26 @@ async def test_probes_and_cache_polls_follow_the_set(mock_workers, gateways, tmp
     _replace(f, f"PDFUSION {kb}\n")
     await wait_for(lambda: gw.cluster.get(ka) is None, what="a removed")
     assert gw.health_checker.probed() == [kb] and list(gw.cache_sync.views) == [kb]
+
+
+def test_serve_flags_reach_the_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from flexlb.cli import main
+
+    assert main(["serve", "--workers-dns", "PREFILL=p.svc:8001", "--workers-dns-interval-s", "0"]) == 2
+    assert "config error: --workers-dns-interval-s:" in capsys.readouterr().err
+    assert main(["serve", "--workers-file", str(tmp_path / "none")]) == 2
+    assert "config error: --workers-file:" in capsys.readouterr().err
+
+
+def test_dynamic_sources_in_the_config_file(tmp_path: Path) -> None:
+    from flexlb.config_file import load_config_file, settings_of
+
+    f = tmp_path / "flexlb.toml"
+    f.write_text('[server]\nworkers_dns = ["PREFILL@g=_grpc._tcp.p.svc", "DECODE@g=d.svc:8001"]\n'
+                 'workers_dns_interval_s = 2.5\ndns_server = "127.0.0.1:5353"\nworkers_dns_allow_empty = true\n')
+    d = settings_of(load_config_file(f), {}, CliOverrides()).server.discovery
+    assert [t.name for t in d.dns] == ["_grpc._tcp.p.svc", "d.svc"] and d.dns_interval_s == 2.5
+    assert d.dns_server == "127.0.0.1:5353" and d.dns_allow_empty
+    # a flag replaces the file's list
+    d = settings_of(load_config_file(f), {}, CliOverrides(workers_dns=("PREFILL=x.svc:1",))).server.discovery
+    assert [t.name for t in d.dns] == ["x.svc"]

@@ -19,20 +19,45 @@ def test_summary_and_report_verdicts(tmp_path: Path) -> None:
     s = batch_mode.summarize([*_calls([10.0, 20.0, 30.0]), batch_mode.Call(error="code_8502")], wall_s=2.0)
     assert s["ok"] == 3 and s["calls_per_s"] == 1.5 and s["ttft_p50_ms"] == 20.0 and s["errors"] == {"code_8502": 1}
 
-    def run(mode: str, work: str, cps: float, p50: float) -> dict[str, object]:
+    def run(mode: str, work: str, cps: float, p50: float, mean_batch: float | None = None) -> dict[str, object]:
         return {"mode": mode, "work": work, "calls_per_s": cps, "ttft_mean_ms": p50, "ttft_p50_ms": p50,
-                "ttft_p99_ms": p50, "errors": {}}
+                "ttft_p99_ms": p50, "errors": {}, "mean_batch": mean_batch,
+                "reasons": {} if mean_batch is None else {"fixed_window_timeout": 3.0}}
 
-    ab = [run("DIRECT", "light", 5, 50), run("BATCH", "light", 5, 58), run("DIRECT", "saturated", 40, 400),
-          run("BATCH", "saturated", 44, 420)]
+    ab = [run("DIRECT", "light", 5, 50), run("BATCH", "light", 5, 62, 1.0), run("BATCH_IDLE", "light", 5, 53, 1.0),
+          run("DIRECT", "saturated", 40, 400), run("BATCH", "saturated", 44, 420, 3.5),
+          run("BATCH_IDLE", "saturated", 44, 405, 3.25)]
     prio = [{"offered_per_s": 60.0, "calls_per_s": 40.0, "errors": {},
              "high": batch_mode.summarize(_calls([100.0, 200.0], 90), 1.0),
              "low": batch_mode.summarize(_calls([300.0, 900.0], 10), 1.0)}]
     text = batch_mode.report(a, ab, prio)  # type: ignore[arg-type]
     assert text.startswith("<!-- batch-mode:begin -->") and text.endswith("<!-- batch-mode:end -->")
-    assert "+8.0 ms, window 10 ms: within the window" in text
-    assert "BATCH 1.100x DIRECT (raised)" in text
+    assert ("| c=48 (saturation) | BATCH_IDLE | 44.0 | 405.0 | 405.0 | 405.0 | 3.25 | fixed_window_timeout 3 "
+            "| 0 |") in text
+    assert ("- BATCH: mean batch 1.00 at c=1, 3.50 at c=48; throughput at saturation 1.100x DIRECT; TTFT p50 added "
+            "over DIRECT +12.0 ms at c=1 (MORE than the 10 ms window), +20.0 ms at c=48 (MORE than the window). "
+            "Must-show: NOT met (added TTFT at c=1 <= 10 ms; added TTFT at saturation <= 10 ms).") in text
+    assert "+3.0 ms at c=1 (within the 10 ms window), +5.0 ms at c=48 (within the window). Must-show: met." in text
     assert "median over runs: 0.222 (target <= 0.5: met)" in text
     out = tmp_path / "b.md"
     batch_mode.update_section(out, batch_mode.SECTION, "BATCH", text)
     assert "## BATCH" in out.read_text()
+
+
+def test_mean_batch_size_from_two_scrapes() -> None:
+    page = """# HELP flexlb_schedule_batch_size Requests per EnqueueBatch sent by BATCH mode
+flexlb_schedule_batch_size_bucket{le="1.0"} 2.0
+flexlb_schedule_batch_size_count 7.0
+flexlb_schedule_batch_size_sum 19.0
+flexlb_schedule_dispatch_reasons_total{reason="worker_idle"} 5.0
+flexlb_schedule_dispatch_reasons_total{reason="batch_full"} 1.0
+"""
+    before = batch_mode.batch_counters(page)
+    assert before == {"count": 7.0, "sum": 19.0, "reason:worker_idle": 5.0, "reason:batch_full": 1.0}
+    after = {**before, "count": 10.0, "sum": 31.0, "reason:worker_idle": 8.0}
+    d = batch_mode.batch_delta(before, after)
+    assert d == {"batches": 3.0, "batched_requests": 12.0, "mean_batch": 4.0, "reasons": {"worker_idle": 3.0}}
+    assert batch_mode.batch_delta({}, {})["mean_batch"] is None  # DIRECT: no batch sent
+    cfg = batch_mode.gateway_config("BATCH_IDLE", batch_mode.parse_args([]))
+    assert cfg["defaultScheduleMode"] == "BATCH" and cfg["flexlbBatchDispatchWhenIdle"] is True
+    assert batch_mode.gateway_config("BATCH", batch_mode.parse_args([]))["flexlbBatchDispatchWhenIdle"] is False

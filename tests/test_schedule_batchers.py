@@ -185,6 +185,71 @@ def test_slo_budget_backpressure_and_expiry() -> None:
     assert isinstance(step, Reject) and step.code == 8511
 
 
+# ------------------------------------------------------------------ dispatch_when_idle
+
+
+def test_fixed_window_keeps_heads_rule_without_dispatch_when_idle() -> None:
+    clock = FakeClock()
+    b = WorkerBatcher(BatchSettings(size_max=8, fixed_wait_ms=10))
+    b.offer(item(1, clock), ms(clock))
+    step = b.poll(ms(clock), CAP, cost)  # an idle worker, yet the head waits out the window
+    assert isinstance(step, Wait) and step.until_ms == pytest.approx(ms(clock) + 10)
+
+
+def test_dispatch_when_idle_sends_at_once_to_an_idle_worker_and_batches_behind_a_busy_one() -> None:
+    clock = FakeClock()
+    b = WorkerBatcher(BatchSettings(size_max=8, fixed_wait_ms=20, dispatch_when_idle=True))
+    b.offer(item(1, clock), ms(clock))
+    step = b.poll(ms(clock), CAP, cost)
+    assert isinstance(step, Dispatch) and step.reason == "worker_idle" and [i.request_id for i in step.items] == [1]
+    sent_ms = ms(clock)
+    assert b.busy_until_ms == pytest.approx(sent_ms + 11.0)  # its predicted prefill: 10 + 100 tokens / 100
+    # its EnqueueBatch is not answered yet: the next arrival waits for the window (the answer wakes the driver)
+    clock.now += 0.001
+    b.offer(item(2, clock), ms(clock))
+    step = b.poll(ms(clock), replace(CAP, inflight_batches=1), cost)
+    assert isinstance(step, Wait) and step.until_ms == pytest.approx(ms(clock) + 20)
+    # answered, but its prefill is predicted to run until sent + 11 ms: wait for that or the window, the sooner
+    b.offer(item(3, clock), ms(clock))
+    step = b.poll(ms(clock), CAP, cost)
+    assert isinstance(step, Wait) and step.until_ms == pytest.approx(sent_ms + 11.0)
+    clock.now += 0.0105  # the prefill's predicted end: what came meanwhile goes together
+    step = b.poll(ms(clock), CAP, cost)
+    assert isinstance(step, Dispatch) and step.reason == "worker_idle" and [i.request_id for i in step.items] == [2, 3]
+    # two at once now predicted 10 + 2 x 1 ms; a batch sent while busy queues behind it
+    assert b.busy_until_ms == pytest.approx(ms(clock) + 12.0)
+    for rid in range(4, 12):
+        b.offer(item(rid, clock), ms(clock))
+    step = b.poll(ms(clock), CAP, cost)
+    assert isinstance(step, Dispatch) and step.reason == "batch_full" and len(step.items) == 8
+    assert b.busy_until_ms == pytest.approx(ms(clock) + 12.0 + 18.0)
+
+
+def test_dispatch_when_idle_with_slo_budget_skips_the_budget_wait_on_an_idle_worker() -> None:
+    clock = FakeClock()
+    b = WorkerBatcher(replace(SLO, dispatch_when_idle=True))
+    b.offer(item(1, clock, slo_ms=1000.0), ms(clock))
+    step = b.poll(ms(clock), CAP, cost)  # without the option: Wait until the head's budget is in the window
+    assert isinstance(step, Dispatch) and step.reason == "worker_idle"
+    b.offer(item(2, clock, slo_ms=1000.0), ms(clock))
+    step = b.poll(ms(clock), CAP, cost)  # busy now: the budget rule again, woken at the predicted end if sooner
+    assert isinstance(step, Wait) and step.until_ms == pytest.approx(ms(clock) + 11.0)
+    step = b.poll(ms(clock), replace(CAP, inflight_batches=1), cost)
+    assert isinstance(step, Wait) and step.until_ms == pytest.approx(ms(clock) + 989 - 300)
+
+
+def test_dispatch_when_idle_from_the_configuration() -> None:
+    from flexlb.config import CliOverrides, ConfigError, load_settings
+
+    env = {"MODEL_SERVICE_CONFIG": '{"pd_fusion_endpoint": {"type": "SpecifiedIpPortList", '
+                                   '"address": "[\\"127.0.0.1:8000\\"]"}}'}
+    assert not load_settings(env, CliOverrides()).master.schedule.batch.dispatch_when_idle  # HEAD's rule
+    on = load_settings({**env, "FLEXLB_CONFIG": '{"flexlbBatchDispatchWhenIdle": true}'}, CliOverrides())
+    assert on.master.schedule.batch.dispatch_when_idle
+    with pytest.raises(ConfigError, match="flexlbBatchDispatchWhenIdle"):
+        load_settings({**env, "FLEXLB_CONFIG": '{"flexlbBatchDispatchWhenIdle": "sometimes"}'}, CliOverrides())
+
+
 # ------------------------------------------------------------------ priority and SLO
 
 

@@ -140,6 +140,10 @@ class OutlierDetector:
         self._max_multiplier = max(1, math.ceil(config.max_ejection_s / config.base_ejection_s)) \
             if config.base_ejection_s > 0 else 1
 
+    def forget(self, key: str) -> None:
+        """A removed worker is gone: drop its counts (a worker re-added later starts clean)."""
+        self._stats.pop(key, None)
+
     def _of(self, w: WorkerState) -> _Stats:
         st = self._stats.get(w.key)
         if st is None:

@@ -24,6 +24,13 @@ the batch reaches its target (min_size + the arrivals the arrival-interval EMA e
 "target_batch_size") or when no arrival is expected before the slack (less arrival_wait_guard_ms)
 runs out ("arrival_guard"). Backpressure: wait while the worker has slo_max_inflight_batches in
 flight. A head whose whole SLO passed while it waited is dropped (8511).
+
+`dispatch_when_idle` (flexlbBatchDispatchWhenIdle, not in HEAD; both algorithms): while the worker has no
+batch of this batcher in flight, send what waits at once ("worker_idle") instead of waiting for company:
+there is nothing for the batch to queue behind, so waiting only adds latency. In flight = its EnqueueBatch
+not answered yet, or (from the cost model) its prefill predicted to be still running: each dispatch marks
+the worker busy until max(now, busy until) + the batch's predicted time. While busy, the algorithm's own
+rules apply (the window, the size, the SLO budget), and the predicted end of the busy time is a wake time.
 """
 
 from __future__ import annotations
@@ -111,6 +118,7 @@ class WorkerBatcher:
         self._ids: dict[int, BatchItem] = {}
         self._last_arrival_ms: float | None = None
         self.arrival_interval_ms: float | None = None  # EMA (slo_budget)
+        self.busy_until_ms = -math.inf  # the predicted end of the prefill of the batches dispatched so far
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -150,6 +158,22 @@ class WorkerBatcher:
         if item is not None:
             self._queue = [e for e in self._queue if e[1] is not item]
         return item
+
+    def worker_idle(self, now_ms: float, cap: Capacity) -> bool:
+        """No batch of this batcher in flight on the worker: every EnqueueBatch answered, no prefill predicted."""
+        return cap.inflight_batches == 0 and now_ms >= self.busy_until_ms
+
+    def _send(self, members: Sequence[BatchItem], reason: str, now_ms: float, batch_ms: BatchCost) -> Dispatch:
+        # the batch queues behind the ones predicted to be still prefilling
+        self.busy_until_ms = max(now_ms, self.busy_until_ms) + max(0.0, batch_ms(members))
+        return Dispatch(self._take(members), reason)
+
+    def _idle_wake(self, now_ms: float, cap: Capacity, wake_ms: float) -> float:
+        """dispatch_when_idle: wake when the worker is predicted idle, if sooner (an EnqueueBatch answer wakes
+        the driver by itself)."""
+        if self.settings.dispatch_when_idle and cap.inflight_batches == 0 and self.busy_until_ms > now_ms:
+            return min(wake_ms, self.busy_until_ms)
+        return wake_ms
 
     def _take(self, items: Sequence[BatchItem]) -> tuple[BatchItem, ...]:
         chosen = {id(i) for i in items}
@@ -199,12 +223,14 @@ class WorkerBatcher:
             return Wait(expiry)  # an answered batch wakes the driver sooner
         members = self._greedy(cap)
         if len(self._queue) >= s.size_max:
-            return Dispatch(self._take(members), "batch_full")
+            return self._send(members, "batch_full", now_ms, batch_ms)
         if waited >= s.fixed_wait_ms:
-            return Dispatch(self._take(members), "fixed_window_timeout")
+            return self._send(members, "fixed_window_timeout", now_ms, batch_ms)
         if s.predict_threshold_ms > 0 and batch_ms(members) >= s.predict_threshold_ms:
-            return Dispatch(self._take(members), "predict_threshold")
-        return Wait(head.enqueued_ms + s.fixed_wait_ms)
+            return self._send(members, "predict_threshold", now_ms, batch_ms)
+        if s.dispatch_when_idle and self.worker_idle(now_ms, cap):
+            return self._send(members, "worker_idle", now_ms, batch_ms)
+        return Wait(self._idle_wake(now_ms, cap, head.enqueued_ms + s.fixed_wait_ms))
 
     def window_wait_ms(self, now_ms: float) -> float:
         """fixed_window: how long a request arriving now would wait for its batch (the §2.3 estimate)."""
@@ -239,9 +265,11 @@ class WorkerBatcher:
         extra = batch_ms(members) - head_ms
         latest = min(float(s.emergency_budget_ms), guard + extra)
         if len(members) >= s.size_max:
-            return Dispatch(self._take(members), "batch_size_max")
+            return self._send(members, "batch_size_max", now_ms, batch_ms)
         if budget <= latest:
-            return Dispatch(self._take(members), "deadline_guard")
+            return self._send(members, "deadline_guard", now_ms, batch_ms)
+        if s.dispatch_when_idle and self.worker_idle(now_ms, cap):
+            return self._send(members, "worker_idle", now_ms, batch_ms)
         if budget <= s.window_ms:
             slack = budget - latest
             usable = slack - s.arrival_wait_guard_ms
@@ -249,10 +277,10 @@ class WorkerBatcher:
             expected = math.floor(usable / ema) if ema and ema > 0 and usable > 0 else 0
             target = min(s.size_max, s.min_size + expected)
             if len(members) >= target:
-                return Dispatch(self._take(members), "target_batch_size")
+                return self._send(members, "target_batch_size", now_ms, batch_ms)
             last = self._last_arrival_ms if self._last_arrival_ms is not None else now_ms
             next_arrival = last + ema if ema else math.inf
             if next_arrival > now_ms + usable:
-                return Dispatch(self._take(members), "arrival_guard")
-            return Wait(min(head.sort_ms - latest, next_arrival))
-        return Wait(head.sort_ms - s.window_ms)
+                return self._send(members, "arrival_guard", now_ms, batch_ms)
+            return Wait(self._idle_wake(now_ms, cap, min(head.sort_ms - latest, next_arrival)))
+        return Wait(self._idle_wake(now_ms, cap, head.sort_ms - s.window_ms))

@@ -60,7 +60,12 @@ def make_resolver(config: DiscoveryConfig) -> dns.asyncresolver.Resolver:
         resolver.nameservers = [host]
         resolver.port = port
     else:
-        resolver = dns.asyncresolver.Resolver()
+        try:
+            resolver = dns.asyncresolver.Resolver()
+        except dns.resolver.NoResolverConfiguration as exc:
+            # every look fails and says why (logged, GET /admin/workers) instead of the gateway not starting
+            log.error("no system nameserver to resolve --workers-dns names (%s); give --dns-server IP:PORT", exc)
+            resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.timeout = config.dns_timeout_s
     resolver.lifetime = config.dns_timeout_s
     return resolver

@@ -24,6 +24,9 @@ _SHORTLIST_ABOVE = 32  # pools larger than this are scored on a shortlist
 _SHORTLIST_LEAST_WAIT = 16
 
 
+_TYPICAL_PROMPT_TOKENS = 1024  # the shortlist ranks waits before the request's own prefill is estimated
+
+
 def _shortlist(candidates: Sequence[WorkerState], ctx: PickContext) -> Sequence[WorkerState]:
     """Every worker holding part of the prompt plus the least-waiting others; the rest cannot win.
 
@@ -35,7 +38,8 @@ def _shortlist(candidates: Sequence[WorkerState], ctx: PickContext) -> Sequence[
         return candidates
     matched = ctx.matched_blocks
     queue = ctx.queue
-    if not ctx.ttft.total_pending and (queue is None or not len(queue)):
+    untracked = any(w.untracked_waiting for w in candidates)
+    if not ctx.ttft.total_pending and (queue is None or not len(queue)) and not untracked:
         # nothing sent is waiting anywhere (e.g. Schedule decisions, whose load is not held here): every wait is
         # 0, so the order is last chosen, then position, without a wait lookup per worker
         # (a stable C sort by key: ties stay in position order; a third of heapq.nsmallest's time over 750)
@@ -53,6 +57,9 @@ def _shortlist(candidates: Sequence[WorkerState], ctx: PickContext) -> Sequence[
             continue
         m = workers.get(w.key)
         wait = m.queue_wait_ms(now) if m is not None and m.pending else 0.0
+        if w.untracked_waiting:
+            # other senders' requests the worker reports waiting: as estimates() prices them, for a typical prompt
+            wait += w.untracked_waiting * ctx.ttft.worker(w.key).prefill_ms(_TYPICAL_PROMPT_TOKENS, 0)
         if queue is not None and queue.held(w.key):
             wait += queue.held_ms(w.key)
         waits.append((wait, w.last_chosen_seq, i))
