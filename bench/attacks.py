@@ -1154,7 +1154,8 @@ async def half_preface(host: str, port: int, **kw: Any) -> AttackOutcome:
 
 
 async def slow_reader(host: str, port: int, *, streams: int = 100, max_new_tokens: int = 100_000,
-                      never_read: bool = False, hold_s: float = 5.0, probe: Probe | None = None) -> AttackOutcome:
+                      never_read: bool = False, hold_s: float = 5.0, probe: Probe | None = None,
+                      end_wait_s: float | None = None) -> AttackOutcome:
     """Streaming calls whose responses are never read (`never_read`) or never given window back; held until the
     server ended every stream or `hold_s` passed (a probe runs while nothing is read).
 
@@ -1175,7 +1176,9 @@ async def slow_reader(host: str, port: int, *, streams: int = 100, max_new_token
         def done(sid: int) -> bool:
             return c.record(sid).rst is not None or c.record(sid).ended
 
-        await c.wait_until(lambda: c.ended() or all(done(x) for x in sids), hold_s)
+        # once it reads again, how long the ends the server sent may take to arrive (a bound, not a pause)
+        end_s = hold_s if end_wait_s is None else end_wait_s
+        await c.wait_until(lambda: c.ended() or all(done(x) for x in sids), end_s)
         return await s.finish({"response_bytes": float(sum(c.record(x).data_bytes for x in sids)),
                                "streams_ended": float(sum(1 for x in sids if done(x)))})
 

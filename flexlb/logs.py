@@ -19,7 +19,7 @@ from pythonjsonlogger.json import JsonFormatter
 from flexlb.config import ConfigError
 
 if TYPE_CHECKING:
-    from flexlb.call.lifecycle import CallRecord
+    from flexlb.call.record import CallRecord
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")

@@ -25,7 +25,7 @@ from flexlb.balancer.ttft import TtftModel
 from flexlb.balancer.workers import Cluster
 
 if TYPE_CHECKING:  # the call lifecycle imports the dispatcher, which imports this module
-    from flexlb.call.lifecycle import CallRecord
+    from flexlb.call.record import CallRecord
 
 ACTIVE_HEALTH_CHECK = "health_check"  # flexlb_worker_ejections_total reason of active checks
 

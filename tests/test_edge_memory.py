@@ -161,7 +161,7 @@ async def test_slow_reader_is_ended_by_the_stream_idle_timeout(never_read: bool,
         await served(channels(gw.grpc_port))
 
     outcome = await slow_reader("127.0.0.1", gw.grpc_port, streams=10, max_new_tokens=1_000_000,
-                                never_read=never_read, hold_s=2.0, probe=probe)
+                                never_read=never_read, hold_s=2.0, probe=probe, end_wait_s=WAIT_S)
     assert outcome.figures["streams_ended"] == 10, outcome
     assert sum(outcome.rst_codes.values()) == 10, f"each stream ends with RST_STREAM: {outcome}"
     for status in outcome.grpc_statuses:

@@ -14,7 +14,7 @@ import sys
 import grpc
 import pytest
 
-from flexlb.call.lifecycle import CallRecord
+from flexlb.call.record import CallRecord
 from flexlb.cli import main
 from flexlb.logs import ACCESS_LOGGER, AccessLog, setup_logging
 from flexlb.pb import model_rpc_service_pb2 as pb

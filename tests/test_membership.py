@@ -19,7 +19,7 @@ from flexlb.balancer.prefix_index import PrefixIndex, PrefixIndexConfig
 from flexlb.balancer.request import RouteRequest
 from flexlb.balancer.ttft import TtftModel, TtftPriors
 from flexlb.balancer.workers import MEMBERSHIP_NOTE, Cluster, Role, WorkerAddr
-from flexlb.call.lifecycle import CallRecord
+from flexlb.call.record import CallRecord
 from flexlb.config import CliOverrides, ConfigError, ConsistencyConfig, KvCacheMode, load_settings
 from flexlb.membership import ADMIN, STATIC, DiscoveryConfig, Membership, MembershipRefused, parse_workers_file
 from flexlb.model_service import DOMAIN_ADDRESSES_ENV, parse_model_service

@@ -36,7 +36,7 @@ from flexlb.metrics import Metrics
 from flexlb.pb import model_rpc_service_pb2 as pb
 
 if TYPE_CHECKING:  # the forwarder is plugged in by the composition root
-    from flexlb.call.lifecycle import CallRecord
+    from flexlb.call.record import CallRecord
     from flexlb.consistency.forwarding import MasterChoice, MasterForwarder
 
 log = logging.getLogger("flexlb.call")

@@ -22,6 +22,7 @@ from flexlb.balancer.failures import FailureKind, classify
 from flexlb.balancer.workers import WorkerAddr
 from flexlb.call.dispatch import BATCH_GENERATE, DRAINING, GENERATE_STREAM, Dispatcher, Planned, Rejection
 from flexlb.call.metadata import api_key
+from flexlb.call.record import CallRecord
 from flexlb.ratelog import RateLimitedLog
 
 __all__ = ["DRAINING", "FIRST_MESSAGE_LATE", "PREEMPTED", "CallLife", "CallPolicy", "CallPort", "Metadata"]
@@ -71,28 +72,6 @@ class CallPolicy:
     max_attempts: int = 3  # the first try and its failovers
     min_retry_budget_s: float = 0.05  # a failover needs this much of the client's deadline left
     first_message_timeout_s: float | None = None  # prefillGenerateTimeoutMs (None: no bound)
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    """What one finished client call was: handed to `Dispatcher.call_ended` at its one finish (per-call
-    metrics, the access log). Worker fields are None when no worker was chosen (a rejection)."""
-
-    method: str
-    code: str  # the final gRPC status name the client got
-    duration_s: float  # from the call's start at the gateway to its finish
-    ttft_s: float | None  # to the first response message relayed (None: none was)
-    attempts: int  # 0 when no worker was tried
-    request_id: int | None
-    worker: str | None  # the PREFILL (or fused) worker of the last attempt
-    role: str | None
-    decode_worker: str | None  # PD: the DECODE paired with it
-    strategy: str
-    reason: str  # the decision's reason, or the rejection's
-    prompt_tokens: int
-    cached_tokens: int | None  # reported by the worker's first message (None: not reported)
-    messages: int  # response messages relayed
-    client: str
 
 
 class CallLife:
