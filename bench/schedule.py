@@ -36,10 +36,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from replay import cpu_seconds  # bench/ is the script's own directory, so its helpers import directly
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "schedule-master"
 SCHEDULE = "/FlexlbService/Schedule"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PACING_P99_LIMIT_MS = 100.0  # the Java bench's client pacing rule
 BLOCK_TOKENS = 64
 
@@ -122,15 +123,6 @@ def _pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100.0 * len(ordered)))]
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 async def _load_step(stubs: list[Any], reqs: Requests, qps: float, warmup_s: float, seconds_s: float,
                      next_id: list[int], rng: random.Random, max_in_flight: int, timeout_s: float,
                      watch: dict[str, int]) -> dict[str, Any]:
@@ -184,7 +176,7 @@ async def _load_step(stubs: list[Any], reqs: Requests, qps: float, warmup_s: flo
         now = loop.time()
         if not measuring and now >= window[0]:
             measuring = True
-            cpu0 = {name: _cpu_s(pid) for name, pid in watch.items()}
+            cpu0 = {name: cpu_seconds(pid) for name, pid in watch.items()}
         if now >= window[1]:
             break
         while due <= now:
@@ -202,7 +194,7 @@ async def _load_step(stubs: list[Any], reqs: Requests, qps: float, warmup_s: flo
                 k += 1
             due += rng.expovariate(qps)
         await asyncio.sleep(max(0.0, min(due, window[1]) - loop.time()))
-    cpu1 = {name: _cpu_s(pid) for name, pid in watch.items()}
+    cpu1 = {name: cpu_seconds(pid) for name, pid in watch.items()}
     await asyncio.wait_for(done_all.wait(), timeout_s + 5.0)
     errors = sum(codes.values())
     pacing = _pct(late_ms, 99)
@@ -429,10 +421,10 @@ def start_gateway(a: argparse.Namespace, mode: str, base: int, fleet: Child, sta
             break
         time.sleep(0.2)
     all_polled_s = time.monotonic() - g.started_s
-    cpu = {"gateway": _cpu_s(g.pid), "fleet": _cpu_s(fleet.pid)}
+    cpu = {"gateway": cpu_seconds(g.pid), "fleet": cpu_seconds(fleet.pid)}
     failed0 = _metric_sum(admin, "flexlb_worker_probe_failures_total")
     time.sleep(a.idle_seconds)
-    idle = {name: (_cpu_s(pid) - cpu[name]) / a.idle_seconds
+    idle = {name: (cpu_seconds(pid) - cpu[name]) / a.idle_seconds
             for name, pid in (("gateway", g.pid), ("fleet", fleet.pid))}
     failed = _metric_sum(admin, "flexlb_worker_probe_failures_total") - failed0
     unhealthy = sum(1 for w in _get_json(f"http://127.0.0.1:{admin}/actuator/info")["workers"] if not w["healthy"])

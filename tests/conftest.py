@@ -21,6 +21,7 @@ from flexlb.pb import model_rpc_service_pb2 as pb
 from flexlb.sim.batching import BatchingParams
 from flexlb.sim.engine import EngineParams
 from flexlb.sim.mock_worker import Faults, MockWorker, MockWorkerConfig
+from flexlb.tls import ServerTls
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -81,11 +82,12 @@ async def mock_workers() -> AsyncIterator[WorkerFactory]:
         port: int = 0,
         engine: str = "batching",
         batching: BatchingParams | None = None,
+        tls: ServerTls | None = None,
     ) -> MockWorker:
         # batching=None: `params`' costs as iterations (a prompt alone costs what it costs on the FIFO engine)
         w = MockWorker(
             MockWorkerConfig(role=role, port=port, time_scale=time_scale, params=params, faults=faults or Faults(),
-                             engine=engine, batching=batching)
+                             engine=engine, batching=batching, tls=tls)
         )
         await w.start()
         started.append(w)
@@ -140,11 +142,13 @@ async def gateways(request: pytest.FixtureRequest) -> AsyncIterator[GatewayFacto
 
 @pytest.fixture
 async def channels() -> AsyncIterator[Callable[[int], grpc.aio.Channel]]:
-    """Client channels to loopback ports, closed at the end of the test."""
+    """Client channels to loopback ports (TLS when given credentials), closed at the end of the test."""
     opened: list[grpc.aio.Channel] = []
 
-    def open_(port: int, **options: Any) -> grpc.aio.Channel:
-        ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=list(options.items()))
+    def open_(port: int, credentials: grpc.ChannelCredentials | None = None, **options: Any) -> grpc.aio.Channel:
+        target, opts = f"127.0.0.1:{port}", list(options.items())
+        ch = grpc.aio.secure_channel(target, credentials, opts) if credentials is not None \
+            else grpc.aio.insecure_channel(target, options=opts)
         opened.append(ch)
         return ch
 

@@ -184,3 +184,17 @@ async def test_frontend_in_batch_mode_fetches_from_the_prefill_the_master_enqueu
         assert len(outs) == 5 and outs[-1].flatten_output.finished[0]
     finally:
         await stop_all(procs)
+
+
+async def test_master_info_reports_what_the_scheduler_holds(mock_workers, gateways, channels) -> None:
+    gw = await gateways([worker_addr(await mock_workers())])
+    # a replica's Schedule (forward_hop 1) keeps its decision reserved on the master until its Cancel
+    resp = await _schedule_stub(channels(gw.grpc_port))(
+        fpb.FlexlbScheduleRequestPB(request_id=77, seq_len=64, forward_hop=1), timeout=5)
+    assert resp.success
+    async with aiohttp.ClientSession() as http:
+        for port in (gw.http_port, gw.admin_port):
+            async with http.post(f"http://{HOST}:{port}/rtp_llm/master/info", json={}) as r:
+                assert (await r.json())["queue_length"] == gw.scheduler.queue_length() == 1
+            async with http.get(f"http://{HOST}:{port}/rtp_llm/inflight_status") as r:
+                assert (await r.json())["scheduler_inflight"] == 1

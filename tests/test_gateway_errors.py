@@ -99,27 +99,18 @@ async def test_draining(mock_workers, gateways, channels) -> None:
     assert details(ei.value, w.port).error_code == wire.NO_AVAILABLE_WORKER
 
 
-async def test_admission_caps(mock_workers, gateways, channels) -> None:
+@pytest.mark.parametrize(("cap", "error_code"), [("max_in_flight", wire.QUEUE_FULL),
+                                                 ("max_in_flight_per_worker", wire.NO_PDFUSION_WORKER)],
+                         ids=["gateway_cap", "every_worker_at_its_cap"])
+async def test_admission_caps(cap: str, error_code: int, mock_workers, gateways, channels) -> None:
     w = await mock_workers(faults=Faults(hang=True))
-    gw = await gateways([worker_addr(w)], master={"max_in_flight": 1, "health_check_interval_ms": 0})
+    gw = await gateways([worker_addr(w)], master={cap: 1, "health_check_interval_ms": 0})
     ch = channels(gw.grpc_port)
     held = stream_stub(ch)(generate_input(5), timeout=10)
     await wait_for(lambda: w.calls_received == 1, what="the first call at the worker")
     exc = await failed(stream_stub(ch), generate_input(6))
     assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert details(exc, w.port).error_code == wire.QUEUE_FULL
-    held.cancel()
-
-
-async def test_every_worker_at_its_cap(mock_workers, gateways, channels) -> None:
-    w = await mock_workers(faults=Faults(hang=True))
-    gw = await gateways([worker_addr(w)], master={"max_in_flight_per_worker": 1, "health_check_interval_ms": 0})
-    ch = channels(gw.grpc_port)
-    held = stream_stub(ch)(generate_input(5), timeout=10)
-    await wait_for(lambda: w.calls_received == 1, what="the first call at the worker")
-    exc = await failed(stream_stub(ch), generate_input(7))
-    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert details(exc, w.port).error_code == wire.NO_PDFUSION_WORKER
+    assert details(exc, w.port).error_code == error_code
     held.cancel()
 
 

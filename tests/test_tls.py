@@ -10,7 +10,6 @@ import shutil
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from cryptography.hazmat.primitives import serialization
 
 from flexlb.config import CliOverrides, ConfigError, ConsistencyConfig, KvCacheMode, load_settings
 from flexlb.launch import Proc, spawn, stop, stop_all
-from flexlb.sim.mock_worker import MockWorker, MockWorkerConfig
 from flexlb.tls import ServerTls, TlsConfig, UpstreamTls, tls_config
-from tests.conftest import FAST, generate_input, stream_stub, wait_for, worker_addr
+from tests.conftest import generate_input, stream_stub, wait_for, worker_addr
 
 HOST = "127.0.0.1"
 
@@ -77,37 +75,6 @@ def client_credentials(pki: Pki, cert: str | None = None, key: str | None = None
     return grpc.ssl_channel_credentials(_read(pki.ca), _read(key) if key else None, _read(cert) if cert else None)
 
 
-@pytest.fixture
-async def tls_channels() -> AsyncIterator[Callable[..., grpc.aio.Channel]]:
-    """TLS client channels to loopback ports, closed at the end of the test."""
-    opened: list[grpc.aio.Channel] = []
-
-    def open_(port: int, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
-        ch = grpc.aio.secure_channel(f"{HOST}:{port}", credentials)
-        opened.append(ch)
-        return ch
-
-    yield open_
-    for ch in opened:
-        await ch.close()
-
-
-@pytest.fixture
-async def tls_workers() -> AsyncIterator[Callable[..., Awaitable[MockWorker]]]:
-    """Mock workers serving TLS on free loopback ports; stopped at the end of the test."""
-    started: list[MockWorker] = []
-
-    async def start(tls: ServerTls) -> MockWorker:
-        w = MockWorker(MockWorkerConfig(port=0, params=FAST, tls=tls))
-        await w.start()
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        await w.stop(grace_s=0)
-
-
 async def stream_tokens(channel: grpc.aio.Channel, request_id: int = 1) -> list[int]:
     """One GenerateStreamCall; the tokens of every message."""
     tokens: list[int] = []
@@ -129,11 +96,11 @@ def _gateway_tls(pki: Pki, client_ca: str = "", server_name: str = "") -> TlsCon
 # ---------------------------------------------------------------- client -> gateway -> worker
 
 
-async def test_tls_client_to_tls_worker_streams_tokens(pki, tls_workers, gateways, tls_channels) -> None:
-    w = await tls_workers(_worker_mtls(pki))
+async def test_tls_client_to_tls_worker_streams_tokens(pki, mock_workers, gateways, channels) -> None:
+    w = await mock_workers(tls=_worker_mtls(pki))
     gw = await gateways([worker_addr(w)], tls=_gateway_tls(pki),
                         master={"health_check_interval_ms": 50, "kv_cache": KvCacheMode.LOCAL_SYNC})
-    served = await stream_tokens(tls_channels(gw.grpc_port, client_credentials(pki)))
+    served = await stream_tokens(channels(gw.grpc_port, client_credentials(pki)))
     assert served and w.calls_received == 1
     # the probes and the cache polls reach the worker over mTLS too
     assert gw.health_checker is not None and gw.cache_sync is not None
@@ -144,8 +111,8 @@ async def test_tls_client_to_tls_worker_streams_tokens(pki, tls_workers, gateway
     assert gw.cluster.all()[0].healthy
 
 
-async def test_plaintext_client_is_refused_on_a_tls_port(pki, tls_workers, gateways, channels) -> None:
-    w = await tls_workers(_worker_mtls(pki))
+async def test_plaintext_client_is_refused_on_a_tls_port(pki, mock_workers, gateways, channels) -> None:
+    w = await mock_workers(tls=_worker_mtls(pki))
     gw = await gateways([worker_addr(w)], tls=_gateway_tls(pki))
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await stream_tokens(channels(gw.grpc_port))
@@ -153,53 +120,53 @@ async def test_plaintext_client_is_refused_on_a_tls_port(pki, tls_workers, gatew
     assert w.calls_received == 0
 
 
-async def test_mtls_client_certificate_required(pki, tls_workers, gateways, tls_channels) -> None:
-    w = await tls_workers(_worker_mtls(pki))
+async def test_mtls_client_certificate_required(pki, mock_workers, gateways, channels) -> None:
+    w = await mock_workers(tls=_worker_mtls(pki))
     gw = await gateways([worker_addr(w)], tls=_gateway_tls(pki, client_ca=pki.client_ca))
     for refused in (client_credentials(pki), client_credentials(pki, pki.stranger_cert, pki.stranger_key)):
         with pytest.raises(grpc.aio.AioRpcError) as ei:
-            await stream_tokens(tls_channels(gw.grpc_port, refused))
+            await stream_tokens(channels(gw.grpc_port, refused))
         assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
     assert w.calls_received == 0
-    served = await stream_tokens(tls_channels(gw.grpc_port, client_credentials(pki, pki.client_cert, pki.client_key)))
+    served = await stream_tokens(channels(gw.grpc_port, client_credentials(pki, pki.client_cert, pki.client_key)))
     assert served and w.calls_received == 1
 
 
-async def test_upstream_server_name_override(pki, tls_workers, gateways, tls_channels) -> None:
+async def test_upstream_server_name_override(pki, mock_workers, gateways, channels) -> None:
     # the worker's certificate names worker.internal only: its address 127.0.0.1 does not match it
-    w = await tls_workers(ServerTls(pki.named_cert, pki.named_key))
+    w = await mock_workers(tls=ServerTls(pki.named_cert, pki.named_key))
     addr = worker_addr(w)
     strict = await gateways([addr], tls=_gateway_tls(pki), master={"health_check_interval_ms": 0})
     with pytest.raises(grpc.aio.AioRpcError) as ei:
-        await stream_tokens(tls_channels(strict.grpc_port, client_credentials(pki)))
+        await stream_tokens(channels(strict.grpc_port, client_credentials(pki)))
     assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
     assert w.calls_received == 0
     named = await gateways([addr], tls=_gateway_tls(pki, server_name="worker.internal"))
-    assert await stream_tokens(tls_channels(named.grpc_port, client_credentials(pki)))
+    assert await stream_tokens(channels(named.grpc_port, client_credentials(pki)))
     assert w.calls_received == 1
 
 
-async def test_worker_refuses_a_gateway_without_its_client_certificate(pki, tls_workers, gateways,
-                                                                       tls_channels) -> None:
-    w = await tls_workers(_worker_mtls(pki))
+async def test_worker_refuses_a_gateway_without_its_client_certificate(pki, mock_workers, gateways,
+                                                                       channels) -> None:
+    w = await mock_workers(tls=_worker_mtls(pki))
     no_cert = TlsConfig(grpc=ServerTls(pki.server_cert, pki.server_key), upstream=UpstreamTls(True, pki.ca))
     gw = await gateways([worker_addr(w)], tls=no_cert, master={"health_check_interval_ms": 0})
     with pytest.raises(grpc.aio.AioRpcError) as ei:
-        await stream_tokens(tls_channels(gw.grpc_port, client_credentials(pki)))
+        await stream_tokens(channels(gw.grpc_port, client_credentials(pki)))
     assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
     assert w.calls_received == 0
 
 
-async def test_schedule_enqueues_on_a_tls_worker(pki, tls_workers, gateways, tls_channels) -> None:
+async def test_schedule_enqueues_on_a_tls_worker(pki, mock_workers, gateways, channels) -> None:
     """Schedule's own worker calls (EnqueueBatch, GetWorkerStatus) use the upstream TLS settings too."""
     from flexlb.pb import flexlb_schedule_service_pb2 as fpb
     from flexlb.schedule_modes import BatchSettings, ScheduleMode, ScheduleSettings
 
-    w = await tls_workers(_worker_mtls(pki))
+    w = await mock_workers(tls=_worker_mtls(pki))
     batch = ScheduleSettings(mode=ScheduleMode.BATCH, batch=BatchSettings(fixed_wait_ms=10), batch_fused_workers=True,
                              status_poll_interval_ms=20)
     gw = await gateways([worker_addr(w)], tls=_gateway_tls(pki), master={"schedule": batch})
-    schedule = tls_channels(gw.grpc_port, client_credentials(pki)).unary_unary(
+    schedule = channels(gw.grpc_port, client_credentials(pki)).unary_unary(
         "/FlexlbService/Schedule", request_serializer=fpb.FlexlbScheduleRequestPB.SerializeToString,
         response_deserializer=fpb.FlexlbScheduleResponsePB.FromString)
     inp = generate_input(7, max_new_tokens=3)
@@ -209,13 +176,13 @@ async def test_schedule_enqueues_on_a_tls_worker(pki, tls_workers, gateways, tls
     assert w.enqueue_batches == 1
 
 
-async def test_control_plane_answers_over_tls(pki, tls_workers, gateways, tls_channels) -> None:
+async def test_control_plane_answers_over_tls(pki, mock_workers, gateways, channels) -> None:
     """With the frame relay, health and CheckHealth cross the plaintext loopback hop behind the TLS edge."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    w = await tls_workers(_worker_mtls(pki))
+    w = await mock_workers(tls=_worker_mtls(pki))
     gw = await gateways([worker_addr(w)], tls=_gateway_tls(pki, client_ca=pki.client_ca))
-    ch = tls_channels(gw.grpc_port, client_credentials(pki, pki.client_cert, pki.client_key))
+    ch = channels(gw.grpc_port, client_credentials(pki, pki.client_cert, pki.client_key))
     reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
