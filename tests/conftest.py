@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from flexlb import wire
 from flexlb.app import Gateway
 from flexlb.balancer.request import Deploy
 from flexlb.balancer.workers import Role, WorkerAddr
@@ -56,6 +57,14 @@ def generate_input(
     )
 
 
+def engine_error_code(exc: grpc.aio.AioRpcError) -> int | None:
+    """The ErrorDetailsPB error code in a failed call's trailers (None: none sent)."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == wire.ERROR_DETAILS_TRAILER:
+            return int(pb.ErrorDetailsPB.FromString(value).error_code)
+    return None
+
+
 def stream_stub(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable:
     """Typed GenerateStreamCall callable."""
     return channel.unary_stream(
@@ -83,11 +92,13 @@ async def mock_workers() -> AsyncIterator[WorkerFactory]:
         engine: str = "batching",
         batching: BatchingParams | None = None,
         tls: ServerTls | None = None,
+        **config: Any,
     ) -> MockWorker:
-        # batching=None: `params`' costs as iterations (a prompt alone costs what it costs on the FIFO engine)
+        # batching=None: `params`' costs as iterations (a prompt alone costs what it costs on the FIFO engine);
+        # `config`: any other MockWorkerConfig field (max_seq_len, ...)
         w = MockWorker(
             MockWorkerConfig(role=role, port=port, time_scale=time_scale, params=params, faults=faults or Faults(),
-                             engine=engine, batching=batching, tls=tls)
+                             engine=engine, batching=batching, tls=tls, **config)
         )
         await w.start()
         started.append(w)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -19,26 +19,20 @@ from flexlb.config import load_settings
 from flexlb.model_service import parse_model_service
 from flexlb.pb import flexlb_schedule_service_pb2 as fpb
 from flexlb.pb import model_rpc_service_pb2 as pb
-from flexlb.sim.mock_worker import MockWorker, MockWorkerConfig
-from tests.conftest import FAST, generate_input, stream_stub, wait_for, worker_addr
+from flexlb.sim.mock_worker import MockWorker
+from tests.conftest import engine_error_code, generate_input, stream_stub, wait_for, worker_addr
 
 FAST_CHECKS = {"health_check_interval_ms": 20, "health_check_timeout_ms": 500}
 
 
 @pytest.fixture
-async def workers() -> AsyncIterator[Callable[..., Awaitable[MockWorker]]]:
-    """Mock workers of any role (VIT included); stopped after the test."""
-    started: list[MockWorker] = []
+def workers(mock_workers: Callable[..., Awaitable[MockWorker]]) -> Callable[..., Awaitable[MockWorker]]:
+    """Mock workers of any role (VIT included), engine time 0; stopped after the test."""
 
-    async def start(role: str = "PDFUSION", **config: Any) -> MockWorker:
-        w = MockWorker(MockWorkerConfig(**{"role": role, "params": FAST, "time_scale": 0.0, **config}))
-        await w.start()
-        started.append(w)
-        return w
+    def start(role: str = "PDFUSION", **config: Any) -> Awaitable[MockWorker]:
+        return mock_workers(role, **{"time_scale": 0.0, **config})
 
-    yield start
-    for w in started:
-        await w.stop(grace_s=0)
+    return start
 
 
 def _role_addrs(w: MockWorker) -> list[tuple[str, str, int]]:
@@ -55,13 +49,6 @@ def _schedule(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable:
     return channel.unary_unary("/FlexlbService/Schedule",
                                request_serializer=fpb.FlexlbScheduleRequestPB.SerializeToString,
                                response_deserializer=fpb.FlexlbScheduleResponsePB.FromString)
-
-
-def _error_code(exc: grpc.aio.AioRpcError) -> int | None:
-    for key, value in exc.trailing_metadata() or ():
-        if key == wire.ERROR_DETAILS_TRAILER:
-            return int(pb.ErrorDetailsPB.FromString(value).error_code)
-    return None
 
 
 # ------------------------------------------------------------ configuration and the pure core
@@ -183,7 +170,7 @@ async def test_no_vit_in_rotation_is_8405(workers, gateways, channels) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         async for _ in stream_stub(channels(gw.grpc_port))(generate_input(4), timeout=10):
             pass
-    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE and _error_code(ei.value) == wire.NO_VIT_WORKER
+    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE and engine_error_code(ei.value) == wire.NO_VIT_WORKER
     assert p.calls_received == 0
     reply = await _schedule(channels(gw.grpc_port))(fpb.FlexlbScheduleRequestPB(request_id=5, seq_len=64), timeout=5)
     assert not reply.success and reply.code == 8405 and "VIT" in reply.error_message

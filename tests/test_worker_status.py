@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -16,27 +16,21 @@ from flexlb.balancer.request import Deploy, PromptTooLong, RouteRequest
 from flexlb.balancer.workers import Cluster, Role, WorkerAddr, WorkerState
 from flexlb.pb import flexlb_schedule_service_pb2 as fpb
 from flexlb.pb import model_rpc_service_pb2 as pb
-from flexlb.sim.mock_worker import MockWorker, MockWorkerConfig
+from flexlb.sim.mock_worker import MockWorker
 from flexlb.upstream.worker_status import NOT_ALIVE, WRONG_ROLE, apply_status
-from tests.conftest import FAST, generate_input, stream_stub, wait_for, worker_addr
+from tests.conftest import engine_error_code, generate_input, stream_stub, wait_for, worker_addr
 
 FAST_CHECKS = {"health_check_interval_ms": 20, "health_check_timeout_ms": 500}
 
 
 @pytest.fixture
-async def workers() -> AsyncIterator[Callable[..., Awaitable[MockWorker]]]:
-    """Mock workers with any MockWorkerConfig field (max_seq_len, role, ...); stopped after the test."""
-    started: list[MockWorker] = []
+def workers(mock_workers: Callable[..., Awaitable[MockWorker]]) -> Callable[..., Awaitable[MockWorker]]:
+    """Mock workers with any MockWorkerConfig field (max_seq_len, role, ...), engine time 0."""
 
-    async def start(**config: Any) -> MockWorker:
-        w = MockWorker(MockWorkerConfig(**{"params": FAST, "time_scale": 0.0, **config}))
-        await w.start()
-        started.append(w)
-        return w
+    def start(role: str = "PDFUSION", **config: Any) -> Awaitable[MockWorker]:
+        return mock_workers(role, **{"time_scale": 0.0, **config})
 
-    yield start
-    for w in started:
-        await w.stop(grace_s=0)
+    return start
 
 
 def _state(role: Role = Role.PDFUSION) -> WorkerState:
@@ -46,13 +40,6 @@ def _state(role: Role = Role.PDFUSION) -> WorkerState:
 def _reply(**fields: Any) -> pb.WorkerStatusPB:
     base: dict[str, Any] = {"status_version": 10, "alive": True, "role": "RoleType.PDFUSION"}
     return pb.WorkerStatusPB(**{**base, **fields})
-
-
-def _error_code(exc: grpc.aio.AioRpcError) -> int | None:
-    for key, value in exc.trailing_metadata() or ():
-        if key == wire.ERROR_DETAILS_TRAILER:
-            return int(pb.ErrorDetailsPB.FromString(value).error_code)
-    return None
 
 
 # ------------------------------------------------------------ the report, read
@@ -189,7 +176,7 @@ async def test_too_long_prompt_is_refused_before_dispatch(workers, gateways, cha
         async for _ in stub(generate_input(500, n_tokens=250), timeout=10):
             pass
     assert ei.value.code() == grpc.StatusCode.OUT_OF_RANGE
-    assert _error_code(ei.value) == wire.LONG_PROMPT_ERROR
+    assert engine_error_code(ei.value) == wire.LONG_PROMPT_ERROR
     assert "250 tokens" in (ei.value.details() or "")
     assert short.calls_received == 0 and longer.calls_received == 4
     # what the gateway refuses, the mock engine refuses too (the same answer, straight from the worker)
@@ -197,7 +184,7 @@ async def test_too_long_prompt_is_refused_before_dispatch(workers, gateways, cha
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         async for _ in direct(generate_input(501, n_tokens=250), timeout=10):
             pass
-    assert ei.value.code() == grpc.StatusCode.OUT_OF_RANGE and _error_code(ei.value) == wire.LONG_PROMPT_ERROR
+    assert ei.value.code() == grpc.StatusCode.OUT_OF_RANGE and engine_error_code(ei.value) == wire.LONG_PROMPT_ERROR
 
 
 async def test_schedule_refuses_a_too_long_prompt_with_8406(workers, gateways, channels) -> None:
