@@ -88,6 +88,19 @@ def closed_calls(concurrency: int, a: argparse.Namespace) -> int:
     return max(24, 3 * concurrency) if a.quick else max(48, 8 * concurrency)
 
 
+# closed loop, --time-scale not given: time scale max(1, c / this). At time scale 1 the mock workers, the gateway
+# and the client stream ~4,000 messages per real second at c=128, more than 2 cores run: the workers' iterations
+# then last ~3x what the engine model says, and the run measures CPU contention, not routing
+_AUTO_SCALE_CALLERS = 32
+
+
+def closed_time_scale(concurrency: int, a: argparse.Namespace) -> float:
+    """The mock workers' time scale of a closed-loop run: `--time-scale`, else max(1, concurrency / 32)."""
+    if a.time_scale is not None:
+        return float(a.time_scale)
+    return max(1.0, concurrency / _AUTO_SCALE_CALLERS)
+
+
 def closed_bodies(calls: int, seed: int) -> list[bytes]:
     """The demo's prompt mix as serialized streamed GenerateInputPB."""
     return [pb.GenerateInputPB(
@@ -256,7 +269,7 @@ def _run(strategy: str, a: argparse.Namespace, time_scale: float, worker_flags: 
 
 def run_closed(strategy: str, concurrency: int, bodies: Sequence[bytes], a: argparse.Namespace) -> dict[str, Any]:
     """One closed-loop run: the mock worker's default engine, the gateway's default config."""
-    return _run(strategy, a, a.time_scale, [], None,
+    return _run(strategy, a, closed_time_scale(concurrency, a), [], None,
                 lambda fleet: closed_loop(fleet.grpc_port, bodies, concurrency, a.channels))
 
 
@@ -460,6 +473,7 @@ def markdown(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], 
     deploy = (f"{a.workers} PDFUSION mock workers" if a.deploy == "PD_FUSION"
               else f"{a.workers} PREFILL + {a.decode_workers} DECODE mock workers")
     closed_calls_text = ", ".join(f"c={c}: {closed_calls(c, a)}" for c in ctx["concurrency"])
+    scales_text = ", ".join(f"{closed_time_scale(c, a):g} at c={c}" for c in ctx["concurrency"])
     lines = [
         BEGIN,
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, Python "
@@ -484,8 +498,10 @@ def markdown(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], 
         lines.append(f"- **closed c=N**: N callers back to back until a fixed number of calls ({closed_calls_text}) "
                      "is done; the prompt mix of `make demo` (`flexlb.demo.prompt_mix`: six shared system prompts "
                      "of 256-1024 tokens plus a 16-255-token tail per call, 8-32 new tokens; seed 7 + pair index), "
-                     f"the mock worker's default engine at time scale {a.time_scale:g}, the gateway's default "
-                     "config. Every prompt shares a prefix, so the SGLang target applies.")
+                     f"the mock worker's default engine at time scale {scales_text} (so that the 2 cores are not "
+                     "what limits the run: at time scale 1 and c=128 the workers' iterations last ~3x the engine "
+                     "model's), the gateway's default config. Every prompt shares a prefix, so the SGLang target "
+                     "applies.")
     if ctx["loads"]:
         lines.append(
             f"- **open Lx**: bench/replay.py's open-loop replay of the first {ctx['rows']} rows of "
@@ -537,7 +553,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--deploy", choices=["PD_FUSION", "DISAGGREGATED"], default="PD_FUSION")
     ap.add_argument("--decode-workers", type=int, default=None, help="DECODE workers when DISAGGREGATED "
                     "(default half of --workers, at least 1)")
-    ap.add_argument("--time-scale", type=float, default=1.0, help="closed loop: the mock workers' --time-scale")
+    ap.add_argument("--time-scale", type=float, default=None, help="closed loop: the mock workers' --time-scale "
+                    "(default max(1, concurrency / 32), so the machine's cores do not limit the run)")
     ap.add_argument("--trace-time-scale", type=float, default=0.1, help="open loop: time scale of workers and "
                     "arrivals (as bench/replay.py)")
     ap.add_argument("--engine", default=None, help="pass `--engine X` to every mock worker (default: pass nothing, "
@@ -558,7 +575,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"--concurrency / --loads: {exc}")
     if min(a.pairs, a.workers, a.decode_workers, a.channels, a.limit, *a.concurrency_list, a.calls or 1) < 1:
         ap.error("--pairs, --workers, --decode-workers, --channels, --limit, --calls and concurrencies must be >= 1")
-    if min(a.time_scale, a.trace_time_scale, *a.load_list, a.run_timeout) <= 0:
+    if min(a.time_scale or 1.0, a.trace_time_scale, *a.load_list, a.run_timeout) <= 0:
         ap.error("time scales, loads and --run-timeout must be positive")
     return a
 

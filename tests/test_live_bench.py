@@ -37,3 +37,13 @@ def test_live_bench_smallest_mode_prints_the_table_and_writes_nothing(tmp_path: 
     assert any(line.startswith("Targets: ") for line in lines)
     assert list(tmp_path.iterdir()) == []  # nothing written where it ran
     assert _section() == before  # nor into the docs
+
+
+def test_closed_loop_time_scale_grows_with_concurrency_unless_given() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import live
+
+    auto = live.parse_args([])
+    assert [live.closed_time_scale(c, auto) for c in (1, 8, 32, 64, 128)] == [1.0, 1.0, 1.0, 2.0, 4.0]
+    fixed = live.parse_args(["--time-scale", "0.5"])
+    assert live.closed_time_scale(128, fixed) == 0.5

@@ -91,6 +91,9 @@ async def test_fused_batch_and_the_direct_fallbacks(mock_workers, schedule_gatew
     assert reply.enqueued_by_master and [s.role for s in reply.server_status] == ["PDFUSION"]
     msgs = await fe.fetch(entry_port(reply), 7)
     assert len(msgs) == 5 and wire.is_final(msgs[-1])
+    # the EnqueueBatch round trip was measured: the next window closes that much early (the window bounds the wait)
+    [(key, rtt_ms)] = gw.scheduler.batch.enqueue_rtt_ms.items()
+    assert rtt_ms > 0 and gw.scheduler.batch.capacity(key).lead_ms >= rtt_ms
     # without generate_input there is nothing to enqueue: decided as in DIRECT
     plain = await fe.schedule(fpb.FlexlbScheduleRequestPB(request_id=8, seq_len=100))
     assert plain.success and not plain.enqueued_by_master and plain.lifecycle.state == fpb.REQUEST_STATE_COMPLETED

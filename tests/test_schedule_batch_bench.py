@@ -21,23 +21,29 @@ def test_summary_and_report_verdicts(tmp_path: Path) -> None:
 
     def run(mode: str, work: str, cps: float, p50: float, mean_batch: float | None = None) -> dict[str, object]:
         return {"mode": mode, "work": work, "calls_per_s": cps, "ttft_mean_ms": p50, "ttft_p50_ms": p50,
-                "ttft_p99_ms": p50, "errors": {}, "mean_batch": mean_batch,
-                "reasons": {} if mean_batch is None else {"fixed_window_timeout": 3.0}}
+                "ttft_p99_ms": p50, "e2e_mean_ms": 2 * p50, "errors": {}, "mean_batch": mean_batch,
+                "offered_per_s": 36.0, "reasons": {} if mean_batch is None else {"fixed_window_timeout": 3.0}}
 
     ab = [run("DIRECT", "light", 5, 50), run("BATCH", "light", 5, 62, 1.0), run("BATCH_IDLE", "light", 5, 53, 1.0),
-          run("DIRECT", "saturated", 40, 400), run("BATCH", "saturated", 44, 420, 3.5),
-          run("BATCH_IDLE", "saturated", 44, 405, 3.25)]
+          # closed-loop TTFT rises with throughput (Little's law): not what the verdict reads
+          run("DIRECT", "saturated", 40, 400), run("BATCH", "saturated", 44, 520, 3.5),
+          run("BATCH_IDLE", "saturated", 44, 505, 3.25),
+          run("DIRECT", "equal", 36, 300), run("BATCH", "equal", 36, 320, 2.0),
+          run("BATCH_IDLE", "equal", 36, 305, 2.5)]
     prio = [{"offered_per_s": 60.0, "calls_per_s": 40.0, "errors": {},
              "high": batch_mode.summarize(_calls([100.0, 200.0], 90), 1.0),
              "low": batch_mode.summarize(_calls([300.0, 900.0], 10), 1.0)}]
     text = batch_mode.report(a, ab, prio)  # type: ignore[arg-type]
     assert text.startswith("<!-- batch-mode:begin -->") and text.endswith("<!-- batch-mode:end -->")
-    assert ("| c=48 (saturation) | BATCH_IDLE | 44.0 | 405.0 | 405.0 | 405.0 | 3.25 | fixed_window_timeout 3 "
-            "| 0 |") in text
-    assert ("- BATCH: mean batch 1.00 at c=1, 3.50 at c=48; throughput at saturation 1.100x DIRECT; TTFT p50 added "
-            "over DIRECT +12.0 ms at c=1 (MORE than the 10 ms window), +20.0 ms at c=48 (MORE than the window). "
-            "Must-show: NOT met (added TTFT at c=1 <= 10 ms; added TTFT at saturation <= 10 ms).") in text
-    assert "+3.0 ms at c=1 (within the 10 ms window), +5.0 ms at c=48 (within the window). Must-show: met." in text
+    assert ("| c=48 (closed loop, saturation) | BATCH_IDLE | 44.0 | 505.0 | 505.0 | 505.0 | 1010.0 | 3.25 "
+            "| fixed_window_timeout 3 | 0 |") in text
+    assert "| open loop 36.0/s (0.9x DIRECT's saturation calls/s) | BATCH | 36.0 | 320.0 |" in text
+    assert ("- BATCH: mean batch 1.00 at c=1, 3.50 at c=48 and 2.00 at the equal load; throughput at saturation "
+            "(c=48) 1.100x DIRECT; TTFT added over DIRECT: p50 +12.0 ms at c=1 (MORE than the 10 ms window), p50 "
+            "+20.0 ms and mean +20.0 ms at the equal load near saturation (MORE than the window). Must-show: NOT met "
+            "(added TTFT p50 at c=1 <= 10 ms; added TTFT p50 and mean at saturation <= 10 ms).") in text
+    assert ("p50 +3.0 ms at c=1 (within the 10 ms window), p50 +5.0 ms and mean +5.0 ms at the equal load near "
+            "saturation (within the window). Must-show: met.") in text
     assert "median over runs: 0.222 (target <= 0.5: met)" in text
     out = tmp_path / "b.md"
     batch_mode.update_section(out, batch_mode.SECTION, "BATCH", text)

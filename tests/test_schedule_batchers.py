@@ -51,6 +51,22 @@ def test_fixed_window_waits_for_the_window_then_sends_what_came() -> None:
     assert b.poll(ms(clock), CAP, cost) == Wait(None)
 
 
+def test_fixed_window_closes_early_by_the_dispatch_lead_so_the_window_bounds_the_wait() -> None:
+    clock = FakeClock()
+    b = WorkerBatcher(BatchSettings(size_max=8, fixed_wait_ms=10))
+    b.offer(item(1, clock), ms(clock))
+    start = ms(clock)
+    led = Capacity(8192, lead_ms=1.5)  # delivering a batch takes 1.5 ms: it leaves 1.5 ms before the window ends
+    step = b.poll(ms(clock), led, cost)
+    assert isinstance(step, Wait) and step.until_ms == pytest.approx(start + 8.5)
+    clock.now += 0.0085
+    step = b.poll(ms(clock), led, cost)
+    assert isinstance(step, Dispatch) and step.reason == "fixed_window_timeout"
+    b.offer(item(2, clock), ms(clock))  # a lead of more than half the window counts as half
+    step = b.poll(ms(clock), Capacity(8192, lead_ms=40.0), cost)
+    assert isinstance(step, Wait) and step.until_ms == pytest.approx(ms(clock) + 5.0)
+
+
 def test_fixed_window_sends_a_full_batch_at_once_and_keeps_the_rest() -> None:
     clock = FakeClock()
     b = WorkerBatcher(BatchSettings(size_max=3, fixed_wait_ms=300))

@@ -35,6 +35,8 @@ from flexlb.scheduler.core import Core, Job
 log = logging.getLogger("flexlb.scheduler")
 
 ENQUEUE_BATCH = "/RpcService/EnqueueBatch"
+_EWMA = 0.2  # weight of a new sample in the dispatch-lead averages
+_LEAD_CAP_MS = 50.0  # one outlier sample (a stalled loop, a slow answer) counts at most this much
 _ROLE_ENUM = {Role.PDFUSION: pb.RoleAddrPB.PDFUSION, Role.PREFILL: pb.RoleAddrPB.PREFILL,
               Role.DECODE: pb.RoleAddrPB.DECODE, Role.VIT: pb.RoleAddrPB.VIT, Role.FRONTEND: pb.RoleAddrPB.FRONTEND}
 _ROUTED_ROLES = frozenset({int(pb.RoleAddrPB.PDFUSION), int(pb.RoleAddrPB.PREFILL), int(pb.RoleAddrPB.DECODE)})
@@ -101,6 +103,10 @@ class BatchMode:
         self._tasks: set[asyncio.Task[None]] = set()
         self.dispatched_batches = 0
         self.dispatched_requests = 0
+        # smoothed cost of delivering a batch (ms): the driver's lateness past a wake time, and per worker the
+        # EnqueueBatch round trip; fixed_window closes its window early by their sum (Capacity.lead_ms)
+        self.wake_late_ms = 0.0
+        self.enqueue_rtt_ms: dict[str, float] = {}
 
     def held(self) -> int:
         """Requests waiting in batchers or for their EnqueueBatch answer (and uncertain ones)."""
@@ -183,7 +189,8 @@ class BatchMode:
         seq = int(getattr(w, "max_seq_len", 0) or 0) or self.core.poller.max_seq_len.get(key, 0)
         if seq > 0:
             bounds.append(seq)
-        return Capacity(min(bounds), kv, self.inflight_batches.get(key, 0))
+        lead = self.wake_late_ms + self.enqueue_rtt_ms.get(key, 0.0)
+        return Capacity(min(bounds), kv, self.inflight_batches.get(key, 0), lead)
 
     def _cost(self, key: str):  # type: ignore[no-untyped-def]
         base = self.core.router.ttft.worker(key).theta[0]
@@ -221,9 +228,15 @@ class BatchMode:
             if not self._active:
                 break
             timeout = None if wake is None else max(0.0005, wake / 1000.0 - self.core.clock())
-            with contextlib.suppress(TimeoutError):
+            timed_out = False
+            try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+            except TimeoutError:
+                timed_out = True
+            if timed_out and wake is not None:
+                late_ms = max(0.0, self.core.clock() * 1000.0 - wake)
+                self.wake_late_ms += _EWMA * (min(late_ms, _LEAD_CAP_MS) - self.wake_late_ms)
 
     def _reject(self, out: Reject) -> None:
         job = out.item.payload
@@ -267,6 +280,7 @@ class BatchMode:
                 response_deserializer=pb.EnqueueBatchResponsePB.FromString)
             request = pb.EnqueueBatchRequestPB(batch_id=batch_id, dp_slots=[pb.EnqueueBatchDpSlotPB(
                 dp_rank=0, requests=inputs)])
+            sent_s = self.core.clock()
             try:
                 reply: pb.EnqueueBatchResponsePB = await call(
                     request, timeout=max(0.001, self.settings.enqueue_deadline_ms / 1000.0))
@@ -278,6 +292,9 @@ class BatchMode:
                     for j in jobs:
                         self._uncertain(key, j, f"EnqueueBatch to {key}: {exc.code().name}")
                 return
+            rtt_ms = min((self.core.clock() - sent_s) * 1000.0, _LEAD_CAP_MS)
+            prev = self.enqueue_rtt_ms.get(key, rtt_ms)
+            self.enqueue_rtt_ms[key] = prev + _EWMA * (rtt_ms - prev)
             if reply.batch_id != batch_id:
                 for j in jobs:
                     self._uncertain(key, j, f"EnqueueBatch answered batch {reply.batch_id}, not {batch_id}")

@@ -11,7 +11,8 @@ seq_len must also fit the worker's KV (min of total and available, when it repor
 `fixed_window` (flexlb-original §4.2): FIFO by arrival (by priority, then arrival, when priorities
 are enabled). The head waited longer than enqueue_deadline_ms: dropped (8511). Backpressure
 (fixed_max_inflight_batches): wait. Otherwise dispatch when size_max requests wait ("batch_full"),
-when the head has waited fixed_wait_ms ("fixed_window_timeout"), or when the candidate batch's
+when the head has waited fixed_wait_ms less the dispatch lead (Capacity.lead_ms, the measured cost of
+delivering a batch, at most half the window: "fixed_window_timeout"), or when the candidate batch's
 predicted time reaches predict_threshold_ms ("predict_threshold"); else wait for the window's end.
 
 `slo_budget` (§4.3): ordered by the latest start that still meets each request's SLO,
@@ -72,6 +73,9 @@ class Capacity:
     compute_tokens: int  # padded tokens per batch (max seq_len x members)
     kv_tokens: int = 0  # 0: not reported, no KV bound
     inflight_batches: int = 0  # batches sent to it and not yet answered
+    # fixed_window closes the window this much early: the measured cost of getting a batch to the worker (the
+    # driver's wake-up lateness and the EnqueueBatch round trip), so a request waits no more than the window in all
+    lead_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -224,13 +228,14 @@ class WorkerBatcher:
         members = self._greedy(cap)
         if len(self._queue) >= s.size_max:
             return self._send(members, "batch_full", now_ms, batch_ms)
-        if waited >= s.fixed_wait_ms:
+        lead = min(max(0.0, cap.lead_ms), s.fixed_wait_ms / 2.0)
+        if waited + lead >= s.fixed_wait_ms:
             return self._send(members, "fixed_window_timeout", now_ms, batch_ms)
         if s.predict_threshold_ms > 0 and batch_ms(members) >= s.predict_threshold_ms:
             return self._send(members, "predict_threshold", now_ms, batch_ms)
         if s.dispatch_when_idle and self.worker_idle(now_ms, cap):
             return self._send(members, "worker_idle", now_ms, batch_ms)
-        return Wait(self._idle_wake(now_ms, cap, head.enqueued_ms + s.fixed_wait_ms))
+        return Wait(self._idle_wake(now_ms, cap, head.enqueued_ms + s.fixed_wait_ms - lead))
 
     def window_wait_ms(self, now_ms: float) -> float:
         """fixed_window: how long a request arriving now would wait for its batch (the §2.3 estimate)."""
