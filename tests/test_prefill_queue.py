@@ -996,3 +996,86 @@ def test_below_the_backlog_bound_calls_go_to_the_engine_beyond_the_depth() -> No
     assert [lease.held for lease in leases] == [False, False, False, False, True, True]
     router.first_token(leases[0], 30.0)
     assert not leases[4].held and leases[5].held  # back to 90 ms outstanding: one more goes
+
+
+def _prefix_router(n: int = 1) -> tuple[Router, FakeClock, Recorder]:
+    clock = FakeClock(T0)
+    router = make_router(addrs(Role.PDFUSION, n), "COST_BASED_PREFILL", seed=1, clock=clock,
+                         index=PrefixIndexConfig(1000, 600.0), queue=PrefillQueueConfig(depth=2, hold_after_ms=0))
+    for w in router.cluster.all():
+        w.max_batch_tokens = 8192  # a batching engine: a batch's worth may be outstanding
+    return router, clock, Recorder(router)
+
+
+def _shared(tail: int, exclude: frozenset[str] = frozenset()) -> RouteRequest:
+    """A 10-block shared prefix (keys 1..10) and two blocks of its own."""
+    return RouteRequest(next(_ids), 12 * 64, 8, block_keys=(*range(1, 11), 1000 + 2 * tail, 1001 + 2 * tail),
+                        block_size_tokens=64, exclude=exclude)
+
+
+def test_a_call_whose_prefix_is_still_being_computed_waits_for_its_leader() -> None:
+    # on a batching engine, prompts prefilled in the same iteration each compute their shared prefix; a call
+    # that expects the prefix an earlier call is computing there waits for that call's first token instead
+    router, _, rec = _prefix_router()
+    leader = router.route(_shared(0), hold=True)
+    assert not leader.held
+    follower = router.route(_shared(1), hold=True)
+    assert follower.decision.cached_tokens == 10 * 64
+    assert follower.held and router.queue.parked(follower.seq)
+    other = router.route(RouteRequest(next(_ids), 640, 8, block_keys=tuple(range(50, 60)), block_size_tokens=64),
+                         hold=True)
+    assert not other.held  # a prompt of its own is not held: there is room
+    rec(router.first_token(leader, 10.0))
+    assert rec.released == [follower] and not follower.held and not router.queue.parked(follower.seq)
+    # once the leader's prefill is done, its blocks are no longer pending: a later call with them goes at once
+    later = router.route(_shared(2), hold=True)
+    assert not later.held
+
+
+def test_an_idle_worker_computes_the_prefix_itself_rather_than_wait() -> None:
+    router, _, _ = _prefix_router(n=2)
+    leader = router.route(_shared(0), hold=True)
+    follower = router.route(_shared(1), hold=True)
+    assert follower.decision.target is not leader.decision.target and not follower.held
+
+
+def test_a_leader_that_fails_before_its_first_token_lets_its_followers_go() -> None:
+    router, _, rec = _prefix_router()
+    leader = router.route(_shared(0), hold=True)
+    follower = router.route(_shared(1), hold=True)
+    assert router.queue.parked(follower.seq)
+    rec(router.release(leader))  # ended before its first token: the follower computes the prefix itself
+    assert rec.released == [follower]
+
+
+def test_followers_of_a_held_leader_leave_after_it() -> None:
+    router, _, rec = _prefix_router()
+    router.cluster.all()[0].max_batch_tokens = 1000  # one prompt's worth outstanding
+    first = router.route(RouteRequest(next(_ids), 900, 8), hold=True)
+    leader = router.route(_shared(0), hold=True)  # held: no room
+    follower = router.route(_shared(1), hold=True)
+    assert leader.held and not router.queue.parked(leader.seq) and router.queue.parked(follower.seq)
+    rec(router.first_token(first, 10.0))
+    assert rec.released == [leader]  # the parked follower is skipped, not released with its leader
+    rec(router.first_token(leader, 10.0))
+    assert rec.released == [leader, follower]
+
+
+def test_a_worker_going_away_hands_back_its_parked_calls_too() -> None:
+    router, _, rec = _prefix_router(n=2)
+    busy, idle = router.cluster.all()
+    not_idle = frozenset({idle.key})
+    leader = router.route(_shared(0, not_idle), hold=True)
+    follower = router.route(_shared(1, not_idle), hold=True)
+    assert leader.decision.target is busy and router.queue.parked(follower.seq)
+    rec(router.evict_held(busy.key))
+    assert rec.evicted == [follower] and router.held_calls() == 0 and not router.queue.parked(follower.seq)
+
+
+def test_a_worker_without_a_batch_budget_parks_nothing() -> None:
+    # a one-at-a-time engine admits the follower after the leader's prefill: it hits the cache anyway
+    router, _, _ = _prefix_router()
+    router.cluster.all()[0].max_batch_tokens = 0
+    router.route(_shared(0), hold=True)
+    follower = router.route(_shared(1), hold=True)
+    assert not router.queue.parked(follower.seq)

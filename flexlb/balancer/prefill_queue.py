@@ -14,6 +14,11 @@ connection with a thousand calls queued delays another's call by about one of it
 a single client (the RTP-LLM frontend multiplexing everything, or the simulator) sees the plain
 order. Estimates (`ahead`, `before`) use the plain order.
 
+A held call may also be parked behind a leader: a call sent to the same worker earlier whose prefill
+computes the blocks this one expects to find cached there (on a batching engine two prompts prefilled in
+the same iteration both compute their shared prefix; the cache has it only once the first one's prefill
+is done). A parked call is not released (pop skips it) until the router unparks its leader's followers.
+
 This is the one record of a held call (its lease, request and the owner's payload). Pure: no clock,
 no asyncio; the router passes the time.
 """
@@ -85,6 +90,10 @@ class PrefillQueue:
         # per worker, per client with calls held: its keys in order, and the prefill time served to it
         self._client_keys: dict[str, dict[str, list[tuple[float, int]]]] = {}
         self._served_ms: dict[str, dict[str, float]] = {}
+        # parked calls: follower seq -> its leader's seq, and each leader's followers
+        self._leader_of: dict[int, int] = {}
+        self._followers: dict[int, set[int]] = {}
+        self._parked_at: dict[str, int] = {}  # parked calls per worker
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -116,7 +125,8 @@ class PrefillQueue:
               outstanding_ms: float = 0.0) -> bool:
         """Whether a call for `worker` now waits here: no slot is free (slot_free), or others already wait
         for one (arrival keeps its place in the order)."""
-        return self.config.enabled and (self.held(worker) > 0 or not self.slot_free(
+        # parked calls wait for their leader, not for a slot: they keep nobody else waiting
+        return self.config.enabled and (self.held(worker) > self._parked_at.get(worker, 0) or not self.slot_free(
             sent, sent_tokens, tokens, batch_tokens, outstanding_ms))
 
     def order_key(self, prefill_ms: float, now_s: float) -> float:
@@ -124,8 +134,10 @@ class PrefillQueue:
         return prefill_ms + self.config.aging * now_s * 1000.0
 
     def push(self, worker: str, seq: int, prefill_ms: float, now_s: float, client: str = "",
-             lease: Lease | None = None, request: RouteRequest | None = None, payload: object = None) -> HeldCall:
-        """Hold a call for `worker` (from `client`: calls of several clients share the worker fairly)."""
+             lease: Lease | None = None, request: RouteRequest | None = None, payload: object = None,
+             leader: int | None = None) -> HeldCall:
+        """Hold a call for `worker` (from `client`: calls of several clients share the worker fairly); with
+        `leader`, parked until unpark(leader)."""
         call = HeldCall(seq, worker, prefill_ms, now_s, self.order_key(prefill_ms, now_s), client, lease, request,
                         payload)
         keys = self._keys.setdefault(worker, [])
@@ -140,7 +152,25 @@ class PrefillQueue:
         bisect.insort(by_client[client], (call.key, seq))
         self._prefill.setdefault(worker, []).insert(i, prefill_ms)
         self._calls[seq] = call
+        if leader is not None:
+            self._leader_of[seq] = leader
+            self._followers.setdefault(leader, set()).add(seq)
+            self._parked_at[worker] = self._parked_at.get(worker, 0) + 1
         return call
+
+    def parked(self, seq: int) -> bool:
+        """Whether the held call waits for its leader's prefill."""
+        return seq in self._leader_of
+
+    def unpark(self, leader: int) -> list[str]:
+        """The leader's prefill is over (or it left): its followers may go; the workers they are held for."""
+        out = []
+        for seq in self._followers.pop(leader, ()):
+            del self._leader_of[seq]
+            worker = self._calls[seq].worker
+            self._parked_at[worker] -= 1
+            out.append(worker)
+        return sorted(set(out))
 
     def get(self, seq: int) -> HeldCall | None:
         """The held call of a lease sequence number, if it is held."""
@@ -163,19 +193,40 @@ class PrefillQueue:
         del mine[bisect.bisect_left(mine, (call.key, seq))]
         if not mine:
             del self._client_keys[call.worker][call.client], self._served_ms[call.worker][call.client]
+        leader = self._leader_of.pop(seq, None)
+        if leader is not None:
+            self._parked_at[call.worker] -= 1
+            followers = self._followers[leader]
+            followers.discard(seq)
+            if not followers:
+                del self._followers[leader]
         return call
 
+    def _first_free(self, keys: list[tuple[float, int]]) -> int | None:
+        """The first of these (key, seq) entries that is not parked."""
+        if not self._leader_of:
+            return keys[0][1] if keys else None
+        return next((seq for _, seq in keys if seq not in self._leader_of), None)
+
     def peek(self, worker: str) -> HeldCall | None:
-        """The call pop() would release to `worker` next (None if none is held), left in place."""
+        """The call pop() would release to `worker` next (None if none can go: none held, or all parked),
+        left in place."""
         keys = self._keys.get(worker)
         if not keys:
             return None
         by_client = self._client_keys[worker]
         if len(by_client) == 1:
-            return self._calls[keys[0][1]]
+            seq = self._first_free(keys)
+            return None if seq is None else self._calls[seq]
         served = self._served_ms[worker]
-        client = min(by_client, key=lambda c: (served[c], by_client[c][0]))
-        return self._calls[by_client[client][0][1]]
+        firsts = {c: self._first_free(k) for c, k in by_client.items()}
+        ready = [c for c, seq in firsts.items() if seq is not None]
+        if not ready:
+            return None
+        client = min(ready, key=lambda c: (served[c], self._calls[firsts[c] or 0].key, firsts[c] or 0))
+        seq = firsts[client]
+        assert seq is not None
+        return self._calls[seq]
 
     def pop(self, worker: str) -> HeldCall | None:
         """The next call to release to `worker`, or None: the first of the client served least."""
@@ -187,10 +238,14 @@ class PrefillQueue:
         return self.remove(call.seq)
 
     def take_all(self, worker: str) -> list[HeldCall]:
-        """Every call held for `worker`, in release order (the worker went away)."""
+        """Every call held for `worker`, in release order, parked ones last (the worker went away)."""
         out = []
         while (call := self.pop(worker)) is not None:
             out.append(call)
+        for _, seq in list(self._keys.get(worker, ())):
+            parked = self.remove(seq)
+            assert parked is not None
+            out.append(parked)
         return out
 
     def overdue(self, now_s: float) -> list[HeldCall]:

@@ -75,6 +75,10 @@ class Router:
         # prefillQueueDepth: calls wait here for a free prefill slot on their worker (depth 0: off); the
         # queue's record is the only one of a held call
         self.queue = PrefillQueue(queue or PrefillQueueConfig(depth=0))
+        # prefix leaders on batching workers: per worker, the blocks a call sent (or held) there will compute
+        # that were not there before it (block key -> that call's seq), and per leader its worker and blocks
+        self._pending_blocks: dict[str, dict[int, int]] = {}
+        self._leads: dict[int, tuple[str, tuple[int, ...]]] = {}
 
     def _context(self, req: RouteRequest, now: float) -> PickContext:
         matched = self.index.match(req.block_keys) if self.index is not None and req.block_keys else {}
@@ -191,8 +195,9 @@ class Router:
         # with the queue on the worker gets one call at a time: its slot stays taken for the hops too
         work_ms = prefill_ms + transit_ms if self.queue.config.enabled else prefill_ms
         uncached = req.prompt_tokens - cached
-        held = hold and self.queue.config.applies_to(self.prefill_strategy.name) \
-            and self._must_hold(target.key, uncached)
+        holding = hold and self.queue.config.applies_to(self.prefill_strategy.name)
+        leader = self._lead(target, req, ctx.matched_blocks.get(target.key, 0), seq) if holding else None
+        held = holding and (leader is not None or self._must_hold(target.key, uncached))
         if held:
             ttft_ms += self.queue.ahead(target.key, work_ms, ctx.now_s)[0]
         if decode_pick is not None:
@@ -215,10 +220,41 @@ class Router:
         if held:
             lease.held = True
             self.queue.push(target.key, seq, work_ms, ctx.now_s, req.client, lease=lease, request=req,
-                            payload=payload)
+                            payload=payload, leader=leader)
         else:
             self.ttft.dispatched(target.key, seq, work_ms, ctx.now_s, uncached)
         return lease
+
+    def _lead(self, target: WorkerState, req: RouteRequest, matched: int, seq: int) -> int | None:
+        """On a batching worker: note the blocks this call will compute there (it leads them), and return the
+        call it must wait for, if the prefix it expects there is still being computed by an earlier call."""
+        if target.max_batch_tokens <= 0 or not req.block_keys:
+            return None
+        pending = self._pending_blocks.setdefault(target.key, {})
+        leader = None
+        keys = req.block_keys
+        for k in reversed(keys[:matched]):  # the deepest pending block: its leader's prefill covers the rest
+            leader = pending.get(k)
+            if leader is not None:
+                break
+        mine = tuple(k for k in keys[matched:] if k not in pending)
+        if mine:
+            for k in mine:
+                pending[k] = seq
+            self._leads[seq] = (target.key, mine)
+        return leader
+
+    def _end_lead(self, seq: int) -> list[str]:
+        """The call's prefill is over (or it will not run where it led): its blocks are no longer pending
+        there and its followers may go; the workers they are held for."""
+        led = self._leads.pop(seq, None)
+        if led is not None:
+            key, blocks = led
+            pending = self._pending_blocks.get(key, {})
+            for k in blocks:
+                if pending.get(k) == seq:
+                    del pending[k]
+        return self.queue.unpark(seq)
 
     # ------------------------------------------------------------ feedback and release
 
@@ -241,8 +277,10 @@ class Router:
         else:
             self.ttft.observe(d.target.key, 0, 0, float("nan"), d.estimate_ms, observed_ttft_ms)
         out: list[HoldEvent] = []
+        followers_at = self._end_lead(lease.seq) if self._leads else []
         if len(self.queue):
-            self._release_next(d.target.key, now, out)
+            for key in {d.target.key, *followers_at}:
+                self._release_next(key, now, out)
         return out
 
     def release(self, lease: Lease) -> list[HoldEvent]:
@@ -250,7 +288,10 @@ class Router:
         leaves the worker's backlog, or the queue if it was held."""
         if not self.cluster.ledger.release(lease) or lease.first_token_seen:
             return []
+        # a call that ends before its first token computed nothing others could reuse: its followers may go
+        followers_at = self._end_lead(lease.seq) if self._leads else []
         if lease.held:
+            # (released by the next event or upkeep on their worker: drop_held expects no events from here)
             lease.held = False
             self.queue.remove(lease.seq)
             return []
@@ -259,7 +300,8 @@ class Router:
         self.ttft.started_or_gone(key, lease.seq, now)
         out: list[HoldEvent] = []
         if len(self.queue):
-            self._release_next(key, now, out)
+            for k in sorted({key, *followers_at}):
+                self._release_next(k, now, out)
         return out
 
     def attempt_ended(self, lease: Lease, kind: FailureKind, mid_stream: bool = False) -> Ejection | None:
@@ -437,6 +479,7 @@ class Router:
     def _evict(self, key: str, out: list[HoldEvent]) -> None:
         for call in self.queue.take_all(key):
             lease, _ = _held_parts(call)
+            self._end_lead(lease.seq)  # routed again as a new call: it leads nothing here
             lease.held = False
             lease.evicted = True
             out.append(Evicted(lease, call.payload))
