@@ -331,9 +331,9 @@ def verdicts(a: argparse.Namespace, med: dict[tuple[str, str], dict[str, float |
 
         out.append(f"- {mode}: mean batch {_f(bl['mean_batch'], '.2f')} at c=1, {_f(mean_b, '.2f')} at {sat} and "
                    f"{_f(be['mean_batch'], '.2f')} at the equal load; throughput at saturation ({sat}) {gain:.3f}x "
-                   f"DIRECT; TTFT added over DIRECT: p50 {added_1:+.1f} ms at c=1 ({within(added_1)} the {a.window_ms} ms "
-                   f"window), p50 {added_p50:+.1f} ms and mean {added_mean:+.1f} ms at the equal load near "
-                   f"saturation ({within(max(added_p50, added_mean))} the window). "
+                   f"DIRECT; TTFT added over DIRECT: p50 {added_1:+.1f} ms at c=1 ({within(added_1)} the "
+                   f"{a.window_ms} ms window), p50 {added_p50:+.1f} ms and mean {added_mean:+.1f} ms at the equal "
+                   f"load near saturation ({within(max(added_p50, added_mean))} the window). "
                    f"Must-show: {'met' if not failed else 'NOT met (' + '; '.join(failed) + ')'}.")
     return out
 
