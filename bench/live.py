@@ -46,6 +46,7 @@ import replay
 from docs_section import update_section
 from replay import CallResult, Child, Fleet
 
+from flexlb.balancer.prefix import block_keys
 from flexlb.balancer.strategies import strategy_names
 from flexlb.demo import DEFAULT_STRATEGY, DEMO_SEED, prompt_mix
 from flexlb.pb import model_rpc_service_pb2 as pb
@@ -61,6 +62,7 @@ DEFAULT_STRATEGIES = (DEFAULT_STRATEGY, RR, SGLANG)
 TARGETS = {RR: 1.0, SGLANG: 0.9}
 # a trace "shares prefixes" when at least this share of its blocks (hash ids) already appeared in an earlier row
 SHARED_MIN = 0.10
+ENGINE_BLOCK_TOKENS = 64  # the mock worker's default KV block (BatchingParams.block_size_tokens)
 CALL_TIMEOUT_S = 120.0
 _WORKER_READY = re.compile(r"listening on [\d.]+:(\d+)")
 _GATEWAY_READY = re.compile(r"grpc [\d.]+:(\d+) admin [\d.]+:(\d+)")
@@ -109,6 +111,23 @@ def closed_bodies(calls: int, seed: int) -> list[bytes]:
         generate_config=pb.GenerateConfigPB(max_new_tokens=p.max_new_tokens, is_streaming=True,
                                             can_use_pd_separation=True),
     ).SerializeToString() for i, p in enumerate(prompt_mix(calls, seed))]
+
+
+def best_kv_hit(bodies: Sequence[bytes], block_tokens: int = ENGINE_BLOCK_TOKENS) -> float:
+    """The KV hit no router can exceed on these calls in this order: each reuses the longest prefix (in whole
+    engine blocks) of any earlier call, short of its last token (which an engine always computes)."""
+    seen: set[int] = set()
+    reused = total = 0
+    for body in bodies:
+        tokens = list(pb.GenerateInputPB.FromString(body).token_ids)
+        keys = block_keys(tokens, block_tokens)
+        hit = 0
+        while hit < len(keys) and keys[hit] in seen:
+            hit += 1
+        reused += min(hit * block_tokens, max(0, len(tokens) - 1))
+        total += len(tokens)
+        seen.update(keys)
+    return reused / total if total else 0.0
 
 
 def shared_block_share(rows: Sequence[TraceRequest]) -> float:
@@ -513,7 +532,10 @@ def markdown(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], 
             f"{'applies' if ctx['shared_share'] >= SHARED_MIN else 'does not apply'} (it needs >= {SHARED_MIN:.0%}).")
     elif ctx["open_skipped"]:
         lines.append(f"- open loop skipped: {ctx['open_skipped']}")
-    lines += ["", *markdown_table(rows, strategies), "", *summary(rows)]
+    lines += ["", *markdown_table(rows, strategies), ""]
+    if ctx.get("best_hit"):
+        lines += [best_hit_line(ctx["best_hit"]), ""]
+    lines += summary(rows)
     losses = other_losses(rows)
     if losses:
         lines += ["", *losses]
@@ -522,6 +544,16 @@ def markdown(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], 
         lines += ["", "Errors: " + "; ".join(e.removeprefix("errors: ") for e in errs) + "."]
     lines.append(END)
     return "\n".join(lines)
+
+
+def best_hit_line(best: dict[str, float]) -> str:
+    """The closed loops' KV-hit bound (best_kv_hit, median over the pairs' prompt sequences)."""
+    if not best:
+        return ""
+    parts = ", ".join(f"{label} {v:.3f}" for label, v in best.items())
+    return (f"Best KV hit any router could reach on the closed loops' prompts ({ENGINE_BLOCK_TOKENS}-token engine "
+            f"blocks, every prefix seen before reused): {parts}. A strategy at the bound with no queueing (c=1) "
+            "has the least TTFT the engine allows: no router can beat it.")
 
 
 # ------------------------------------------------------------------ main
@@ -630,11 +662,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"live A/B: {', '.join(strategies)}; {a.pairs} pair(s) x {len(workloads)} workload(s) = {total} runs, "
           f"each on a fresh fleet; mock worker engine: {engine}", file=sys.stderr)
     results: list[dict[str, Any]] = []
+    best_hit: dict[str, list[float]] = {}
     n = 0
     for pair in range(a.pairs):
         order = strategies[pair % len(strategies):] + strategies[: pair % len(strategies)]
         for w in workloads:
             bodies = closed_bodies(closed_calls(int(w.level), a), DEMO_SEED + pair) if w.kind == "closed" else []
+            if bodies:
+                best_hit.setdefault(w.label, []).append(best_kv_hit(bodies))
             for s in order:
                 n += 1
                 if w.kind == "closed":
@@ -656,15 +691,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rows:
         print(f"open loop: first {len(rows)} rows of {trace}; {share:.1%} of blocks repeat an earlier row's "
               f"(SGLang target {'applies' if share >= SHARED_MIN else 'does not apply'})", file=report)
-    for line in [*table(agg, strategies), *summary(agg), *other_losses(agg), *_errors_line(results),
-                 f"total wall time {wall_s:.1f} s"]:
+    best = {label: statistics.median(v) for label, v in best_hit.items()}
+    for line in [*table(agg, strategies), best_hit_line(best), *summary(agg), *other_losses(agg),
+                 *_errors_line(results), f"total wall time {wall_s:.1f} s"]:
         print(line, file=report)
     if a.out:
         ctx = {"strategies": strategies, "versions": (version0, replay.code_version()),
                "load": (load0, os.getloadavg()[0]), "wall_s": wall_s, "engine": engine,
                "command": "python bench/live.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "concurrency": a.concurrency_list, "loads": [w for w in workloads if w.kind == "open"],
-               "rows": len(rows), "trace": trace or "", "shared_share": share, "open_skipped": open_skipped}
+               "rows": len(rows), "trace": trace or "", "shared_share": share, "open_skipped": open_skipped,
+               "best_hit": best}
         update_section(Path(a.out), SECTION, TITLE, markdown(agg, results, a, ctx))
     return 1 if any(r["errors"] for r in results) else 0
 

@@ -47,3 +47,19 @@ def test_closed_loop_time_scale_grows_with_concurrency_unless_given() -> None:
     assert [live.closed_time_scale(c, auto) for c in (1, 8, 32, 64, 128)] == [1.0, 1.0, 1.0, 2.0, 4.0]
     fixed = live.parse_args(["--time-scale", "0.5"])
     assert live.closed_time_scale(128, fixed) == 0.5
+
+
+def test_best_kv_hit_reuses_every_prefix_seen_before_in_whole_blocks() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import live
+
+    from flexlb.pb import model_rpc_service_pb2 as pb
+
+    def body(tokens: list[int]) -> bytes:
+        return pb.GenerateInputPB(token_ids=tokens).SerializeToString()
+
+    shared = list(range(1, 131))  # two full 64-token blocks and 2 tokens
+    assert live.best_kv_hit([body(shared), body(shared)]) == 128 / 260
+    # a prompt that is exactly two blocks long still computes its last token: 127 of 128 reused
+    assert live.best_kv_hit([body(shared[:128]), body(shared[:128])]) == 127 / 256
+    assert live.best_kv_hit([body(shared), body([7, *shared])]) == 0.0  # no common first block

@@ -1013,34 +1013,51 @@ def _shared(tail: int, exclude: frozenset[str] = frozenset()) -> RouteRequest:
                         block_size_tokens=64, exclude=exclude)
 
 
-def test_a_call_whose_prefix_is_still_being_computed_waits_for_its_leader() -> None:
-    # on a batching engine, prompts prefilled in the same iteration each compute their shared prefix; a call
-    # that expects the prefix an earlier call is computing there waits for that call's first token instead
-    router, _, rec = _prefix_router()
-    leader = router.route(_shared(0), hold=True)
+def _cold(tokens: int = 900) -> RouteRequest:
+    return RouteRequest(next(_ids), tokens, 8)
+
+
+def test_a_call_whose_prefix_is_still_being_computed_waits_until_its_leader_runs() -> None:
+    # on a batching engine, prompts prefilled in the same iteration each compute their shared prefix; a call that
+    # expects the prefix an earlier call will compute there, while the engine has not taken that call into an
+    # iteration yet, waits until it has (the next iteration: the call then joins a later one and finds it cached)
+    router, clock, rec = _prefix_router()
+    first = router.route(_cold(), hold=True)
+    leader = router.route(_shared(0), hold=True)  # sent behind `first`: it waits for first's iteration to end
     assert not leader.held
     follower = router.route(_shared(1), hold=True)
     assert follower.decision.cached_tokens == 10 * 64
     assert follower.held and router.queue.parked(follower.seq)
     other = router.route(RouteRequest(next(_ids), 640, 8, block_keys=tuple(range(50, 60)), block_size_tokens=64),
                          hold=True)
-    assert not other.held  # a prompt of its own is not held: there is room
-    rec(router.first_token(leader, 10.0))
+    assert not other.held  # parked calls keep nobody waiting: a prompt of its own goes while there is room
+    clock.now += 0.05
+    rec(router.first_token(first, 50.0))  # an iteration ended: the leader runs in the next one
     assert rec.released == [follower] and not follower.held and not router.queue.parked(follower.seq)
-    # once the leader's prefill is done, its blocks are no longer pending: a later call with them goes at once
+    # while the leader runs, a call with its prefix goes at once (a later iteration than the leader's)
     later = router.route(_shared(2), hold=True)
     assert not later.held
 
 
+def test_a_leader_sent_to_an_idle_engine_runs_at_once_and_parks_nobody() -> None:
+    router, _, _ = _prefix_router()
+    router.route(_shared(0), hold=True)
+    follower = router.route(_shared(1), hold=True)
+    assert follower.decision.cached_tokens == 10 * 64 and not follower.held
+
+
 def test_an_idle_worker_computes_the_prefix_itself_rather_than_wait() -> None:
     router, _, _ = _prefix_router(n=2)
-    leader = router.route(_shared(0), hold=True)
+    first = router.route(_cold(), hold=True)
+    leader = router.route(_shared(0, frozenset({router.cluster.all()[1].key})), hold=True)
+    assert leader.decision.target is first.decision.target
     follower = router.route(_shared(1), hold=True)
     assert follower.decision.target is not leader.decision.target and not follower.held
 
 
 def test_a_leader_that_fails_before_its_first_token_lets_its_followers_go() -> None:
     router, _, rec = _prefix_router()
+    router.route(_cold(), hold=True)
     leader = router.route(_shared(0), hold=True)
     follower = router.route(_shared(1), hold=True)
     assert router.queue.parked(follower.seq)
@@ -1065,6 +1082,7 @@ def test_a_worker_going_away_hands_back_its_parked_calls_too() -> None:
     router, _, rec = _prefix_router(n=2)
     busy, idle = router.cluster.all()
     not_idle = frozenset({idle.key})
+    router.route(RouteRequest(next(_ids), 900, 8, exclude=not_idle), hold=True)
     leader = router.route(_shared(0, not_idle), hold=True)
     follower = router.route(_shared(1, not_idle), hold=True)
     assert leader.decision.target is busy and router.queue.parked(follower.seq)
@@ -1076,6 +1094,19 @@ def test_a_worker_without_a_batch_budget_parks_nothing() -> None:
     # a one-at-a-time engine admits the follower after the leader's prefill: it hits the cache anyway
     router, _, _ = _prefix_router()
     router.cluster.all()[0].max_batch_tokens = 0
+    router.route(_cold(), hold=True)
     router.route(_shared(0), hold=True)
+    follower = router.route(_shared(1), hold=True)
+    assert not router.queue.parked(follower.seq)
+
+
+def test_a_follower_that_could_not_share_its_leaders_iteration_goes_at_once() -> None:
+    # with 868 uncached tokens outstanding and a 1,000-token budget the follower (768 of its own, beside its
+    # leader) cannot be prefilled in the leader's iteration: the engine takes it after, with the prefix cached
+    router, _, _ = _prefix_router()
+    router.cluster.all()[0].max_batch_tokens = 1000
+    router.route(_cold(100), hold=True)
+    leader = router.route(_shared(0), hold=True)
+    assert not leader.held
     follower = router.route(_shared(1), hold=True)
     assert not router.queue.parked(follower.seq)

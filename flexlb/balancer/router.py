@@ -36,6 +36,17 @@ def _uncached(call: HeldCall) -> int:
     return req.prompt_tokens - lease.decision.cached_tokens
 
 
+@dataclasses.dataclass(slots=True)
+class _Lead:
+    """Blocks a call computes on a batching worker that were not there before it, and whether the engine
+    has taken the call into an iteration yet (followers arriving before that would be prefilled with it)."""
+
+    worker: str
+    blocks: tuple[int, ...]
+    sent_s: float | None = None  # None while held here
+    behind: bool = True  # sent while other prefills were outstanding there: it waits for their iteration
+
+
 def _held_parts(call: HeldCall) -> tuple[Lease, RouteRequest]:
     assert call.lease is not None and call.request is not None, "the router holds calls with their lease"
     return call.lease, call.request
@@ -78,7 +89,9 @@ class Router:
         # prefix leaders on batching workers: per worker, the blocks a call sent (or held) there will compute
         # that were not there before it (block key -> that call's seq), and per leader its worker and blocks
         self._pending_blocks: dict[str, dict[int, int]] = {}
-        self._leads: dict[int, tuple[str, tuple[int, ...]]] = {}
+        self._leads: dict[int, _Lead] = {}
+        self._leads_at: dict[str, set[int]] = {}
+        self._last_first_token_s: dict[str, float] = {}
 
     def _context(self, req: RouteRequest, now: float) -> PickContext:
         matched = self.index.match(req.block_keys) if self.index is not None and req.block_keys else {}
@@ -222,39 +235,85 @@ class Router:
             self.queue.push(target.key, seq, work_ms, ctx.now_s, req.client, lease=lease, request=req,
                             payload=payload, leader=leader)
         else:
+            if seq in self._leads:
+                self._lead_sent(seq, ctx.now_s, behind=bool(self.ttft.worker(target.key).pending))
             self.ttft.dispatched(target.key, seq, work_ms, ctx.now_s, uncached)
         return lease
 
     def _lead(self, target: WorkerState, req: RouteRequest, matched: int, seq: int) -> int | None:
         """On a batching worker: note the blocks this call will compute there (it leads them), and return the
-        call it must wait for, if the prefix it expects there is still being computed by an earlier call."""
+        call it must wait for: the one computing the prefix it expects there, if the engine has not taken that
+        one into an iteration yet (sent now, this call would be prefilled beside it and compute the prefix
+        again; once the leader runs, this call joins a later iteration and finds the prefix cached)."""
         if target.max_batch_tokens <= 0 or not req.block_keys:
             return None
         pending = self._pending_blocks.setdefault(target.key, {})
         leader = None
         keys = req.block_keys
-        for k in reversed(keys[:matched]):  # the deepest pending block: its leader's prefill covers the rest
-            leader = pending.get(k)
-            if leader is not None:
-                break
+        first_pending = next((i for i, k in enumerate(keys[:matched]) if k in pending), None)
+        if first_pending is not None:
+            for k in reversed(keys[:matched]):  # the deepest pending block: its leader's prefill covers the rest
+                leader = pending.get(k)
+                if leader is not None:
+                    break
         mine = tuple(k for k in keys[matched:] if k not in pending)
         if mine:
             for k in mine:
                 pending[k] = seq
-            self._leads[seq] = (target.key, mine)
+            self._leads[seq] = _Lead(target.key, mine)
+            self._leads_at.setdefault(target.key, set()).add(seq)
+        if leader is None or first_pending is None or self._lead_running(leader, self._clock()):
+            return None
+        if self._leads[leader].sent_s is None:
+            return leader  # held here: released by its order, this call would leave first and compute it all
+        # beside its leader it would compute everything from the first pending block on; if that does not fit
+        # in one iteration with what was sent there before, the engine takes it after the leader anyway
+        alone = req.prompt_tokens - reused_tokens(req, first_pending)
+        if self.ttft.worker(target.key).pending_tokens + alone > target.max_batch_tokens:
+            return None
         return leader
+
+    def _lead_sent(self, seq: int, now_s: float, behind: bool) -> None:
+        """A leader goes to its worker now; `behind` other prefills there (or released from here on a first
+        token, as an iteration ends): the engine takes it only once an iteration has ended."""
+        lead = self._leads[seq]
+        lead.sent_s = now_s
+        lead.behind = behind
+
+    def _lead_running(self, seq: int, now_s: float) -> bool:
+        """Whether the engine has (by what the gateway can see) taken the leader into an iteration: it reached
+        the worker (one transit after it was sent) and, if it was sent behind other prefills, an iteration has
+        ended since (a first token from that worker)."""
+        lead = self._leads.get(seq)
+        if lead is None or lead.sent_s is None:
+            return lead is None
+        if (now_s - lead.sent_s) * 1000.0 < self.ttft.worker(lead.worker).transit_ms:
+            return False
+        return not lead.behind or self._last_first_token_s.get(lead.worker, -1.0) > lead.sent_s
 
     def _end_lead(self, seq: int) -> list[str]:
         """The call's prefill is over (or it will not run where it led): its blocks are no longer pending
         there and its followers may go; the workers they are held for."""
-        led = self._leads.pop(seq, None)
-        if led is not None:
-            key, blocks = led
-            pending = self._pending_blocks.get(key, {})
-            for k in blocks:
+        lead = self._leads.pop(seq, None)
+        if lead is not None:
+            pending = self._pending_blocks.get(lead.worker, {})
+            for k in lead.blocks:
                 if pending.get(k) == seq:
                     del pending[k]
+            at = self._leads_at.get(lead.worker)
+            if at is not None:
+                at.discard(seq)
         return self.queue.unpark(seq)
+
+    def _iteration_ended(self, key: str, now_s: float) -> list[str]:
+        """A first token from the worker: its engine ended an iteration, so leaders waiting there run now and
+        their followers may go (they will join a later iteration). The workers the followers are held for."""
+        self._last_first_token_s[key] = now_s
+        out: list[str] = []
+        for seq in list(self._leads_at.get(key, ())):
+            if self._lead_running(seq, now_s):
+                out.extend(self.queue.unpark(seq))
+        return out
 
     # ------------------------------------------------------------ feedback and release
 
@@ -277,9 +336,11 @@ class Router:
         else:
             self.ttft.observe(d.target.key, 0, 0, float("nan"), d.estimate_ms, observed_ttft_ms)
         out: list[HoldEvent] = []
-        followers_at = self._end_lead(lease.seq) if self._leads else []
+        followers_at: list[str] = []
+        if self._leads:
+            followers_at = self._end_lead(lease.seq) + self._iteration_ended(d.target.key, now)
         if len(self.queue):
-            for key in {d.target.key, *followers_at}:
+            for key in sorted({d.target.key, *followers_at}):
                 self._release_next(key, now, out)
         return out
 
@@ -451,6 +512,7 @@ class Router:
             return False
         _, call, work_w, cached = best
         self.queue.remove(call.seq)
+        self._end_lead(call.seq)  # what it leads where it was held will not be computed there
         lease, req = _held_parts(call)
         d = lease.decision
         old = d.target
@@ -473,6 +535,8 @@ class Router:
         """A call taken out of the queue goes to its worker now: its prefill joins the backlog there."""
         lease, _ = _held_parts(call)
         lease.held = False
+        if lease.seq in self._leads:
+            self._lead_sent(lease.seq, now_s, behind=True)
         self.ttft.dispatched(lease.decision.target.key, lease.seq, prefill_ms, now_s, _uncached(call))
         out.append(Released(lease, call.payload))
 
