@@ -126,7 +126,7 @@ class PrefillQueue:
         """Whether a call for `worker` now waits here: no slot is free (slot_free), or others already wait
         for one (arrival keeps its place in the order)."""
         # parked calls wait for their leader, not for a slot: they keep nobody else waiting
-        return self.config.enabled and (self.held(worker) > self._parked_at.get(worker, 0) or not self.slot_free(
+        return self.config.enabled and (self.held(worker) > self.parked_for(worker) or not self.slot_free(
             sent, sent_tokens, tokens, batch_tokens, outstanding_ms))
 
     def order_key(self, prefill_ms: float, now_s: float) -> float:
@@ -157,6 +157,10 @@ class PrefillQueue:
             self._followers.setdefault(leader, set()).add(seq)
             self._parked_at[worker] = self._parked_at.get(worker, 0) + 1
         return call
+
+    def parked_for(self, worker: str) -> int:
+        """Parked calls held for one worker."""
+        return self._parked_at.get(worker, 0)
 
     def parked(self, seq: int) -> bool:
         """Whether the held call waits for its leader's prefill."""

@@ -310,6 +310,8 @@ class Router:
         their followers may go (they will join a later iteration). The workers the followers are held for."""
         self._last_first_token_s[key] = now_s
         out: list[str] = []
+        if not self.queue.parked_for(key):  # the usual case: nobody waits for a leader there
+            return out
         for seq in list(self._leads_at.get(key, ())):
             if self._lead_running(seq, now_s):
                 out.extend(self.queue.unpark(seq))
