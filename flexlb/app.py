@@ -230,6 +230,13 @@ class Gateway:
                     s.host, s.grpc_port, [w.addr for w in self.cluster.all() if w.role is not Role.VIT])
         else:
             self.grpc_port = grpc_port
+        # every port is taken before any probe or poll starts: a port in use ends startup with its one line
+        # and nothing else (a health probe of a dead worker raced it into the log)
+        admin_host = s.admin_host or s.host
+        with _listening("admin", admin_host, s.admin_port):
+            self.admin_port = self.admin.bind(admin_host, s.admin_port)
+        with _listening("http", s.host, s.http_port):
+            self.http_port = self.api.bind(s.host, s.http_port) if self.api is not None else self.admin_port
         await self.health.refresh()
         self._health_task = asyncio.get_running_loop().create_task(
             self.health.follow(self._state_changed), name="grpc.health.v1 follows readiness")
@@ -238,11 +245,6 @@ class Gateway:
         if self.health_checker is not None:
             self.health_checker.start()
         self.dispatcher.start_outlier_sweeps()
-        admin_host = s.admin_host or s.host
-        with _listening("admin", admin_host, s.admin_port):
-            self.admin_port = self.admin.bind(admin_host, s.admin_port)
-        with _listening("http", s.host, s.http_port):
-            self.http_port = self.api.bind(s.host, s.http_port) if self.api is not None else self.admin_port
         self._start_consistency()
         await self.admin.start(admin_host, s.admin_port)
         if self.api is not None:

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from flexlb.app import BindError, Gateway
+from flexlb.balancer.workers import Role, WorkerAddr
+from flexlb.config import Deploy, MasterConfig, ServerConfig, Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = ["--host", "127.0.0.1"]
 FREE_PORTS = ["--http-port", "0", "--port", "0", "--admin-port", "0"]
@@ -76,3 +80,18 @@ def test_a_port_in_use_is_one_line_naming_port_and_flag(taken_port: int, flags: 
     assert out.stderr.splitlines() == [f"flexlb: cannot listen on 127.0.0.1:{taken_port}, {which}: "
                                        "address already in use"]
     assert "listening" not in out.stdout
+
+
+async def test_a_port_in_use_stops_startup_before_any_worker_is_probed(taken_port: int) -> None:
+    # a probe of a dead worker started before the last bind raced the port's one error line into the log
+    settings = Settings(server=ServerConfig(host="127.0.0.1", http_port=taken_port, grpc_port=0, admin_port=0),
+                        master=MasterConfig(), workers=(WorkerAddr("127.0.0.1", 1, 0, Role.PDFUSION),),
+                        deploy=Deploy.PD_FUSION)
+    gw = Gateway(settings, seed=1)
+    try:
+        with pytest.raises(BindError, match=f"cannot listen on 127.0.0.1:{taken_port}, the HTTP API port"):
+            await gw.start()
+        assert gw.health_checker is not None
+        assert gw.health_checker.probed() == [] and gw.health_checker.probes == 0
+    finally:
+        await gw.stop(grace_s=0)
