@@ -1067,8 +1067,8 @@ def test_a_leader_that_fails_before_its_first_token_lets_its_followers_go() -> N
 
 def test_followers_of_a_held_leader_leave_after_it() -> None:
     router, _, rec = _prefix_router()
-    router.cluster.all()[0].max_batch_tokens = 1000  # one prompt's worth outstanding
-    first = router.route(RouteRequest(next(_ids), 900, 8), hold=True)
+    router.cluster.all()[0].max_batch_tokens = 1600  # one large prompt's worth outstanding, or both shared ones
+    first = router.route(RouteRequest(next(_ids), 1500, 8), hold=True)
     leader = router.route(_shared(0), hold=True)  # held: no room
     follower = router.route(_shared(1), hold=True)
     assert leader.held and not router.queue.parked(leader.seq) and router.queue.parked(follower.seq)
@@ -1076,6 +1076,16 @@ def test_followers_of_a_held_leader_leave_after_it() -> None:
     assert rec.released == [leader]  # the parked follower is skipped, not released with its leader
     rec(router.first_token(leader, 10.0))
     assert rec.released == [leader, follower]
+
+
+def test_a_follower_too_large_for_its_held_leaders_iteration_is_not_parked() -> None:
+    # the engine cannot prefill the two together: whichever it takes second finds the shared blocks cached
+    router, _, _ = _prefix_router()
+    router.cluster.all()[0].max_batch_tokens = 1000  # less than the two shared prompts together (2 x 768)
+    router.route(RouteRequest(next(_ids), 900, 8), hold=True)
+    leader = router.route(_shared(0), hold=True)  # held: no room
+    follower = router.route(_shared(1), hold=True)
+    assert leader.held and follower.held and not router.queue.parked(follower.seq)
 
 
 def test_a_worker_going_away_hands_back_its_parked_calls_too() -> None:

@@ -43,6 +43,7 @@ class _Lead:
 
     worker: str
     blocks: tuple[int, ...]
+    uncached_tokens: int  # what its prefill computes there
     sent_s: float | None = None  # None while held here
     behind: bool = True  # sent while other prefills were outstanding there: it waits for their iteration
 
@@ -209,7 +210,7 @@ class Router:
         work_ms = prefill_ms + transit_ms if self.queue.config.enabled else prefill_ms
         uncached = req.prompt_tokens - cached
         holding = hold and self.queue.config.applies_to(self.prefill_strategy.name)
-        leader = self._lead(target, req, ctx.matched_blocks.get(target.key, 0), seq) if holding else None
+        leader = self._lead(target, req, ctx.matched_blocks.get(target.key, 0), seq, uncached) if holding else None
         held = holding and (leader is not None or self._must_hold(target.key, uncached))
         if held:
             ttft_ms += self.queue.ahead(target.key, work_ms, ctx.now_s)[0]
@@ -240,7 +241,7 @@ class Router:
             self.ttft.dispatched(target.key, seq, work_ms, ctx.now_s, uncached)
         return lease
 
-    def _lead(self, target: WorkerState, req: RouteRequest, matched: int, seq: int) -> int | None:
+    def _lead(self, target: WorkerState, req: RouteRequest, matched: int, seq: int, uncached: int) -> int | None:
         """On a batching worker: note the blocks this call will compute there (it leads them), and return the
         call it must wait for: the one computing the prefix it expects there, if the engine has not taken that
         one into an iteration yet (sent now, this call would be prefilled beside it and compute the prefix
@@ -260,16 +261,17 @@ class Router:
         if mine:
             for k in mine:
                 pending[k] = seq
-            self._leads[seq] = _Lead(target.key, mine)
+            self._leads[seq] = _Lead(target.key, mine, uncached)
             self._leads_at.setdefault(target.key, set()).add(seq)
         if leader is None or first_pending is None or self._lead_running(leader, self._clock()):
             return None
-        if self._leads[leader].sent_s is None:
-            return leader  # held here: released by its order, this call would leave first and compute it all
         # beside its leader it would compute everything from the first pending block on; if that does not fit
-        # in one iteration with what was sent there before, the engine takes it after the leader anyway
+        # in one iteration with the leader (held here) or with what was sent there before, the engine takes the
+        # two in different iterations anyway and the later one finds the shared blocks cached: no need to wait
         alone = req.prompt_tokens - reused_tokens(req, first_pending)
-        if self.ttft.worker(target.key).pending_tokens + alone > target.max_batch_tokens:
+        lead = self._leads[leader]
+        beside = lead.uncached_tokens if lead.sent_s is None else self.ttft.worker(target.key).pending_tokens
+        if beside + alone > target.max_batch_tokens:
             return None
         return leader
 
